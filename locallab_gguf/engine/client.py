@@ -1,0 +1,122 @@
+"""The asyncio side of the engine: submit a request, iterate its events, cancel it.
+
+`EngineClient` is the seam the HTTP layer talks to; `LocalEngine` runs the batching engine
+on a thread of this process. Events cross from the engine thread in one batch per decode
+step, so the event loop wakes once per step, not once per token per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from locallab_gguf.engine.scheduler import BatchEngine, EventBatch
+from locallab_gguf.engine.types import (
+    EngineInfo,
+    EngineStats,
+    Event,
+    Failed,
+    Finished,
+    GenerationRequest,
+)
+
+
+class RequestStream:
+    """The events of one request, ending with Finished or Failed."""
+
+    def __init__(
+        self, prompt_tokens: int, queue: asyncio.Queue[Event], cancel: Callable[[], None]
+    ) -> None:
+        self.prompt_tokens = prompt_tokens
+        self._queue = queue
+        self._cancel = cancel
+        self._done = False
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while not self._done:
+            event = await self._queue.get()
+            if isinstance(event, Finished | Failed):
+                self._done = True
+            yield event
+
+    def drain_ready(self) -> list[Event]:
+        """Events already delivered, without waiting: lets a writer send them in one chunk."""
+        ready: list[Event] = []
+        while not self._done and not self._queue.empty():
+            event = self._queue.get_nowait()
+            if isinstance(event, Finished | Failed):
+                self._done = True
+            ready.append(event)
+        return ready
+
+    def cancel(self) -> None:
+        """Stop generating (idempotent); the slot is free again at the engine's next step."""
+        if not self._done:
+            self._done = True
+            self._cancel()
+
+
+class EngineClient(Protocol):
+    info: EngineInfo
+
+    async def generate(self, request: GenerationRequest) -> RequestStream: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def close(self, drain: bool) -> None: ...
+
+
+class LocalEngine:
+    """An EngineClient over a BatchEngine running on a thread of this process."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        make_engine: Callable[[Callable[[EventBatch], None]], BatchEngine],
+    ) -> None:
+        self._loop = loop
+        self._queues: dict[int, asyncio.Queue[Event]] = {}
+        self._ids = itertools.count(1)
+        self.engine = make_engine(self._deliver)
+        self.info = self.engine.info
+
+    async def generate(self, request: GenerationRequest) -> RequestStream:
+        job_id = next(self._ids)
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues[job_id] = queue
+        try:
+            # Tokenizing a long prompt takes a while; keep it off the event loop.
+            accepted = await asyncio.to_thread(self.engine.submit, job_id, request)
+        except BaseException:
+            self._queues.pop(job_id, None)
+            raise
+        return RequestStream(accepted.prompt_tokens, queue, lambda: self._cancel(job_id))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def close(self, drain: bool) -> None:
+        await asyncio.to_thread(self.engine.close, drain)
+
+    def _cancel(self, job_id: int) -> None:
+        self._queues.pop(job_id, None)
+        self.engine.cancel(job_id)
+
+    def _deliver(self, batch: EventBatch) -> None:
+        # Runs on the engine thread; everything else happens on the loop.
+        try:
+            self._loop.call_soon_threadsafe(self._dispatch, batch)
+        except RuntimeError:
+            pass  # the loop has closed: the process is exiting and nobody is listening
+
+    def _dispatch(self, batch: EventBatch) -> None:
+        queues = self._queues
+        for job_id, event in batch:
+            queue = queues.get(job_id)
+            if queue is None:
+                continue  # cancelled: nobody is listening
+            queue.put_nowait(event)
+            if isinstance(event, Finished | Failed):
+                del queues[job_id]

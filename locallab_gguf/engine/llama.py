@@ -1,0 +1,150 @@
+"""The loaded GGUF model: weights, vocabulary and metadata, over llama.cpp's C API.
+
+This is the one place that calls llama.cpp's loading and vocabulary functions; the
+scheduler owns the context built on top of it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from locallab_gguf.errors import ModelLoadFailed
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _ensure_backend() -> None:
+    global _backend_ready  # llama_backend_init must run once per process, before any model
+    with _backend_lock:
+        if not _backend_ready:
+            _install_log_bridge()
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _log_bridge(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    # llama.cpp prints hundreds of lines per load: keep them at debug, but let its warnings
+    # and errors through (ggml levels: 3 warn, 4 error).
+    message = text.decode("utf-8", errors="replace").rstrip()
+    if message:
+        log.log(_LOG_LEVELS.get(level, logging.DEBUG), "llama.cpp: %s", message)
+
+
+_LOG_LEVELS = {3: logging.WARNING, 4: logging.ERROR}
+
+
+def _install_log_bridge() -> None:
+    llama_cpp.llama_log_set(_log_bridge, ctypes.c_void_p())
+
+
+def supports_gpu_offload() -> bool:
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def llama_cpp_version() -> str:
+    return str(getattr(llama_cpp, "__version__", "unknown"))
+
+
+class LlamaModel:
+    """Weights and vocabulary; thread-safe for tokenizing while a context decodes."""
+
+    def __init__(self, path: Path, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
+        _ensure_backend()
+        params = llama_cpp.llama_model_default_params()
+        params.n_gpu_layers = n_gpu_layers
+        params.use_mmap = use_mmap
+        self.path = path
+        self.n_gpu_layers = n_gpu_layers
+        self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        if not self._model:
+            raise ModelLoadFailed(
+                f"llama.cpp could not load {path}: the file is not a GGUF model this build "
+                "supports (see the server log for llama.cpp's reason)"
+            )
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(llama_cpp.llama_model_n_ctx_train(self._model))
+        self.n_layer = int(llama_cpp.llama_model_n_layer(self._model))
+        self.size_bytes = int(llama_cpp.llama_model_size(self._model))
+        self.metadata = self._read_metadata()
+        self.bos_token = self._special_text(llama_cpp.llama_vocab_bos(self._vocab))
+        self.eos_token = self._special_text(llama_cpp.llama_vocab_eos(self._vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    @property
+    def handle(self) -> Any:
+        return self._model
+
+    @property
+    def vocab(self) -> Any:
+        return self._vocab
+
+    def close(self) -> None:
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+    def chat_template(self) -> str | None:
+        return self.metadata.get("tokenizer.chat_template")
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Special-token text such as <|im_start|> becomes its token, as chat templates need."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        while True:
+            tokens = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), tokens, capacity, add_special, True
+            )
+            if count >= 0:
+                return list(tokens[:count])
+            capacity = -count
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token stands for; control tokens stand for nothing."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
+            )
+            cached = self._piece_buffer.raw[: max(size, 0)]
+            self._pieces[token] = cached
+        return cached
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        text = llama_cpp.llama_vocab_get_text(self._vocab, token)
+        return text.decode("utf-8", errors="replace") if text else ""
+
+    def _read_metadata(self) -> dict[str, str]:
+        metadata: dict[str, str] = {}
+        buffer = ctypes.create_string_buffer(1 << 16)
+        for index in range(llama_cpp.llama_model_meta_count(self._model)):
+            size = llama_cpp.llama_model_meta_key_by_index(self._model, index, buffer, len(buffer))
+            key = buffer.value.decode("utf-8", errors="replace") if size >= 0 else ""
+            size = llama_cpp.llama_model_meta_val_str_by_index(
+                self._model, index, buffer, len(buffer)
+            )
+            if size >= len(buffer):  # long values (chat templates) need a bigger buffer
+                big = ctypes.create_string_buffer(size + 1)
+                llama_cpp.llama_model_meta_val_str_by_index(self._model, index, big, len(big))
+                value = big.value
+            else:
+                value = buffer.value if size >= 0 else b""
+            metadata[key] = value.decode("utf-8", errors="replace")
+        return metadata

@@ -1,0 +1,491 @@
+"""Continuous batching: every active request advances by one token per llama_decode.
+
+One thread owns the llama.cpp context. Each step it gathers the next token of every
+generating slot, fills the rest of the batch with chunks of waiting prompts, decodes once,
+and samples each slot at its own batch position with that request's own sampler.
+
+Each slot is one KV sequence in its own region of the cache (llama.cpp's non-unified KV).
+That costs memory (`context_length` cells per slot) but buys two things: a request's result
+does not depend on what else is in the batch, so a greedy or seeded request gives the same
+text alone or beside seven others; and no request can take another's context. A slot keeps
+the KV of its last request, so a request that shares a prefix with it (the next turn of a
+chat, a common system prompt) only evaluates the rest.
+
+Callers never touch the context: they `submit` a request with an id, receive its events in
+batches through the `deliver` callback (one call per step, on the engine thread) and may
+`cancel` it by id at any time.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import llama_cpp
+import msgspec
+
+from locallab_gguf.engine.chat_template import ChatTemplate
+from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.sampling import Sampler
+from locallab_gguf.engine.text import StopMatcher, Utf8Stream
+from locallab_gguf.engine.types import (
+    Accepted,
+    EngineInfo,
+    EngineStats,
+    Event,
+    Failed,
+    Finished,
+    FinishReason,
+    GenerationRequest,
+    TextDelta,
+    Usage,
+)
+from locallab_gguf.errors import (
+    EngineFailure,
+    InvalidRequest,
+    ModelLoadFailed,
+    Overloaded,
+    PromptTooLong,
+)
+
+log = logging.getLogger(__name__)
+
+EventBatch = list[tuple[int, Event]]
+Deliver = Callable[[EventBatch], None]
+
+# Without --ctx, each slot gets the model's trained context up to this many tokens: room for
+# long chats, while the KV cache of every slot together stays a modest part of memory.
+DEFAULT_CONTEXT_CAP = 4096
+# While other slots are generating, a long prompt is evaluated in chunks of this many tokens,
+# so their streams pause for one chunk at a time rather than for the whole prompt.
+MIXED_PROMPT_CHUNK = 128
+THROUGHPUT_WINDOW_S = 10.0
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    n_ctx: int | None = None  # per slot; None: the model's trained context, capped
+    n_parallel: int = 8
+    n_batch: int = 512
+    n_threads: int
+    n_threads_batch: int
+    queue_size: int = 64
+    chat_template: str | None = None  # overrides the GGUF's own
+
+
+class _Slot:
+    __slots__ = ("cached", "job", "last_used", "seq_id")
+
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose KV this sequence holds, from position 0
+        self.job: _Job | None = None
+        self.last_used = 0
+
+
+class _Job:
+    __slots__ = (
+        "batch_index",
+        "cancelled",
+        "completion_tokens",
+        "id",
+        "last_token",
+        "max_tokens",
+        "n_evaluated",
+        "sampler",
+        "slot",
+        "stops",
+        "tokens",
+        "utf8",
+    )
+
+    def __init__(
+        self, job_id: int, tokens: list[int], max_tokens: int, stops: StopMatcher, sampler: Sampler
+    ) -> None:
+        self.id = job_id
+        self.tokens = tokens
+        self.max_tokens = max_tokens
+        self.stops = stops
+        self.sampler = sampler
+        self.utf8 = Utf8Stream()
+        self.slot: _Slot | None = None
+        self.n_evaluated = 0  # prompt tokens already in the slot's KV
+        self.last_token = -1  # sampled but not yet decoded; -1 while the prompt is evaluated
+        self.batch_index = -1  # where this job's logits are in the current batch, or -1
+        self.completion_tokens = 0
+        self.cancelled = False
+
+
+class BatchEngine:
+    def __init__(self, model: LlamaModel, config: EngineConfig, deliver: Deliver) -> None:
+        self.model = model
+        self.config = config
+        self._deliver = deliver
+        template_source = config.chat_template or model.chat_template()
+        self._template = (
+            ChatTemplate(template_source, model.bos_token, model.eos_token)
+            if template_source
+            else None
+        )
+        requested = config.n_ctx or min(model.n_ctx_train, DEFAULT_CONTEXT_CAP)
+        self._context = self._create_context(requested)
+        # llama.cpp may round the size up; what it reports is what each slot really has.
+        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._context))
+        self._memory = llama_cpp.llama_get_memory(self._context)
+        self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        self.info = EngineInfo(
+            context_length=self.n_ctx,
+            trained_context_length=model.n_ctx_train,
+            n_layer=model.n_layer,
+            n_gpu_layers=model.n_gpu_layers,
+            model_size_bytes=model.size_bytes,
+            chat_template_source=(
+                None if template_source is None else "registry" if config.chat_template else "gguf"
+            ),
+            parallel=config.n_parallel,
+        )
+        self._slots = [_Slot(seq_id) for seq_id in range(config.n_parallel)]
+        self._step = 0
+        self._eog: dict[int, bool] = {}
+
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._jobs: dict[int, _Job] = {}  # every job that is waiting or active
+        self._accepting = True
+        self._stopping = False
+
+        self._prompt_tokens_total = 0
+        self._prompt_tokens_evaluated = 0
+        self._completion_tokens_total = 0
+        self._requests_finished = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._thread = threading.Thread(target=self._run, name="locallab-engine", daemon=True)
+        self._thread.start()
+
+    def _create_context(self, per_slot: int) -> Any:
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = per_slot * self.config.n_parallel
+        params.n_batch = self.config.n_batch
+        params.n_ubatch = self.config.n_batch
+        params.n_seq_max = self.config.n_parallel
+        params.kv_unified = False  # one KV region per slot; see the module docstring
+        params.n_threads = self.config.n_threads
+        params.n_threads_batch = self.config.n_threads_batch
+        params.no_perf = True
+        context = llama_cpp.llama_init_from_model(self.model.handle, params)
+        if not context:
+            raise ModelLoadFailed(
+                f"llama.cpp could not create a context of {per_slot:,} tokens for each of "
+                f"{self.config.n_parallel} slots for {self.model.path.name}; "
+                "start with a smaller --ctx or fewer --parallel slots"
+            )
+        return context
+
+    # -- called from any thread -------------------------------------------------------------
+
+    def submit(self, job_id: int, request: GenerationRequest) -> Accepted:
+        """Tokenize and check the request, then queue it; raises when it cannot be served."""
+        tokens = self._prompt_tokens(request)
+        if len(tokens) >= self.n_ctx:
+            raise PromptTooLong(len(tokens), self.n_ctx)
+        if request.max_tokens > self.n_ctx:
+            raise InvalidRequest(
+                f"max_length is {request.max_tokens:,} tokens; the context is {self.n_ctx:,}. "
+                "Ask for fewer new tokens."
+            )
+        # The sampler is built here, off the engine thread, to keep steps short.
+        sampler = Sampler(request.sampling, self.model.n_vocab)
+        job = _Job(job_id, tokens, request.max_tokens, StopMatcher(request.stop), sampler)
+        with self._lock:
+            refusal = self._refusal_locked()
+            if refusal is not None:
+                sampler.close()
+                raise refusal
+            self._pending.append(job)
+            self._jobs[job_id] = job
+            self._prompt_tokens_total += len(tokens)
+            self._wake.notify()
+        return Accepted(prompt_tokens=len(tokens))
+
+    def cancel(self, job_id: int) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.cancelled = True  # the engine thread lets go of it at its next step
+            with self._lock:
+                self._wake.notify()
+
+    def stats(self) -> EngineStats:
+        now = time.monotonic()
+        with self._lock:
+            while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
+                self._recent.popleft()
+            window_tokens = sum(n for _, n in self._recent)
+            span = (now - self._recent[0][0]) if self._recent else 0.0
+            return EngineStats(
+                slots_total=len(self._slots),
+                slots_busy=sum(1 for slot in self._slots if slot.job is not None),
+                queue_depth=len(self._pending),
+                queue_capacity=self.config.queue_size,
+                context_size=self.n_ctx * len(self._slots),
+                context_used=sum(len(slot.cached) for slot in self._slots),
+                prompt_tokens_total=self._prompt_tokens_total,
+                prompt_tokens_evaluated=self._prompt_tokens_evaluated,
+                completion_tokens_total=self._completion_tokens_total,
+                requests_finished=self._requests_finished,
+                tokens_per_second=window_tokens / span if span > 0.5 else 0.0,
+            )
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            return not self._jobs
+
+    def close(self, drain: bool) -> None:
+        """Stop taking requests; finish (drain) or cancel those in flight; free the model."""
+        with self._lock:
+            self._accepting = False
+            if not drain:
+                for job in self._jobs.values():
+                    job.cancelled = True
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._context)
+        self.model.close()
+
+    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        if request.messages is None:
+            assert request.prompt is not None
+            return self.model.tokenize(request.prompt, add_special=True)
+        if self._template is None:
+            raise InvalidRequest(
+                f"{self.model.path.name} has no chat template; use /generate with a raw prompt "
+                "or set chat_template for this model in models.toml"
+            )
+        # The rendered template already holds the BOS token where the model wants one.
+        return self.model.tokenize(self._template.render(request.messages), add_special=False)
+
+    def _refusal_locked(self) -> Exception | None:
+        if not self._accepting:
+            return EngineFailure("the model is being unloaded; retry the request")
+        waiting = len(self._pending)
+        free = sum(1 for slot in self._slots if slot.job is None)
+        if waiting - free >= self.config.queue_size:
+            # A rough wait: the queue ahead drains one slot-full of requests at a time.
+            rounds = math.ceil((waiting + 1) / len(self._slots))
+            return Overloaded(waiting, retry_after=max(1, 2 * rounds))
+        return None
+
+    # -- the engine thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._jobs and not self._stopping:
+                    self._wake.wait()
+                if not self._jobs and self._stopping:
+                    return
+                admitted = self._admit_locked()
+            events: EventBatch = []
+            for job in admitted:
+                job.sampler.remember_prompt(job.tokens)
+            try:
+                self._drop_cancelled(events)
+                self._step_once(events)
+            except Exception as exc:  # a bug must end the requests, never hang them
+                log.exception("engine step failed")
+                self._fail_active(events, f"the engine failed: {exc}")
+            if events:
+                self._deliver(events)
+
+    def _admit_locked(self) -> list[_Job]:
+        admitted: list[_Job] = []
+        idle = [slot for slot in self._slots if slot.job is None]
+        while self._pending and idle:
+            job = self._pending.popleft()
+            if job.cancelled:
+                self._release_locked(job)
+                continue
+            slot, shared = _best_slot(idle, job.tokens)
+            idle.remove(slot)
+            # Keep at least one prompt token to evaluate: its logits give the first token.
+            keep = min(shared, len(job.tokens) - 1)
+            self._truncate(slot, keep)
+            job.slot = slot
+            job.n_evaluated = keep
+            slot.job = job
+            admitted.append(job)
+        return admitted
+
+    def _truncate(self, slot: _Slot, keep: int) -> None:
+        if keep < len(slot.cached):
+            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
+            del slot.cached[keep:]
+
+    def _drop_cancelled(self, events: EventBatch) -> None:
+        for slot in self._slots:
+            job = slot.job
+            if job is not None and job.cancelled:
+                self._end(job, events, Failed(detail="the request was cancelled"))
+
+    def _step_once(self, events: EventBatch) -> None:
+        active = [slot.job for slot in self._slots if slot.job is not None]
+        if not active:
+            return
+        batch = self._batch
+        n = 0
+        generating: list[_Job] = []
+        for job in active:
+            if job.last_token >= 0:
+                slot = job.slot
+                assert slot is not None
+                _put(batch, n, job.last_token, len(slot.cached), slot.seq_id, True)
+                job.batch_index = n
+                generating.append(job)
+                n += 1
+        budget = min(self.config.n_batch - n, MIXED_PROMPT_CHUNK if n else self.config.n_batch)
+        chunks: list[tuple[_Job, int]] = []
+        for job in active:
+            if job.last_token >= 0 or budget <= 0:
+                continue
+            slot = job.slot
+            assert slot is not None
+            start = job.n_evaluated
+            take = min(len(job.tokens) - start, budget)
+            last = len(job.tokens) - 1
+            for position in range(start, start + take):
+                _put(batch, n, job.tokens[position], position, slot.seq_id, position == last)
+                n += 1
+            job.batch_index = n - 1 if start + take - 1 == last else -1
+            chunks.append((job, take))
+            budget -= take
+        batch.n_tokens = n
+
+        status = llama_cpp.llama_decode(self._context, batch)
+        if status != 0:
+            self._decode_failed(status, generating + [job for job, _ in chunks], events)
+            return
+        self._step += 1
+
+        sampled = list(generating)
+        for job in generating:
+            assert job.slot is not None
+            job.slot.cached.append(job.last_token)
+        for job, take in chunks:
+            assert job.slot is not None
+            job.slot.cached.extend(job.tokens[job.n_evaluated : job.n_evaluated + take])
+            job.n_evaluated += take
+            if job.batch_index >= 0:
+                sampled.append(job)
+
+        produced = 0
+        for job in sampled:
+            produced += self._sample(job, events)
+        with self._lock:
+            self._prompt_tokens_evaluated += sum(take for _, take in chunks)
+            self._completion_tokens_total += produced
+            if produced:
+                self._recent.append((time.monotonic(), produced))
+
+    def _sample(self, job: _Job, events: EventBatch) -> int:
+        """Sample the job's next token; returns how many completion tokens it produced."""
+        slot = job.slot
+        assert slot is not None
+        token = job.sampler.sample(self._context, job.batch_index)
+        job.batch_index = -1
+        is_eog = self._eog.get(token)
+        if is_eog is None:
+            is_eog = self._eog[token] = self.model.is_end_of_generation(token)
+        if is_eog:
+            self._finish(job, events, "stop")
+            return 0
+        job.completion_tokens += 1
+        text = job.utf8.feed(self.model.piece(token))
+        if text:
+            text, stopped = job.stops.feed(text)
+            if text:
+                events.append((job.id, TextDelta(text=text)))
+            if stopped:
+                self._finish(job, events, "stop")
+                return 1
+        if job.completion_tokens >= job.max_tokens:
+            self._finish(job, events, "length")
+        elif len(slot.cached) + 1 >= self.n_ctx:
+            log.info(
+                "request %d filled its slot's context of %d tokens; it ends with "
+                "finish_reason=length (a larger --ctx gives requests more room)",
+                job.id,
+                self.n_ctx,
+            )
+            self._finish(job, events, "length")
+        else:
+            job.last_token = token
+        return 1
+
+    def _decode_failed(self, status: int, jobs: list[_Job], events: EventBatch) -> None:
+        detail = f"llama_decode failed with status {status}"
+        log.error("%s; ending %d requests", detail, len(jobs))
+        for job in jobs:
+            slot = job.slot
+            self._end(job, events, Failed(detail=detail))
+            if slot is not None:
+                self._truncate(slot, 0)
+
+    def _finish(self, job: _Job, events: EventBatch, reason: FinishReason) -> None:
+        held = job.stops.flush() if reason == "length" else ""
+        if held:
+            events.append((job.id, TextDelta(text=held)))
+        usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=job.completion_tokens)
+        self._end(job, events, Finished(finish_reason=reason, usage=usage))
+
+    def _end(self, job: _Job, events: EventBatch, event: Event) -> None:
+        events.append((job.id, event))
+        slot = job.slot
+        if slot is not None:
+            slot.job = None
+            slot.last_used = self._step
+            job.slot = None
+        with self._lock:
+            self._release_locked(job)
+            self._requests_finished += 1
+
+    def _release_locked(self, job: _Job) -> None:
+        job.sampler.close()
+        self._jobs.pop(job.id, None)
+
+    def _fail_active(self, events: EventBatch, detail: str) -> None:
+        for slot in self._slots:
+            if slot.job is not None:
+                self._end(slot.job, events, Failed(detail=detail))
+            self._truncate(slot, 0)
+
+
+def _best_slot(idle: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+    """The idle slot whose cache shares the longest prefix; among equals, the least used."""
+    best, best_shared = idle[0], -1
+    for slot in idle:
+        shared = _common_prefix(slot.cached, tokens)
+        if shared > best_shared or (shared == best_shared and slot.last_used < best.last_used):
+            best, best_shared = slot, shared
+    return best, best_shared
+
+
+def _put(batch: Any, index: int, token: int, position: int, seq_id: int, logits: bool) -> None:
+    batch.token[index] = token
+    batch.pos[index] = position
+    batch.n_seq_id[index] = 1
+    batch.seq_id[index][0] = seq_id
+    batch.logits[index] = logits
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

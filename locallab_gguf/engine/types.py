@@ -1,0 +1,102 @@
+"""What goes into the engine and what comes out of it.
+
+These Structs are the whole vocabulary between the HTTP layer and the engine, and they
+encode to msgpack, so the engine can live in another thread or another process alike.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length"]
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: Role
+    content: str
+
+
+class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
+    """temperature 0 means greedy; a fixed seed makes sampling repeatable."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    penalty_last_n: int = 64
+    seed: int | None = None
+
+
+class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Exactly one of `prompt` (raw completion) and `messages` (chat template) is set."""
+
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] | None = None
+    max_tokens: int
+    sampling: SamplingParams = SamplingParams()
+    stop: tuple[str, ...] = ()
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Accepted(msgspec.Struct, frozen=True, tag=True):
+    """The prompt fitted and the request is queued; `prompt_tokens` is its length."""
+
+    prompt_tokens: int
+
+
+class TextDelta(msgspec.Struct, frozen=True, tag=True):
+    text: str
+
+
+class Finished(msgspec.Struct, frozen=True, tag=True):
+    finish_reason: FinishReason
+    usage: Usage
+
+
+class Failed(msgspec.Struct, frozen=True, tag=True):
+    """The request ended without finishing; `detail` says why."""
+
+    detail: str
+
+
+Event = TextDelta | Finished | Failed
+
+
+class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a loaded engine is: fixed from load to unload."""
+
+    context_length: int
+    trained_context_length: int
+    n_layer: int
+    n_gpu_layers: int
+    model_size_bytes: int
+    chat_template_source: Literal["gguf", "registry"] | None
+    parallel: int
+
+
+class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    queue_capacity: int
+    context_size: int
+    context_used: int
+    prompt_tokens_total: int
+    prompt_tokens_evaluated: int
+    completion_tokens_total: int
+    requests_finished: int
+    tokens_per_second: float
