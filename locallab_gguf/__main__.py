@@ -1,0 +1,5 @@
+import sys
+
+from locallab_gguf.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""create_app(settings, manager): the whole HTTP application from what it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.types import Message, Scope
+
+from locallab_gguf import __version__
+from locallab_gguf.api.errors import EXCEPTION_HANDLERS
+from locallab_gguf.api.routes.generation import chat, generate, generate_batch
+from locallab_gguf.api.routes.models import (
+    available_models,
+    current_model,
+    load_model,
+    unload_model,
+)
+from locallab_gguf.api.routes.system import health, system_info
+from locallab_gguf.api.services import Services
+from locallab_gguf.errors import LocalLabError
+from locallab_gguf.model_manager import ModelManager
+from locallab_gguf.settings import Settings
+
+log = logging.getLogger(__name__)
+
+ROUTES = [
+    generate,
+    generate_batch,
+    chat,
+    load_model,
+    unload_model,
+    current_model,
+    available_models,
+    health,
+    system_info,
+]
+
+
+def create_app(settings: Settings, manager: ModelManager, initial_model: str | None) -> Litestar:
+    """`initial_model` starts loading when the server starts; /health says when it is ready."""
+    services = Services(settings, manager)
+    background: set[asyncio.Task[Any]] = set()
+
+    async def start_loading() -> None:
+        if initial_model is None:
+            return
+
+        async def load() -> None:
+            try:
+                await manager.load(initial_model)
+            except LocalLabError as exc:
+                log.error("the model %r did not load: %s", initial_model, exc)
+
+        task = asyncio.create_task(load())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def stop() -> None:
+        for task in background:
+            task.cancel()
+        await manager.close()
+
+    async def count_response(message: Message, _: Scope) -> None:
+        if message["type"] == "http.response.start":
+            services.requests.record(message["status"])
+
+    return Litestar(
+        route_handlers=ROUTES,
+        dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=settings.max_body_bytes,
+        before_send=[count_response],
+        on_startup=[start_loading],
+        on_shutdown=[stop],
+        state=State({"services": services}),
+        openapi_config=OpenAPIConfig(
+            title="locallab-gguf",
+            version=__version__,
+            description="The LocalLab REST API over GGUF models.",
+            path="/schema",
+        ),
+        # Logging is the CLI's to configure, once, for the whole process.
+        logging_config=None,
+        debug=False,
+    )

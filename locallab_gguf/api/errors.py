@@ -1,0 +1,97 @@
+"""The one table from our errors to HTTP statuses, and the handlers that apply it.
+
+Every error answer is `{"detail": "<what happened and what to do>"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from locallab_gguf.errors import (
+    ConfigError,
+    EngineFailure,
+    InvalidRequest,
+    LoadInProgress,
+    LocalLabError,
+    ModelLoadFailed,
+    ModelNotFound,
+    ModelUnavailable,
+    NoModelLoaded,
+    Overloaded,
+    PromptTooLong,
+)
+
+STATUS_OF: dict[type[LocalLabError], int] = {
+    InvalidRequest: 400,
+    ModelNotFound: 404,
+    LoadInProgress: 409,
+    PromptTooLong: 413,
+    ConfigError: 500,
+    ModelUnavailable: 500,
+    ModelLoadFailed: 500,
+    EngineFailure: 500,
+    NoModelLoaded: 503,
+    Overloaded: 503,
+}
+
+
+def status_of(error: LocalLabError) -> int:
+    for cls in type(error).__mro__:
+        status = STATUS_OF.get(cls)
+        if status is not None:
+            return status
+    return HTTP_500_INTERNAL_SERVER_ERROR
+
+
+def error_response(
+    status: int, detail: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response({"detail": detail}, status_code=status, headers=headers)
+
+
+def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
+    headers = None
+    if isinstance(error, Overloaded):
+        headers = {"Retry-After": str(error.retry_after)}
+    return error_response(status_of(error), str(error), headers)
+
+
+def handle_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
+    return error_response(400, validation_detail(error))
+
+
+def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+    detail = error.detail
+    if error.status_code == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {request.method} {request.url.path}; the API is at /schema"
+    elif error.status_code == 405:
+        detail = f"{request.method} is not allowed on {request.url.path}"
+    elif error.status_code == 413:
+        detail = "the request body is larger than the server accepts (--max-body-bytes)"
+    return error_response(error.status_code, detail, error.headers)
+
+
+def validation_detail(error: ValidationException) -> str:
+    """'temperature: Expected `float` <= 2.0' rather than a generic 'Validation failed'."""
+    problems = error.extra if isinstance(error.extra, list) else []
+    parts = []
+    for problem in problems:
+        if not isinstance(problem, dict):
+            continue
+        key, message = problem.get("key"), problem.get("message", "")
+        parts.append(f"{key}: {message}" if key else str(message))
+    if parts:
+        return "; ".join(parts)
+    return error.detail or "the request body is not valid JSON for this endpoint"
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    LocalLabError: handle_domain_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_error,
+}

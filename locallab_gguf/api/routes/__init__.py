@@ -1,0 +1,1 @@
+"""Route handlers, one module per surface of the API; each handler is a thin adapter."""

@@ -1,0 +1,184 @@
+"""The LocalLab API's request and response bodies.
+
+Requests ignore unknown fields (LocalLab clients send extras such as `do_sample`); their
+constraints live in the types, so a bad value is refused while decoding, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams, Usage
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+NewTokens = Annotated[int, Meta(ge=1, description="new tokens to generate")]
+Stop = str | list[str] | None
+
+
+class SamplingFields(msgspec.Struct, kw_only=True):
+    """Options shared by /generate, /generate/batch and /chat."""
+
+    model_id: str | None = None
+    max_length: NewTokens | None = None
+    max_tokens: NewTokens | None = None  # an alias of max_length
+    temperature: Temperature = 0.7
+    top_p: TopP = 0.9
+    top_k: Annotated[int, Meta(ge=0, description="0 = no limit")] = 40
+    repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
+    seed: Annotated[int, Meta(ge=0)] | None = None
+    stop: Stop = None
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+        )
+
+    def new_tokens(self, default: int) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return self.max_tokens if self.max_tokens is not None else default
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class GenerateRequest(SamplingFields, kw_only=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    stream: bool = False
+    system_prompt: str | None = None
+
+
+class BatchGenerateRequest(SamplingFields, kw_only=True):
+    prompts: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1, max_length=32)]
+    system_prompt: str | None = None
+
+
+class ChatRequest(SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    stream: bool = False
+
+
+class LoadRequest(msgspec.Struct, kw_only=True):
+    model_id: Annotated[str, Meta(min_length=1)]
+
+
+class UsageBody(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, usage: Usage) -> UsageBody:
+        return cls(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+
+
+class GenerateResponse(msgspec.Struct):
+    response: str
+    text: str  # the same string: LocalLab clients read either
+    model: str
+    finish_reason: FinishReason
+    usage: UsageBody
+
+
+class BatchGenerateResponse(msgspec.Struct):
+    responses: list[str]
+    usage: UsageBody
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+
+
+class ChatResponse(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageBody
+
+
+class ChatDelta(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(msgspec.Struct):
+    index: int
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+
+
+class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    object: Literal["chat.completion.chunk"]  # required, so omit_defaults keeps it
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: UsageBody | None = None  # on the last chunk only
+
+
+class ModelDescription(msgspec.Struct):
+    """What GET /models/current answers for the loaded model."""
+
+    id: str
+    name: str
+    file: str
+    size_bytes: int
+    context_length: int
+    n_gpu_layers: int
+    chat_template_source: Literal["gguf", "registry"] | None
+    parallel: int
+    is_loaded: bool = True
+
+
+class LoadResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    model: ModelDescription
+
+
+class UnloadResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+
+
+class AvailableModel(msgspec.Struct):
+    id: str
+    name: str
+    description: str
+    repo: str
+    file: str
+    size_bytes: int | None
+    is_local: bool
+    is_loaded: bool
+    is_default: bool
+
+
+class AvailableModels(msgspec.Struct):
+    models: list[AvailableModel]
+    current_model: str | None
+    default_model: str
+
+
+class HealthResponse(msgspec.Struct):
+    status: Literal["healthy"]
+    model: str | None
+    model_status: str

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# The tests never reach the internet; set before huggingface_hub is imported anywhere.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from locallab_gguf.api.app import create_app
+from locallab_gguf.hub import ModelFiles
+from locallab_gguf.model_manager import EngineOpener, ModelManager
+from locallab_gguf.registry import Registry, default_models_file, load_registry
+from locallab_gguf.server import local_engine_opener
+from locallab_gguf.settings import Settings
+from tests.servers import RunningServer, serving
+
+DEFAULT_ID = "smollm2-135m-instruct"
+# Small contexts keep every test server's KV cache small; the tests never need more.
+TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4)
+
+
+@pytest.fixture(scope="session")
+def registry() -> Registry:
+    return load_registry(default_models_file())
+
+
+@pytest.fixture(scope="session")
+def model_path(registry: Registry) -> Path:
+    return ModelFiles().resolve(registry.get(DEFAULT_ID))
+
+
+ServerFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def make_server(registry: Registry) -> Iterator[ServerFactory]:
+    """Start a real server with the given settings (and registry, files, engine opener)."""
+    with ExitStack() as stack:
+
+        def make(
+            settings: Settings = TEST_SETTINGS,
+            *,
+            registry_: Registry | None = None,
+            files: ModelFiles | None = None,
+            opener: EngineOpener | None = None,
+            initial_model: str | None = DEFAULT_ID,
+            wait_for: str | None = "loaded",
+        ) -> RunningServer:
+            manager = ModelManager(
+                registry_ or registry,
+                files or ModelFiles(),
+                opener or local_engine_opener(settings),
+            )
+            app = create_app(settings, manager, initial_model=initial_model)
+            return stack.enter_context(serving(app, wait_for=wait_for))
+
+        yield make
+
+
+@pytest.fixture(scope="module")
+def server(registry: Registry) -> Iterator[RunningServer]:
+    """One shared server with the default model, for tests that leave it as they found it."""
+    manager = ModelManager(registry, ModelFiles(), local_engine_opener(TEST_SETTINGS))
+    with serving(create_app(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
+        yield running
+
+
+def sse_events(lines: Any) -> list[str]:
+    """Parse a text/event-stream into the data of each event, per the SSE spec."""
+    events: list[str] = []
+    data: list[str] = []
+    for line in lines:
+        if line == "":
+            if data:
+                events.append("\n".join(data))
+                data = []
+            continue
+        if line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+    if data:
+        events.append("\n".join(data))
+    return events

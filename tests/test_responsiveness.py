@@ -1,0 +1,52 @@
+"""The server stays responsive while it generates, and lets go of clients that leave."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import time
+
+from tests.servers import RunningServer, wait_until
+
+LONG = {"prompt": "Once upon a time", "max_length": 600, "temperature": 0}
+
+
+def test_health_answers_fast_during_a_long_generation(server: RunningServer) -> None:
+    with server.client.stream("POST", "/generate", json={**LONG, "stream": True}) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+        timings = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert server.client.get("/health").status_code == 200
+            timings.append(time.perf_counter() - started)
+        assert server.engine_stats().slots_busy == 1  # it really was generating throughout
+    assert statistics.median(timings) < 0.05, timings
+
+
+def test_engine_is_idle_within_200ms_after_a_streaming_client_hangs_up(
+    server: RunningServer,
+) -> None:
+    with server.client.stream("POST", "/generate", json={**LONG, "stream": True}) as stream:
+        lines = stream.iter_lines()
+        for _ in range(3):
+            next(line for line in lines if line.startswith("data:"))
+        assert server.engine_stats().slots_busy == 1
+    # Leaving the block closes the connection mid-stream.
+    assert server.wait_until_idle(timeout=0.2) < 0.2
+    finished_before = server.engine_stats().completion_tokens_total
+    time.sleep(0.2)
+    assert server.engine_stats().completion_tokens_total == finished_before
+
+
+def test_engine_lets_go_of_a_non_streaming_client_that_hangs_up(server: RunningServer) -> None:
+    body = b'{"prompt": "Once upon a time", "max_length": 600, "temperature": 0}'
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(
+        b"POST /generate HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    wait_until(lambda: server.engine_stats().slots_busy == 1)
+    raw.close()
+    assert server.wait_until_idle(timeout=1.0) < 1.0
