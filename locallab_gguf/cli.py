@@ -17,21 +17,21 @@ from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field, documented with its environment variable and default."""
     for spec in flag_specs():
-        flag = "--" + spec.name.replace("_", "-")
-        default = "" if spec.default is None else f"; default: {spec.default}"
+        default = "" if spec.default in (None, ()) else f"; default: {spec.default}"
         described = f"{spec.help} [env {env_name(spec.name)}{default}]"
         if spec.kind is bool:
             parser.add_argument(
-                flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=described
+                spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=described
             )
         else:
             parser.add_argument(
-                flag,
+                spec.flag,
                 dest=spec.name,
                 type=spec.kind,
                 choices=spec.choices,
+                action="append" if spec.repeated else "store",
                 help=described,
-                metavar=spec.name.upper() if spec.choices is None else None,
+                metavar=spec.flag[2:].replace("-", "_").upper() if spec.choices is None else None,
             )
 
 

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.errors import ConfigError
+from locallab_gguf.registry import GpuLayers
 
 ENV_PREFIX = "LOCALLAB_"
 
@@ -28,17 +29,54 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     )
     port: Annotated[Port, Meta(description="port to listen on")] = 8000
     model: Annotated[
-        str | None, Meta(description="registry id of the model to serve (default: the registry's)")
+        str | None,
+        Meta(
+            description="the model to serve: a registry id, or a GGUF file on the hub as "
+            "owner/repo:file.gguf or hf://owner/repo/file.gguf (default: the registry's)"
+        ),
     ] = None
     models_file: Annotated[
         str | None,
         Meta(description="path of the model registry (default: the bundled models.toml)"),
+    ] = None
+    cache_dir: Annotated[
+        str | None,
+        Meta(
+            description="Hugging Face cache that downloaded models go into (default: "
+            "HF_HUB_CACHE, else ~/.cache/huggingface/hub)"
+        ),
+    ] = None
+    offline: Annotated[
+        bool,
+        Meta(
+            description="never contact the Hugging Face hub: only models already here load "
+            "(HF_HUB_OFFLINE=1 does the same)"
+        ),
+    ] = False
+    custom_models: Annotated[
+        bool,
+        Meta(
+            description="allow hub files outside the registry (owner/repo:file.gguf) in --model "
+            "and POST /models/load; --no-custom-models serves only the registry's models"
+        ),
+    ] = True
+    hf_token: Annotated[
+        str | None,
+        Meta(description="Hugging Face token for gated or private repos (default: HF_TOKEN)"),
     ] = None
     threads: Annotated[
         Positive | None, Meta(description="threads for generation (default: physical cores)")
     ] = None
     threads_batch: Annotated[
         Positive | None, Meta(description="threads for prompt processing (default: logical cores)")
+    ] = None
+    gpu_layers: Annotated[
+        GpuLayers | None,
+        Meta(
+            description="layers to offload to the GPU: auto (as many as fit the free GPU "
+            "memory; all on Apple silicon), a number, or -1 for all; beats the registry's "
+            "n_gpu_layers (default: the registry's, else auto)"
+        ),
     ] = None
     ctx: Annotated[
         Annotated[int, Meta(ge=64)] | None,
@@ -64,16 +102,78 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], Meta(description="log verbosity")
     ] = "info"
+    rate_limit: Annotated[
+        bool, Meta(description="limit requests per client; --no-rate-limit serves without limits")
+    ] = True
+    requests_per_minute: Annotated[
+        Positive, Meta(description="requests a client may make in any trailing 60 s")
+    ] = 60
+    burst: Annotated[
+        Positive, Meta(description="requests a client may make in any trailing 1 s")
+    ] = 10
+    rate_limit_store: Annotated[
+        str,
+        Meta(
+            pattern=r"^(memory|rediss?://.+|unix://.+)$",
+            description="where request times are kept: memory (this process) or "
+            "redis://host:port/db (one limit shared by every replica using it)",
+        ),
+    ] = "memory"
+    rate_limit_fail: Annotated[
+        Literal["open", "closed"],
+        Meta(description="when the store is unreachable: open serves unlimited; closed, 503"),
+    ] = "open"
+    rate_limit_max_clients: Annotated[
+        Positive,
+        Meta(
+            description="clients the memory store tracks at once; past it the least recently "
+            "seen are forgotten"
+        ),
+    ] = 100_000
+    api_keys: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="a key clients must send as 'Authorization: Bearer KEY' (repeatable; "
+            "the environment variable takes a comma-separated list); /health stays open",
+            extra={"flag": "api-key"},
+        ),
+    ] = ()
+    api_key_file: Annotated[
+        str | None, Meta(description="file of further API keys, one per line; # starts a comment")
+    ] = None
+    trusted_proxies: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="address or network (10.0.0.0/8) of a proxy whose X-Forwarded-For and "
+            "Forwarded headers name the client (repeatable); none by default",
+            extra={"flag": "trusted-proxy"},
+        ),
+    ] = ()
+    cors_origins: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="origin a browser page may call the API from, or * (repeatable); "
+            "CORS is off without one",
+            extra={"flag": "cors-origin"},
+        ),
+    ] = ()
 
 
 class FlagSpec(msgspec.Struct, frozen=True):
-    """What the CLI needs to offer one setting as a flag."""
+    """What the CLI needs to offer one setting as a flag.
+
+    A list-valued setting (`tuple[str, ...]`) is `repeated`: its flag may be given many times
+    and its environment variable holds a comma-separated list. Its flag is named by
+    `Meta(extra={"flag": ...})` when the singular reads better (`--api-key` for `api_keys`).
+    """
 
     name: str
+    flag: str
     help: str
     kind: type
     default: Any
     choices: tuple[str, ...] | None = None
+    repeated: bool = False
 
 
 def flag_specs() -> list[FlagSpec]:
@@ -81,27 +181,59 @@ def flag_specs() -> list[FlagSpec]:
     defaults = Settings()
     specs = []
     for name in Settings.__struct_fields__:
-        kind, description, choices = _describe(hints[name])
-        specs.append(FlagSpec(name, description, kind, getattr(defaults, name), choices))
+        described = _describe(hints[name])
+        specs.append(
+            FlagSpec(
+                name,
+                "--" + (described.flag or name.replace("_", "-")),
+                described.description,
+                described.kind,
+                getattr(defaults, name),
+                described.choices,
+                described.repeated,
+            )
+        )
     return specs
 
 
-def _describe(hint: Any) -> tuple[type, str, tuple[str, ...] | None]:
-    """Peel Annotated/Optional layers down to the base type, keeping the description."""
-    description = ""
+class _Described(msgspec.Struct):
+    kind: type = str
+    description: str = ""
+    flag: str | None = None
+    choices: tuple[str, ...] | None = None
+    repeated: bool = False
+
+
+def _describe(hint: Any) -> _Described:
+    """Peel Annotated/Optional/tuple layers down to the base type, keeping the metadata."""
+    described = _Described()
     while True:
         if typing.get_origin(hint) is Annotated:
             hint, *metadata = typing.get_args(hint)
             for meta in metadata:
-                if isinstance(meta, Meta) and meta.description and not description:
-                    description = meta.description
+                if not isinstance(meta, Meta):
+                    continue
+                if meta.description and not described.description:
+                    described.description = meta.description
+                if meta.extra and "flag" in meta.extra and described.flag is None:
+                    described.flag = meta.extra["flag"]
             continue
         if typing.get_origin(hint) in (Union, types.UnionType):
-            hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+            members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+            if len(members) > 1:
+                # "auto" or a number: the flag takes text and msgspec picks the member.
+                return described
+            hint = members[0]
+            continue
+        if typing.get_origin(hint) is tuple:
+            hint = typing.get_args(hint)[0]
+            described.repeated = True
             continue
         if typing.get_origin(hint) is Literal:
-            return str, description, tuple(str(value) for value in typing.get_args(hint))
-        return hint, description, None
+            described.choices = tuple(str(value) for value in typing.get_args(hint))
+            return described
+        described.kind = hint
+        return described
 
 
 def env_name(field: str) -> str:
@@ -110,14 +242,20 @@ def env_name(field: str) -> str:
 
 def load_settings(env: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
     """Merge the environment and the flags that were given (None means not given)."""
+    repeated = {spec.name for spec in flag_specs() if spec.repeated}
     values: dict[str, Any] = {}
     for name in Settings.__struct_fields__:
         raw = env.get(env_name(name))
         if raw is not None and raw != "":
-            values[name] = raw
+            values[name] = _split_list(raw) if name in repeated else raw
     values.update({name: value for name, value in flags.items() if value is not None})
     try:
         # strict=False lets "8000" from the environment become an int.
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+
+
+def _split_list(raw: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: the environment's form of a repeatable flag."""
+    return [item.strip() for item in raw.split(",") if item.strip()]

@@ -6,7 +6,7 @@ import pytest
 
 from locallab_gguf.cli import build_parser, main
 from locallab_gguf.errors import ConfigError
-from locallab_gguf.settings import Settings, env_name, load_settings
+from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
 
 
 def test_flags_beat_environment_beats_defaults() -> None:
@@ -33,11 +33,43 @@ def test_help_documents_every_setting_with_its_environment_variable(
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in Settings.__struct_fields__:
-        assert "--" + name.replace("_", "-") in text
-        assert env_name(name) in text
+    specs = flag_specs()
+    assert [spec.name for spec in specs] == list(Settings.__struct_fields__)
+    for spec in specs:
+        assert spec.flag in text
+        assert env_name(spec.name) in text
 
 
 def test_invalid_flag_value_exits_with_a_message(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--parallel", "0", "--port", "1"]) == 2
     assert "parallel" in capsys.readouterr().err
+
+
+def test_list_settings_repeat_their_flag_and_split_their_environment_variable() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--api-key", "k1", "--api-key", "k2", "--cors-origin", "https://a.example"]
+    )
+    flags = {name: getattr(args, name) for name in Settings.__struct_fields__}
+    env = {
+        "LOCALLAB_API_KEYS": "e1, e2,,",
+        "LOCALLAB_TRUSTED_PROXIES": "10.0.0.0/8,192.168.1.1",
+    }
+    settings = load_settings(env, flags)
+    assert settings.api_keys == ("k1", "k2")  # the flags replace the environment's list
+    assert settings.trusted_proxies == ("10.0.0.0/8", "192.168.1.1")
+    assert settings.cors_origins == ("https://a.example",)
+    assert load_settings(env, {}).api_keys == ("e1", "e2")
+    assert load_settings({}, {}).api_keys == ()
+
+
+def test_rate_limit_settings_from_flags_and_environment() -> None:
+    args = build_parser().parse_args(["serve", "--no-rate-limit", "--rate-limit-fail", "closed"])
+    flags = {name: getattr(args, name) for name in Settings.__struct_fields__}
+    settings = load_settings({"LOCALLAB_BURST": "3"}, flags)
+    assert (settings.rate_limit, settings.rate_limit_fail, settings.burst) == (False, "closed", 3)
+    assert load_settings({"LOCALLAB_RATE_LIMIT": "false"}, {}).rate_limit is False
+    assert load_settings({}, {}).requests_per_minute == 60
+    store = load_settings({"LOCALLAB_RATE_LIMIT_STORE": "redis://127.0.0.1:6379/0"}, {})
+    assert store.rate_limit_store == "redis://127.0.0.1:6379/0"
+    with pytest.raises(ConfigError, match="rate_limit_store"):
+        load_settings({"LOCALLAB_RATE_LIMIT_STORE": "memcached://x"}, {})
