@@ -47,7 +47,7 @@ LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
 INSTALL_STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test lint typecheck pytest bench clean
+.PHONY: serve test install install-test redis-server lint typecheck pytest bench clean
 
 serve: $(INSTALL_STAMP)
 	$(BIN)/locallab-gguf serve --host $(HOST) --port $(PORT)
@@ -90,7 +90,19 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
 
-pytest: $(TEST_STAMP)
+# The rate-limit tests start their own Redis on a free port; they need its server binary.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing redis-server (Debian package) for the rate-limit tests."; \
+			$(SUDO) apt-get update -q && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+		else \
+			echo "The tests need redis-server on PATH (e.g. brew install redis)." >&2; exit 1; \
+		fi; }
+
+pytest: $(TEST_STAMP) redis-server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)
