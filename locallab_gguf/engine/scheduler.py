@@ -61,9 +61,15 @@ Deliver = Callable[[EventBatch], None]
 # Without --ctx, each slot gets the model's trained context up to this many tokens: room for
 # long chats, while the KV cache of every slot together stays a modest part of memory.
 DEFAULT_CONTEXT_CAP = 4096
-# While other slots are generating, a long prompt is evaluated in chunks of this many tokens,
-# so their streams pause for one chunk at a time rather than for the whole prompt.
-MIXED_PROMPT_CHUNK = 128
+# While other slots are generating, prompts get at most this many tokens of a step, so those
+# streams pause for one short chunk at a time rather than for a whole long prompt.
+MIXED_PROMPT_BUDGET = 128
+# A slot's prompt advances at most this many tokens per step. llama.cpp's CPU flash attention
+# switches to a tiled kernel at 64 queries per sequence, and the two kernels round differently:
+# staying below it gives every token the same arithmetic whether it is evaluated in a long
+# prompt, in a short remainder after a cache hit, or one at a time, so reusing a cached prefix
+# or sharing a batch never changes a greedy answer. It costs some prompt speed on CPUs.
+PROMPT_CHUNK_PER_SLOT = 63
 THROUGHPUT_WINDOW_S = 10.0
 
 
@@ -348,7 +354,7 @@ class BatchEngine:
                 job.batch_index = n
                 generating.append(job)
                 n += 1
-        budget = min(self.config.n_batch - n, MIXED_PROMPT_CHUNK if n else self.config.n_batch)
+        budget = min(self.config.n_batch - n, MIXED_PROMPT_BUDGET if n else self.config.n_batch)
         chunks: list[tuple[_Job, int]] = []
         for job in active:
             if job.last_token >= 0 or budget <= 0:
@@ -356,7 +362,7 @@ class BatchEngine:
             slot = job.slot
             assert slot is not None
             start = job.n_evaluated
-            take = min(len(job.tokens) - start, budget)
+            take = min(len(job.tokens) - start, budget, PROMPT_CHUNK_PER_SLOT)
             last = len(job.tokens) - 1
             for position in range(start, start + take):
                 _put(batch, n, job.tokens[position], position, slot.seq_id, position == last)

@@ -1,0 +1,330 @@
+"""Generation speed through HTTP against a bare llama-cpp-python loop, measured in one run.
+
+    .venv/bin/python benchmarks/throughput.py [--runs 3] [--threads 2] [--json PATH]
+
+Starts `locallab-gguf serve` as a subprocess with the default model and measures, each as the
+median of --runs runs (greedy, 128 new tokens):
+
+- the bare loop: llama-cpp-python's low-level API, one sequence, decode + sample + detokenize;
+- 1 client streaming /generate: tokens/s and time to first token;
+- 8 concurrent clients streaming /generate: aggregate tokens/s and time to first token;
+- a chat of about 1,000 tokens: time to first token of its next turn against its first.
+
+Prints a table with the targets and writes everything, runs included, as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NEW_TOKENS = 128
+# Prompts whose greedy continuation runs past 128 tokens with the default model.
+PROMPTS = [
+    "Once upon a time",
+    "The history of the Roman Empire",
+    "Write a recipe for bread:\n",
+    "The best way to learn programming is",
+    "In the year 2050,",
+    "Dear diary, today I",
+    "Here is a list of fruits:",
+    "Les élèves français aiment",
+]
+TOPICS = ["rivers", "mountains", "deserts", "forests", "oceans", "cities", "islands", "glaciers"]
+
+
+class StreamTiming:
+    def __init__(self, started: float, first: float | None, ended: float, events: int) -> None:
+        self.started = started
+        self.first = first
+        self.ended = ended
+        self.events = events
+
+    @property
+    def ttft(self) -> float:
+        assert self.first is not None, "the stream sent no text"
+        return self.first - self.started
+
+    @property
+    def total(self) -> float:
+        return self.ended - self.started
+
+
+def carries_text(event: bytes) -> bool:
+    """/generate events are text; /chat events are JSON chunks, the first only naming the role."""
+    return not event.startswith(b"data: {") or b'"content"' in event
+
+
+async def stream(port: int, path: str, body: dict[str, Any]) -> StreamTiming:
+    """A minimal HTTP/1.1 client: the client's own cost stays out of the server's figures."""
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    started = time.perf_counter()
+    writer.write(
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+    )
+    status = await reader.readline()
+    if b" 200 " not in status:
+        raise RuntimeError(f"{path} answered {status!r}: {await reader.read()!r}")
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    first: float | None = None
+    events = 0
+    pending = b""
+    while True:
+        size = int((await reader.readline()).strip() or b"0", 16)
+        if size == 0:
+            break
+        pending += await reader.readexactly(size)
+        await reader.readline()
+        *complete, pending = pending.split(b"\n\n")
+        for event in complete:
+            if event == b"data: [DONE]" or not carries_text(event):
+                continue
+            if first is None:
+                first = time.perf_counter()
+            events += 1
+    ended = time.perf_counter()
+    writer.close()
+    return StreamTiming(started, first, ended, events)
+
+
+def bare_loop(model_path: str, threads: int, prompt: str) -> tuple[float, float]:
+    """(tokens/s, time to first token) of one greedy sequence on llama.cpp's C API."""
+    import llama_cpp as lc
+
+    silence = lc.llama_log_callback(lambda *_: None)
+    lc.llama_log_set(silence, ctypes.c_void_p())
+    lc.llama_backend_init()
+    model = lc.llama_model_load_from_file(model_path.encode(), lc.llama_model_default_params())
+    vocab = lc.llama_model_get_vocab(model)
+    params = lc.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+    params.n_threads = params.n_threads_batch = threads
+    context = lc.llama_init_from_model(model, params)
+    sampler = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+    lc.llama_sampler_chain_add(sampler, lc.llama_sampler_init_greedy())
+    batch = lc.llama_batch_init(512, 0, 1)
+    piece = ctypes.create_string_buffer(256)
+
+    def put(index: int, token: int, position: int, logits: bool) -> None:
+        batch.token[index], batch.pos[index] = token, position
+        batch.n_seq_id[index], batch.logits[index] = 1, logits
+        batch.seq_id[index][0] = 0
+
+    started = time.perf_counter()
+    data = prompt.encode()
+    tokens = (lc.llama_token * (len(data) + 8))()
+    count = lc.llama_tokenize(vocab, data, len(data), tokens, len(data) + 8, True, True)
+    for i in range(count):
+        put(i, tokens[i], i, i == count - 1)
+    batch.n_tokens = count
+    assert lc.llama_decode(context, batch) == 0
+    index, position, first = count - 1, count, 0.0
+    text = b""
+    for n in range(NEW_TOKENS):
+        token = lc.llama_sampler_sample(sampler, context, index)
+        size = lc.llama_token_to_piece(vocab, token, piece, len(piece), 0, False)
+        text += piece.raw[:size]
+        if n == 0:
+            first = time.perf_counter() - started
+        put(0, token, position, True)
+        batch.n_tokens, index, position = 1, 0, position + 1
+        assert lc.llama_decode(context, batch) == 0
+    elapsed = time.perf_counter() - started
+    lc.llama_batch_free(batch)
+    lc.llama_sampler_free(sampler)
+    lc.llama_free(context)
+    lc.llama_model_free(model)
+    return NEW_TOKENS / elapsed, first
+
+
+def conversation(topic: str) -> list[dict[str, str]]:
+    """About 1,000 tokens of chat history, unique per topic so runs do not share a cache."""
+    turns: list[dict[str, str]] = [
+        {"role": "system", "content": f"You are a patient geography tutor who loves {topic}."}
+    ]
+    for i in range(8):
+        turns.append({"role": "user", "content": f"Tell me fact number {i + 1} about {topic}."})
+        turns.append(
+            {
+                "role": "assistant",
+                "content": (
+                    f"Fact {i + 1}: {topic.capitalize()} shape the land and the lives of the "
+                    "people near them. They change slowly over centuries, carry water and "
+                    "sediment, support plants and animals, and have guided where towns, roads "
+                    "and farms were built. Scientists measure them with satellites, field "
+                    "surveys and old maps, and each new measurement adds detail to a long story "
+                    "of climate, trade and settlement that began long before written records."
+                ),
+            }
+        )
+    turns.append({"role": "user", "content": f"Summarise what we said about {topic}."})
+    return turns
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
+    cli = Path(sys.executable).parent / "locallab-gguf"
+    command = [str(cli), "serve", "--port", str(port), "--threads", str(threads),
+               "--threads-batch", str(threads), "--parallel", "8", "--ctx", "2048",
+               "--log-level", "warning"]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    import urllib.request
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as reply:
+                if json.load(reply)["model_status"] == "loaded":
+                    return process
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("the server did not become ready")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def measure_server(port: int, runs: int) -> dict[str, Any]:
+    greedy = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
+    await stream(port, "/generate", {**greedy, "prompt": PROMPTS[0]})  # warm-up
+    single = []
+    for _ in range(runs):
+        timing = await stream(port, "/generate", {**greedy, "prompt": PROMPTS[0]})
+        single.append({"tokens_per_s": NEW_TOKENS / timing.total, "ttft_s": timing.ttft,
+                       "total_s": timing.total})
+    concurrent = []
+    for _ in range(runs):
+        timings = await asyncio.gather(
+            *(stream(port, "/generate", {**greedy, "prompt": p}) for p in PROMPTS)
+        )
+        span = max(t.ended for t in timings) - min(t.started for t in timings)
+        ttfts = [t.ttft for t in timings]
+        concurrent.append({"aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
+                           "ttft_p50_s": percentile(ttfts, 0.5),
+                           "ttft_p95_s": percentile(ttfts, 0.95), "ttfts_s": ttfts})
+    chat = []
+    for run in range(runs):
+        history = conversation(TOPICS[run % len(TOPICS)])
+        body = {"max_length": 32, "temperature": 0, "stream": True}
+        first = await stream(port, "/chat", {**body, "messages": history})
+        reply = "They are old, slow and important."
+        next_turn = [*history, {"role": "assistant", "content": reply},
+                     {"role": "user", "content": "And which fact surprised you most?"}]
+        second = await stream(port, "/chat", {**body, "messages": next_turn})
+        chat.append({"first_turn_ttft_s": first.ttft, "next_turn_ttft_s": second.ttft,
+                     "ratio": second.ttft / first.ttft})
+    return {"single": single, "concurrent": concurrent, "chat": chat}
+
+
+def median(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(row[key] for row in rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/throughput.json")
+    args = parser.parse_args()
+
+    from locallab_gguf.hub import ModelFiles
+    from locallab_gguf.registry import default_models_file, load_registry
+
+    registry = load_registry(default_models_file())
+    model_path = str(ModelFiles().resolve(registry.get(registry.default)))
+
+    bare = [bare_loop(model_path, args.threads, PROMPTS[0]) for _ in range(args.runs)]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    server = start_server(port, args.threads, args.json.with_suffix(".server.log"))
+    try:
+        measured = asyncio.run(measure_server(port, args.runs))
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+
+    bare_tps = statistics.median(tps for tps, _ in bare)
+    one_tps = median(measured["single"], "tokens_per_s")
+    one_total = median(measured["single"], "total_s")
+    eight_tps = median(measured["concurrent"], "aggregate_tokens_per_s")
+    ttft_p95 = median(measured["concurrent"], "ttft_p95_s")
+    chat_ratio = median(measured["chat"], "ratio")
+    rows = [
+        ("bare loop tokens/s", bare_tps, None, None),
+        ("bare loop first token (s)", statistics.median(t for _, t in bare), None, None),
+        ("1 client tokens/s", one_tps, None, None),
+        ("1 client first token (s)", median(measured["single"], "ttft_s"), None, None),
+        ("1 client / bare loop", one_tps / bare_tps, ">=", 0.95),
+        ("8 clients aggregate tokens/s", eight_tps, None, None),
+        ("8 clients / 1 client", eight_tps / one_tps, ">=", 1.4),
+        ("8 clients first token p50 (s)", median(measured["concurrent"], "ttft_p50_s"), None,
+         None),
+        ("8 clients first token p95 (s)", ttft_p95, None, None),
+        ("8-client p95 first token / 1 stream", ttft_p95 / one_total, "<=", 0.15),
+        ("chat first turn first token (s)", median(measured["chat"], "first_turn_ttft_s"), None,
+         None),
+        ("chat next turn first token (s)", median(measured["chat"], "next_turn_ttft_s"), None,
+         None),
+        ("chat next turn / first turn", chat_ratio, "<=", 0.3),
+    ]
+    print(f"{'metric':40} {'median':>10} {'target':>10}  verdict")
+    table = []
+    for name, value, op, target in rows:
+        verdict = ""
+        if op is not None:
+            ok = value >= target if op == ">=" else value <= target
+            verdict = "PASS" if ok else "FAIL"
+        shown_target = f"{op} {target}" if op else ""
+        print(f"{name:40} {value:10.3f} {shown_target:>10}  {verdict}")
+        table.append({"metric": name, "median": value, "target": shown_target,
+                      "verdict": verdict})
+
+    import llama_cpp
+
+    from locallab_gguf.hardware import cpu_model, logical_cores
+
+    report = {
+        "machine": {"cpu": cpu_model(), "logical_cores": logical_cores(),
+                    "python": platform.python_version(),
+                    "llama_cpp_python": llama_cpp.__version__, "threads": args.threads,
+                    "load_average": os.getloadavg()},
+        "runs": args.runs,
+        "new_tokens": NEW_TOKENS,
+        "table": table,
+        "bare_loop": [{"tokens_per_s": tps, "ttft_s": ttft} for tps, ttft in bare],
+        **measured,
+    }
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

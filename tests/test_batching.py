@@ -1,0 +1,216 @@
+"""Continuous batching: concurrent requests give what each gives alone, and slots are shared."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.conftest import TEST_SETTINGS, ServerFactory, sse_events
+from tests.servers import RunningServer
+
+PROMPTS = [
+    "Once upon a time",
+    "The history of the Roman Empire",
+    "Write a recipe for bread:\n",
+    "The best way to learn programming is",
+    "In the year 2050,",
+    "Dear diary, today I",
+    "Here is a list of fruits:",
+    "Les élèves français aiment",
+]
+EIGHT_SLOTS = msgspec.structs.replace(TEST_SETTINGS, parallel=8)
+
+
+@pytest.fixture(scope="module")
+def eight_slot_server(registry: Any) -> Iterator[RunningServer]:
+    from locallab_gguf.api.app import create_app
+    from locallab_gguf.hub import ModelFiles
+    from locallab_gguf.model_manager import ModelManager
+    from locallab_gguf.server import local_engine_opener
+    from tests.conftest import DEFAULT_ID
+    from tests.servers import serving
+
+    manager = ModelManager(registry, ModelFiles(), local_engine_opener(EIGHT_SLOTS))
+    with serving(create_app(EIGHT_SLOTS, manager, initial_model=DEFAULT_ID)) as running:
+        yield running
+
+
+def generate_all(server: RunningServer, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Send every body at once, each on its own connection."""
+    import httpx
+
+    barrier = threading.Barrier(len(bodies))
+
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        with httpx.Client(base_url=server.url, timeout=300) as client:
+            barrier.wait()
+            reply = client.post("/generate", json=body)
+            assert reply.status_code == 200, reply.text
+            result: dict[str, Any] = reply.json()
+            return result
+
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(send, bodies))
+
+
+def watch_busy_slots(server: RunningServer, stop: threading.Event, seen: list[int]) -> None:
+    while not stop.is_set():
+        seen.append(server.engine_stats().slots_busy)
+        stop.wait(0.005)
+
+
+@pytest.mark.slow
+def test_eight_concurrent_greedy_requests_equal_each_alone(
+    eight_slot_server: RunningServer,
+) -> None:
+    bodies = [{"prompt": p, "max_length": 48, "temperature": 0} for p in PROMPTS]
+    alone = [eight_slot_server.client.post("/generate", json=b).json() for b in bodies]
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=watch_busy_slots, args=(eight_slot_server, stop, seen))
+    watcher.start()
+    try:
+        together = generate_all(eight_slot_server, bodies)
+    finally:
+        stop.set()
+        watcher.join()
+    assert max(seen) == 8  # they really were decoded together
+    for single, concurrent_ in zip(alone, together, strict=True):
+        assert concurrent_["response"] == single["response"]
+        assert concurrent_["usage"] == single["usage"]
+
+
+@pytest.mark.slow
+def test_eight_concurrent_seeded_requests_equal_each_alone(
+    eight_slot_server: RunningServer,
+) -> None:
+    bodies = [
+        {"prompt": p, "max_length": 32, "temperature": 0.9, "top_p": 0.95, "seed": 1000 + i}
+        for i, p in enumerate(PROMPTS)
+    ]
+    alone = [eight_slot_server.client.post("/generate", json=b).json()["response"] for b in bodies]
+    together = [r["response"] for r in generate_all(eight_slot_server, bodies)]
+    assert together == alone
+
+
+def test_a_cancelled_request_frees_its_slot_and_leaves_the_others_alone(
+    eight_slot_server: RunningServer,
+) -> None:
+    server = eight_slot_server
+    kept = [{"prompt": p, "max_length": 40, "temperature": 0} for p in PROMPTS[:2]]
+    expected = [server.client.post("/generate", json=b).json()["response"] for b in kept]
+    streams = []
+    with server.client.stream(
+        "POST", "/generate", json={"prompt": PROMPTS[2], "max_length": 500, "stream": True}
+    ) as doomed:
+        lines = doomed.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+        results: list[dict[str, Any]] = []
+        runner = threading.Thread(target=lambda: results.extend(generate_all(server, kept)))
+        runner.start()
+        busy_before = server.engine_stats().slots_busy
+        assert busy_before >= 1
+    # The doomed stream's connection is closed here, mid-generation.
+    runner.join()
+    assert [r["response"] for r in results] == expected
+    server.wait_until_idle(timeout=1)
+    del streams
+
+
+def test_next_chat_turn_reuses_the_first_turns_kv_and_gives_the_same_text(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server(msgspec.structs.replace(TEST_SETTINGS, parallel=1))
+    first_turn = [{"role": "user", "content": "Name three colours."}]
+    first = server.client.post(
+        "/chat", json={"messages": first_turn, "temperature": 0, "max_length": 40}
+    ).json()
+    second_turn = [
+        *first_turn,
+        {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
+        {"role": "user", "content": "Which of them is the warmest?"},
+    ]
+    body = {"messages": second_turn, "temperature": 0, "max_length": 40}
+
+    evaluated_before = server.engine_stats().prompt_tokens_evaluated
+    reused = server.client.post("/chat", json=body).json()
+    evaluated_with_reuse = server.engine_stats().prompt_tokens_evaluated - evaluated_before
+    prompt_tokens = reused["usage"]["prompt_tokens"]
+    # Only what follows the first turn (its prompt and its answer, all cached) was evaluated.
+    first_turn_tokens = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
+    assert evaluated_with_reuse <= prompt_tokens - first_turn_tokens + 2
+
+    # An unrelated request takes the only slot's cache; the same turn is then evaluated whole.
+    server.client.post("/generate", json={"prompt": "Unrelated text", "max_length": 2})
+    evaluated_before = server.engine_stats().prompt_tokens_evaluated
+    fresh = server.client.post("/chat", json=body).json()
+    assert server.engine_stats().prompt_tokens_evaluated - evaluated_before == prompt_tokens
+    assert fresh["choices"][0]["message"] == reused["choices"][0]["message"]
+    assert fresh["usage"] == reused["usage"]
+
+
+def test_stop_string_split_across_tokens(server: RunningServer) -> None:
+    base = {"prompt": "Once upon a time", "max_length": 40, "temperature": 0}
+    full = server.client.post("/generate", json=base).json()["response"]
+    stop = "w Hav"  # spans the tokens " New" and " Haven"
+    assert stop in full
+    with server.client.stream(
+        "POST", "/generate", json={**base, "stop": stop, "stream": True}
+    ) as reply:
+        pieces = sse_events(reply.iter_lines())[:-1]
+    assert "".join(pieces) == full[: full.index(stop)]
+    assert not any("w" in piece and "Hav" in piece for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [("Emoji party: 🐉🐉🐉🐉🐉🐉", "🐉"), ("中文：你好，世界。我们", "美国")],
+)
+def test_multibyte_characters_split_across_tokens_stream_whole(
+    server: RunningServer, prompt: str, expected: str
+) -> None:
+    body = {"prompt": prompt, "max_length": 30, "temperature": 0}
+    whole = server.client.post("/generate", json=body).json()["response"]
+    with server.client.stream("POST", "/generate", json={**body, "stream": True}) as reply:
+        pieces = sse_events(reply.iter_lines())[:-1]
+    assert expected in whole
+    assert "\ufffd" not in whole
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert "".join(pieces) == whole
+    # Fewer events than tokens: the bytes of one character arrived in several tokens.
+    assert len(pieces) < 30
+
+
+def test_batch_endpoint_decodes_its_prompts_together(eight_slot_server: RunningServer) -> None:
+    server = eight_slot_server
+    stop, seen = threading.Event(), []
+    watcher = threading.Thread(target=watch_busy_slots, args=(server, stop, seen))
+    watcher.start()
+    try:
+        reply = server.client.post(
+            "/generate/batch",
+            json={"prompts": PROMPTS[:4], "max_length": 32, "temperature": 0},
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert reply.status_code == 200
+    assert max(seen) == 4
+    assert len(reply.json()["responses"]) == 4
+
+
+def test_engine_reports_slots_queue_and_throughput(eight_slot_server: RunningServer) -> None:
+    server = eight_slot_server
+    server.client.post("/generate", json={"prompt": PROMPTS[0], "max_length": 64})
+    info = server.client.get("/system/info").json()
+    engine = info["model"]["engine"]
+    assert engine["slots_total"] == 8
+    assert engine["slots_busy"] == 0
+    assert engine["queue_depth"] == 0
+    assert engine["tokens_per_second"] > 0
+    assert json.dumps(engine)  # plain JSON, ready for metrics
