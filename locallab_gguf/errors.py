@@ -3,14 +3,31 @@
     LocalLabError
     ├── ConfigError              settings or models.toml are invalid (start-up)
     ├── InvalidRequest           a request's parameters cannot be served
-    │   └── ModelNotActive       the request names a registry model that is not loaded
+    │   ├── ModelNotActive       the request names a registry model that is not loaded
+    │   └── InvalidModelId       a hub id that is neither owner/repo:file.gguf nor hf://…
+    ├── CustomModelsRefused      a hub id outside the registry, on a server that refuses them
     ├── ModelNotFound            the model id is not in the registry
     ├── PromptTooLong            the prompt does not fit the model's context
     ├── NoModelLoaded            nothing is loaded, so nothing can generate
     ├── Overloaded               the request queue is full; retry later
+    ├── NotAuthenticated         API keys are required and the request has no valid one
+    ├── RateLimited              the client is over its rate limit; retry after the wait
+    ├── RateLimitStoreUnavailable  the limits' store is unreachable, and the server fails closed
     ├── LoadInProgress           another load is already running
+    ├── LoadCancelled            the server stopped while a model was downloading or loading
     ├── ModelUnavailable         a model file cannot be resolved (missing, corrupt)
-    │   └── ChecksumMismatch     the file's sha256 is not the registry's
+    │   ├── ChecksumMismatch     the file's sha256 is not the expected one
+    │   ├── ModelNotCached       offline, and the file is not on this machine
+    │   └── NotEnoughDisk        the download would not fit the free disk
+    ├── HubError                 the Hugging Face hub did not deliver the file
+    │   ├── HubUnreachable       no answer from the hub (network, DNS, timeout)
+    │   ├── HubNotFound          the hub has no such …
+    │   │   ├── RepoNotFound         … repository (or it is private)
+    │   │   ├── RevisionNotFound     … branch, tag or commit in the repository
+    │   │   └── HubFileNotFound      … file at that revision
+    │   ├── HubAccessDenied      a gated or private repo; the token is missing or lacks access
+    │   └── DownloadInterrupted  the transfer broke off; nothing partial was kept
+    ├── ModelTooLarge            the model needs more memory than is free; refused before loading
     ├── ModelLoadFailed          llama.cpp refused to load the file
     └── EngineFailure            generation failed inside the engine
 
@@ -34,6 +51,14 @@ class InvalidRequest(LocalLabError):
 
 
 class ModelNotActive(InvalidRequest):
+    pass
+
+
+class InvalidModelId(InvalidRequest):
+    pass
+
+
+class CustomModelsRefused(LocalLabError):
     pass
 
 
@@ -61,10 +86,47 @@ class Overloaded(LocalLabError):
         super().__init__(
             f"the server is busy: {queued} requests are already waiting. Retry in {retry_after} s."
         )
+        self.queued = queued
+        self.retry_after = retry_after
+
+
+class NotAuthenticated(LocalLabError):
+    def __init__(self, key_sent: bool) -> None:
+        super().__init__(
+            "the API key is not valid; send one the server accepts as 'Authorization: Bearer <key>'"
+            if key_sent
+            else "this server requires an API key; send it as 'Authorization: Bearer <key>'"
+        )
+        self.key_sent = key_sent
+
+
+class RateLimited(LocalLabError):
+    def __init__(self, limit: int, window_seconds: float, retry_after: int, policy: str) -> None:
+        super().__init__(
+            f"Rate limit exceeded: at most {limit} requests in any {window_seconds:g} s. "
+            f"Retry in {retry_after} s."
+        )
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.retry_after = retry_after
+        self.policy = policy
+
+
+class RateLimitStoreUnavailable(LocalLabError):
+    def __init__(self, retry_after: int = 1) -> None:
+        # What went wrong with the store is in the server's log, not in an answer to clients.
+        super().__init__(
+            "the server cannot check rate limits right now, and refuses requests until it can "
+            f"(--rate-limit-fail closed). Retry in {retry_after} s."
+        )
         self.retry_after = retry_after
 
 
 class LoadInProgress(LocalLabError):
+    pass
+
+
+class LoadCancelled(LocalLabError):
     pass
 
 
@@ -73,13 +135,83 @@ class ModelUnavailable(LocalLabError):
 
 
 class ChecksumMismatch(ModelUnavailable):
-    def __init__(self, path: str, expected: str, actual: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        expected: str,
+        actual: str,
+        *,
+        expected_by: str = "the registry",
+        removed: bool = False,
+    ) -> None:
+        advice = (
+            "It was removed from the cache; pull it again, and if the hashes differ again, "
+            f"{expected_by} and the file on the hub disagree."
+            if removed
+            else f"The file is damaged or not the one {expected_by} names; "
+            "remove it and fetch it again."
+        )
         super().__init__(
-            f"{path} has sha256 {actual}, but the registry expects {expected}. "
-            "The file is damaged or not the one the registry names; remove it and fetch it again."
+            f"{path} has sha256 {actual}, but {expected_by} expects {expected}. {advice}"
         )
         self.expected = expected
         self.actual = actual
+
+
+class ModelNotCached(ModelUnavailable):
+    pass
+
+
+class NotEnoughDisk(ModelUnavailable):
+    def __init__(self, what: str, directory: str, needed: int, free: int) -> None:
+        super().__init__(
+            f"{what} needs {needed:,} bytes, but {directory} has only {free:,} bytes free; "
+            "nothing was downloaded. Free some space or choose another --cache-dir."
+        )
+        self.needed = needed
+        self.free = free
+
+
+class HubError(LocalLabError):
+    pass
+
+
+class HubUnreachable(HubError):
+    pass
+
+
+class HubNotFound(HubError):
+    pass
+
+
+class RepoNotFound(HubNotFound):
+    pass
+
+
+class RevisionNotFound(HubNotFound):
+    pass
+
+
+class HubFileNotFound(HubNotFound):
+    pass
+
+
+class HubAccessDenied(HubError):
+    pass
+
+
+class DownloadInterrupted(HubError):
+    pass
+
+
+class ModelTooLarge(LocalLabError):
+    """Raised before llama.cpp allocates anything: a model that does not fit would get the
+    whole process killed by the kernel, taking the model that is serving with it."""
+
+    def __init__(self, message: str, needed_bytes: int, available_bytes: int) -> None:
+        super().__init__(message)
+        self.needed_bytes = needed_bytes
+        self.available_bytes = available_bytes
 
 
 class ModelLoadFailed(LocalLabError):

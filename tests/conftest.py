@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,14 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from locallab_gguf.api.app import create_app
 from locallab_gguf.hub import ModelFiles
 from locallab_gguf.model_manager import EngineOpener, ModelManager
+from locallab_gguf.ratelimit import Clock
 from locallab_gguf.registry import Registry, default_models_file, load_registry
 from locallab_gguf.server import local_engine_opener
 from locallab_gguf.settings import Settings
+from tests.local_hub import LocalHub
 from tests.servers import RunningServer, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
-# Small contexts keep every test server's KV cache small; the tests never need more.
-TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4)
+# Small contexts keep every test server's KV cache small; the tests never need more. Rate
+# limits are off: the tests send more than a client may; test_rate_limits turns them on.
+TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4, rate_limit=False)
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +44,8 @@ ServerFactory = Callable[..., RunningServer]
 
 @pytest.fixture
 def make_server(registry: Registry) -> Iterator[ServerFactory]:
-    """Start a real server with the given settings (and registry, files, engine opener)."""
+    """Start a real server with the given settings (and registry, files, engine opener, and
+    the clock of its rate limits)."""
     with ExitStack() as stack:
 
         def make(
@@ -51,13 +56,15 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
             opener: EngineOpener | None = None,
             initial_model: str | None = DEFAULT_ID,
             wait_for: str | None = "loaded",
+            clock: Clock = time.time,
         ) -> RunningServer:
             manager = ModelManager(
                 registry_ or registry,
                 files or ModelFiles(),
                 opener or local_engine_opener(settings),
+                allow_custom_models=settings.custom_models,
             )
-            app = create_app(settings, manager, initial_model=initial_model)
+            app = create_app(settings, manager, initial_model=initial_model, clock=clock)
             return stack.enter_context(serving(app, wait_for=wait_for))
 
         yield make
@@ -87,3 +94,35 @@ def sse_events(lines: Any) -> list[str]:
     if data:
         events.append("\n".join(data))
     return events
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A stand-in Hugging Face hub on a free loopback port (tests/local_hub.py).
+
+    HF_HUB_OFFLINE=1 (above) makes huggingface_hub refuse every request in this process;
+    tests with this fixture let it through, to this hub only: they pass its URL as endpoint.
+    """
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    with LocalHub().running() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid GGUF of about 1 MiB that no model runs: for tests where only bytes matter."""
+    import gguf
+    import numpy
+
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    writer = gguf.GGUFWriter(path, arch="llama")
+    writer.add_name("tiny")
+    noise = numpy.random.default_rng(3).standard_normal(256 * 1024).astype(numpy.float32)
+    writer.add_tensor("noise", noise)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

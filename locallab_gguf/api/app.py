@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from litestar import Litestar
@@ -13,18 +14,23 @@ from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 
 from locallab_gguf import __version__
+from locallab_gguf.api.access import AccessControl
 from locallab_gguf.api.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.routes.generation import chat, generate, generate_batch
 from locallab_gguf.api.routes.models import (
     available_models,
     current_model,
     load_model,
+    model_status,
     unload_model,
 )
 from locallab_gguf.api.routes.system import health, system_info
 from locallab_gguf.api.services import Services
+from locallab_gguf.engine import supports_gpu_offload
 from locallab_gguf.errors import LocalLabError
+from locallab_gguf.hardware import HardwareProbe
 from locallab_gguf.model_manager import ModelManager
+from locallab_gguf.ratelimit import Clock
 from locallab_gguf.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,14 +43,27 @@ ROUTES = [
     unload_model,
     current_model,
     available_models,
+    model_status,
     health,
     system_info,
 ]
 
 
-def create_app(settings: Settings, manager: ModelManager, initial_model: str | None) -> Litestar:
-    """`initial_model` starts loading when the server starts; /health says when it is ready."""
-    services = Services(settings, manager)
+def create_app(
+    settings: Settings,
+    manager: ModelManager,
+    initial_model: str | None,
+    *,
+    clock: Clock = time.time,
+    hardware: HardwareProbe | None = None,
+) -> Litestar:
+    """`initial_model` starts loading when the server starts; /health says when it is ready.
+
+    `clock` times the rate limits; a wall clock, so that replicas sharing a store agree.
+    `hardware` reads GPUs and memory for /system/info (tests simulate them).
+    """
+    services = Services(settings, manager, hardware or HardwareProbe(supports_gpu_offload()))
+    access = AccessControl(settings, clock)
     background: set[asyncio.Task[Any]] = set()
 
     async def start_loading() -> None:
@@ -65,6 +84,7 @@ def create_app(settings: Settings, manager: ModelManager, initial_model: str | N
         for task in background:
             task.cancel()
         await manager.close()
+        await access.close()
 
     async def count_response(message: Message, _: Scope) -> None:
         if message["type"] == "http.response.start":
@@ -76,6 +96,8 @@ def create_app(settings: Settings, manager: ModelManager, initial_model: str | N
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         before_send=[count_response],
+        middleware=access.middleware,
+        cors_config=access.cors,
         on_startup=[start_loading],
         on_shutdown=[stop],
         state=State({"services": services}),

@@ -12,31 +12,57 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from locallab_gguf.api.access import bearer_challenge, rate_limit_headers
 from locallab_gguf.errors import (
     ConfigError,
+    CustomModelsRefused,
     EngineFailure,
+    HubAccessDenied,
+    HubError,
+    HubNotFound,
+    HubUnreachable,
     InvalidRequest,
+    LoadCancelled,
     LoadInProgress,
     LocalLabError,
     ModelLoadFailed,
     ModelNotFound,
+    ModelTooLarge,
     ModelUnavailable,
     NoModelLoaded,
+    NotAuthenticated,
+    NotEnoughDisk,
     Overloaded,
     PromptTooLong,
+    RateLimited,
+    RateLimitStoreUnavailable,
 )
 
+# Hub failures: 404 when the hub has no such repo, revision or file (fix the id); 403, not
+# 401, when the hub refuses the server's token (the client's own credentials are not at
+# fault); 502 when the hub answered badly or a transfer broke off; 504 when it did not answer.
 STATUS_OF: dict[type[LocalLabError], int] = {
     InvalidRequest: 400,
+    NotAuthenticated: 401,
+    CustomModelsRefused: 403,
+    HubAccessDenied: 403,
     ModelNotFound: 404,
+    HubNotFound: 404,
     LoadInProgress: 409,
     PromptTooLong: 413,
+    RateLimited: 429,
     ConfigError: 500,
     ModelUnavailable: 500,
     ModelLoadFailed: 500,
     EngineFailure: 500,
+    HubError: 502,
     NoModelLoaded: 503,
     Overloaded: 503,
+    RateLimitStoreUnavailable: 503,
+    LoadCancelled: 503,
+    HubUnreachable: 504,
+    NotEnoughDisk: 507,
+    ModelTooLarge: 507,
 }
 
 
@@ -49,16 +75,28 @@ def status_of(error: LocalLabError) -> int:
 
 
 def error_response(
-    status: int, detail: str, headers: dict[str, str] | None = None
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Response[Any]:
-    return Response({"detail": detail}, status_code=status, headers=headers)
+    return Response({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
 
 
 def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
     headers = None
-    if isinstance(error, Overloaded):
+    extra = None
+    if isinstance(error, Overloaded | RateLimitStoreUnavailable):
         headers = {"Retry-After": str(error.retry_after)}
-    return error_response(status_of(error), str(error), headers)
+    elif isinstance(error, RateLimited):
+        headers = {
+            **rate_limit_headers(error.limit, 0, error.retry_after, error.policy),
+            "Retry-After": str(error.retry_after),
+        }
+        extra = {"retry_after": error.retry_after}
+    elif isinstance(error, NotAuthenticated):
+        headers = {"WWW-Authenticate": bearer_challenge(key_sent=error.key_sent)}
+    return error_response(status_of(error), str(error), headers, extra)
 
 
 def handle_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:

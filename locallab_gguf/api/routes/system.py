@@ -11,12 +11,24 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from locallab_gguf import __version__
+from locallab_gguf.api.access import PUBLIC
 from locallab_gguf.api.routes.models import describe
 from locallab_gguf.api.services import Services
 from locallab_gguf.api.wire import HealthResponse, ModelDescription
-from locallab_gguf.engine import llama_cpp_version, supports_gpu_offload
+from locallab_gguf.engine import llama_cpp_version
 from locallab_gguf.engine.types import EngineStats
-from locallab_gguf.hardware import Backend, CpuInfo, GpuInfo, HardwareInfo, MemoryInfo, probe
+from locallab_gguf.hardware import (
+    Backend,
+    CpuInfo,
+    HardwareInfo,
+    MemoryInfo,
+    Threads,
+    choose_threads,
+)
+from locallab_gguf.model_manager import ActiveModel
+from locallab_gguf.nvidia import GpuInfo, NvidiaStatus
+from locallab_gguf.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
+from locallab_gguf.settings import Settings
 
 
 class Versions(msgspec.Struct):
@@ -33,9 +45,15 @@ class ModelState(msgspec.Struct):
     engine: EngineStats | None
 
 
-class Acceleration(msgspec.Struct):
+class Acceleration(msgspec.Struct, kw_only=True):
     backend: Backend
     gpu_offload_supported: bool
+    metal: bool
+    nvidia: NvidiaStatus
+    nvidia_detail: str
+    driver_version: str | None
+    cuda_driver_version: str | None
+    advice: str | None  # set when a GPU is here that this llama.cpp build cannot use
 
 
 class RequestCounts(msgspec.Struct):
@@ -48,6 +66,8 @@ class SystemInfo(msgspec.Struct):
     memory: MemoryInfo
     gpus: list[GpuInfo]
     acceleration: Acceleration
+    threads: Threads
+    offload: OffloadEstimate | None  # for the loaded model
     model: ModelState
     uptime_seconds: float
     requests: RequestCounts
@@ -61,7 +81,11 @@ class SystemInfo(msgspec.Struct):
     request_count: int
 
 
-@get("/health", summary="Liveness and model state; never rate limited")
+@get(
+    "/health",
+    summary="Liveness and model state; never rate limited, open without an API key",
+    opt={PUBLIC: True},
+)
 async def health(services: NamedDependency[Services]) -> HealthResponse:
     manager = services.manager
     current = manager.current
@@ -74,16 +98,22 @@ async def health(services: NamedDependency[Services]) -> HealthResponse:
 
 @get("/system/info", summary="Hardware, model, load and versions")
 async def system_info(services: NamedDependency[Services]) -> SystemInfo:
-    hardware: HardwareInfo = await asyncio.to_thread(probe, supports_gpu_offload())
+    hardware = await asyncio.to_thread(services.hardware.read)
     manager = services.manager
     current = manager.current
+    settings = services.settings
+    offload = (
+        await asyncio.to_thread(loaded_offload, settings, current, hardware) if current else None
+    )
     uptime = time.time() - services.started_at
     counts = services.requests
     return SystemInfo(
         cpu=hardware.cpu,
         memory=hardware.memory,
-        gpus=hardware.gpus,
-        acceleration=Acceleration(hardware.backend, hardware.gpu_offload_supported),
+        gpus=hardware.nvidia.gpus,
+        acceleration=acceleration(hardware),
+        threads=choose_threads(settings.threads, settings.threads_batch),
+        offload=offload,
         model=ModelState(
             status=manager.status,
             loading=manager.loading_id,
@@ -103,8 +133,38 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         ),
         cpu_usage=hardware.cpu.usage_percent,
         memory_usage=hardware.memory.used_percent,
-        gpu_info=hardware.gpus,
+        gpu_info=hardware.nvidia.gpus,
         active_model=current.spec.id if current else None,
         uptime=uptime,
         request_count=counts.total,
+    )
+
+
+def acceleration(hardware: HardwareInfo) -> Acceleration:
+    nvidia = hardware.nvidia
+    return Acceleration(
+        backend=hardware.backend,
+        gpu_offload_supported=hardware.gpu_offload_supported,
+        metal=hardware.metal,
+        nvidia=nvidia.status,
+        nvidia_detail=nvidia.detail,
+        driver_version=nvidia.driver_version,
+        cuda_driver_version=nvidia.cuda_driver_version,
+        advice=hardware.advice,
+    )
+
+
+def loaded_offload(
+    settings: Settings, model: ActiveModel, hardware: HardwareInfo
+) -> OffloadEstimate:
+    """What the loaded model's layers take where, from its GGUF header and the engine."""
+    info = model.engine.info
+    _, decided_by = gpu_layers_request(settings.gpu_layers, model.spec.n_gpu_layers)
+    return estimate_loaded(
+        model.path,
+        hardware,
+        gpu_layers=info.n_gpu_layers,
+        context_per_slot=info.context_length,
+        parallel=info.parallel,
+        decided_by=decided_by,
     )
