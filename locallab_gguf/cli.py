@@ -35,6 +35,30 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             )
 
 
+# pull and models take only the settings that say where models are, under the names users
+# of other model tools know (--token, not --hf-token).
+_HUB_FLAGS = {
+    "models_file": "--models-file",
+    "cache_dir": "--cache-dir",
+    "hf_token": "--token",
+    "offline": "--offline",
+}
+
+
+def _add_hub_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    specs = {spec.name: spec for spec in flag_specs()}
+    for name in names:
+        spec, flag = specs[name], _HUB_FLAGS[name]
+        described = f"{spec.help} [env {env_name(name)}]"
+        if spec.kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=described
+            )
+        else:
+            metavar = flag[2:].replace("-", "_").upper()
+            parser.add_argument(flag, dest=name, help=described, metavar=metavar)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="locallab-gguf", description="Serve GGUF language models over the LocalLab REST API."
@@ -44,6 +68,27 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="serve a model over HTTP")
     _add_settings_flags(serve)
+    pull = commands.add_parser(
+        "pull", help="download a model into the Hugging Face cache, verify it, print its path"
+    )
+    pull.add_argument(
+        "model_id",
+        nargs="?",
+        metavar="ID",
+        help="a registry id, owner/repo:file.gguf or hf://owner/repo/file.gguf "
+        "(default: the registry's default model)",
+    )
+    pull.add_argument("--revision", help="branch, tag or commit (default: the registry's, or main)")
+    _add_hub_flags(pull, list(_HUB_FLAGS))
+    models = commands.add_parser("models", help="list the registry's models and which are here")
+    _add_hub_flags(models, ["models_file", "cache_dir"])
+    system = commands.add_parser(
+        "system",
+        help="show CPU, memory, GPUs, threads, and the GPU offload serve would choose",
+        description="Takes serve's flags: it shows what serve would do with them.",
+    )
+    _add_settings_flags(system)
+    system.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -57,13 +102,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         logging.basicConfig(
-            level=settings.log_level.upper(),
+            # pull and models speak for themselves; a log line per HTTP request is noise there.
+            level=settings.log_level.upper() if args.command == "serve" else "WARNING",
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         if args.command == "serve":
             from locallab_gguf.server import serve
 
             serve(settings)
+        elif args.command == "pull":
+            from locallab_gguf.pull import pull
+
+            pull(
+                settings,
+                args.model_id,
+                revision=args.revision,
+                env=os.environ,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        elif args.command == "models":
+            from locallab_gguf.model_list import print_models
+
+            print_models(settings, os.environ, sys.stdout)
+        elif args.command == "system":
+            from locallab_gguf.system_report import print_system_report
+
+            print_system_report(settings, sys.stdout, as_json=args.json)
     except LocalLabError as exc:
         print(f"locallab-gguf: {exc}", file=sys.stderr)
         return 2

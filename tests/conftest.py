@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from locallab_gguf.api.app import create_app
+from locallab_gguf.hardware import HardwareProbe
 from locallab_gguf.hub import ModelFiles
 from locallab_gguf.model_manager import EngineOpener, ModelManager
 from locallab_gguf.ratelimit import Clock
@@ -44,8 +45,8 @@ ServerFactory = Callable[..., RunningServer]
 
 @pytest.fixture
 def make_server(registry: Registry) -> Iterator[ServerFactory]:
-    """Start a real server with the given settings (and registry, files, engine opener, and
-    the clock of its rate limits)."""
+    """Start a real server with the given settings (and registry, files, engine opener, the
+    clock of its rate limits, and the hardware probe of /system/info)."""
     with ExitStack() as stack:
 
         def make(
@@ -57,6 +58,7 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
             initial_model: str | None = DEFAULT_ID,
             wait_for: str | None = "loaded",
             clock: Clock = time.time,
+            hardware: HardwareProbe | None = None,
         ) -> RunningServer:
             manager = ModelManager(
                 registry_ or registry,
@@ -64,7 +66,9 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
                 opener or local_engine_opener(settings),
                 allow_custom_models=settings.custom_models,
             )
-            app = create_app(settings, manager, initial_model=initial_model, clock=clock)
+            app = create_app(
+                settings, manager, initial_model=initial_model, clock=clock, hardware=hardware
+            )
             return stack.enter_context(serving(app, wait_for=wait_for))
 
         yield make

@@ -132,7 +132,7 @@ def test_load_switches_models_and_current_describes_it(
     [
         ("wrong-checksum", f"sha256 {SHA}, but the registry expects {WRONG_SHA}"),
         ("not-downloaded", "locallab-gguf pull not-downloaded"),
-        ("corrupt", "could not load"),
+        ("corrupt", "is not a GGUF model this server can read"),
     ],
 )
 def test_failed_load_is_500_and_the_serving_model_keeps_serving(

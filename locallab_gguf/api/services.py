@@ -1,10 +1,11 @@
-"""What the route handlers share: settings, the model manager, and request counts."""
+"""What the route handlers share: settings, model manager, hardware probe, request counts."""
 
 from __future__ import annotations
 
 import collections
 import time
 
+from locallab_gguf.hardware import HardwareProbe
 from locallab_gguf.model_manager import ActiveModel, ModelManager
 from locallab_gguf.settings import Settings
 
@@ -24,9 +25,10 @@ class RequestCounter:
 
 
 class Services:
-    def __init__(self, settings: Settings, manager: ModelManager) -> None:
+    def __init__(self, settings: Settings, manager: ModelManager, hardware: HardwareProbe) -> None:
         self.settings = settings
         self.manager = manager
+        self.hardware = hardware
         self.requests = RequestCounter()
         self.started_at = time.time()
 
