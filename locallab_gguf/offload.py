@@ -117,28 +117,13 @@ def plan_offload(
     decided_by: DecidedBy,
 ) -> OffloadPlan:
     gpus = hardware.nvidia.usable_gpus if hardware.backend == "cuda" else []
-    total = model.offloadable_layers
     warning = None
     if requested == "auto":
         layers, reason = _auto_layers(model, hardware, gpus, context_per_slot, parallel)
     else:
-        layers = total if requested < 0 else min(requested, total)
-        source = "--gpu-layers" if decided_by == "setting" else "the registry's n_gpu_layers"
-        reason = f"{source} asks for {requested} of {total} layers"
-        if layers and not hardware.gpu_offload_supported:
-            warning = (
-                f"{reason}, but this llama.cpp build cannot offload, so every layer runs on "
-                f"the CPU. {hardware.advice or ''}"
-            ).strip()
-            layers = 0
-        elif layers and gpus and not _fits_gpus(model, layers, gpus, context_per_slot, parallel):
-            needed = _vram(model, layers, gpus, context_per_slot, parallel)
-            free = sum(gpu.free_memory_bytes for gpu in gpus)
-            warning = (
-                f"{reason}; they need about {human_bytes(needed)} but {human_bytes(free)} is "
-                f"free, so loading may fail. `auto` would offload "
-                f"{_most_layers(model, gpus, context_per_slot, parallel)}."
-            )
+        layers, reason, warning = _requested_layers(
+            model, hardware, gpus, requested, decided_by, context_per_slot, parallel
+        )
     if warning is None and hardware.advice:
         warning = hardware.advice  # a GPU sits idle: say so every time a model loads
     return OffloadPlan(
@@ -193,6 +178,42 @@ def ensure_fits(model_id: str, plan: OffloadPlan) -> None:
         needed_bytes=estimate.ram_bytes + RAM_RESERVE_BYTES,
         available_bytes=plan.ram_available_bytes,
     )
+
+
+def _requested_layers(
+    model: ModelMemory,
+    hardware: HardwareInfo,
+    gpus: list[GpuInfo],
+    requested: int,
+    decided_by: DecidedBy,
+    context_per_slot: int,
+    parallel: int,
+) -> tuple[int, str, str | None]:
+    """A number from the settings or the registry: used as given, with a warning when this
+    build cannot offload or the GPUs look too small for it."""
+    total = model.offloadable_layers
+    layers = total if requested < 0 else min(requested, total)
+    source = "--gpu-layers" if decided_by == "setting" else "the registry's n_gpu_layers"
+    reason = f"{source} asks for {requested} of {total} layers"
+    if layers and not hardware.gpu_offload_supported:
+        warning = (
+            f"{reason}, but this llama.cpp build cannot offload, so every layer runs on "
+            f"the CPU. {hardware.advice or ''}"
+        ).strip()
+        return 0, reason, warning
+    if layers and gpus and not _fits_gpus(model, layers, gpus, context_per_slot, parallel):
+        needed = _vram(model, layers, gpus, context_per_slot, parallel)
+        free = sum(gpu.free_memory_bytes for gpu in gpus)
+        best = _most_layers(model, gpus, context_per_slot, parallel)
+        return (
+            layers,
+            reason,
+            (
+                f"{reason}; they need about {human_bytes(needed)} but {human_bytes(free)} is "
+                f"free, so loading may fail. `auto` would offload {best}."
+            ),
+        )
+    return layers, reason, None
 
 
 def _auto_layers(
