@@ -1,27 +1,66 @@
-"""Resolve a ModelSpec to a verified GGUF file on this machine.
+"""Resolve a ModelSpec to a verified GGUF file on this machine, downloading it if need be.
 
-Sources, in order: a Python package that ships the file (no network ever), then the
-Hugging Face cache. A file with a registry sha256 is checked before it is used.
+Sources, in order: a Python package that ships the file (no network ever), the Hugging Face
+cache, then the hub itself (`hub_download`). Every file is checked against its sha256
+before it is used: the registry's when it gives one, else the hub's (a large file's blob in
+the cache is named by its sha256). A cached file that fails the check is removed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
-from locallab_gguf.errors import ChecksumMismatch, ModelUnavailable
-from locallab_gguf.registry import ModelSpec
+import msgspec
 
+from locallab_gguf.errors import ChecksumMismatch, ModelUnavailable
+from locallab_gguf.progress import ProgressCallback
+from locallab_gguf.registry import ModelSpec
+from locallab_gguf.settings import Settings
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
 _HASH_CHUNK = 8 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# What huggingface_hub itself takes for "on" in its variables.
+_TRUE = ("1", "ON", "YES", "TRUE")
+
+
+class HubAccess(msgspec.Struct, frozen=True, kw_only=True):
+    """How to reach the hub; read from the settings and the environment once, at start."""
+
+    endpoint: str = DEFAULT_ENDPOINT
+    token: str | None = None  # None: the token huggingface_hub finds itself (`hf auth login`)
+    offline: bool = False
+    timeout_seconds: float = 10.0
+
+    def __repr__(self) -> str:  # never show the token
+        return f"HubAccess(endpoint={self.endpoint!r}, offline={self.offline})"
+
+
+def hub_access(settings: Settings, env: Mapping[str, str]) -> HubAccess:
+    """The settings, then the Hugging Face variables: HF_ENDPOINT, HF_TOKEN, HF_HUB_OFFLINE."""
+    return HubAccess(
+        endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+        token=settings.hf_token or env.get("HF_TOKEN") or None,
+        offline=settings.offline
+        or env.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"),
+    )
+
+
+def _ignore_progress(done: int, total: int | None) -> None:
+    pass
 
 
 class ModelFiles:
-    """Finds model files; remembers which files it has verified (by size and mtime)."""
+    """Finds and fetches model files; remembers which files it has verified (by size, mtime)."""
 
-    def __init__(self, cache_dir: str | None = None) -> None:
+    def __init__(self, cache_dir: str | None = None, *, access: HubAccess | None = None) -> None:
         self.cache_dir = cache_dir
+        self.access = access or HubAccess()
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -33,20 +72,31 @@ class ModelFiles:
         return self._cached_path(spec)
 
     def resolve(self, spec: ModelSpec) -> Path:
+        """The verified local file; never downloads."""
         path = self.local_path(spec)
         if path is None:
             raise ModelUnavailable(
                 f"{spec.repo}/{spec.file} (model {spec.id!r}) is not on this machine; "
                 f"download it with `locallab-gguf pull {spec.id}`"
             )
-        if spec.sha256 is not None:
-            self.verify(path, spec.sha256)
-        return path
+        return self._verified_file(spec, path)
 
-    def verify(self, path: Path, expected: str) -> None:
-        actual = self.sha256(path)
-        if actual != expected:
-            raise ChecksumMismatch(str(path), expected, actual)
+    def fetch(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
+        """The verified local file, downloaded first when it is not here.
+
+        Blocking: run it in a thread. `on_progress` hears the bytes as they arrive; an
+        exception it raises stops the download.
+        """
+        path = self.local_path(spec)
+        if path is None:
+            # Imported here: huggingface_hub is slow to import, and local files never need it.
+            from locallab_gguf.hub_download import download
+
+            path = download(spec, self.access, self.cache_dir, on_progress or _ignore_progress)
+        return self._verified_file(spec, path)
+
+    def is_packaged(self, spec: ModelSpec, path: Path) -> bool:
+        return path == packaged_path(spec)
 
     def sha256(self, path: Path) -> str:
         stat = path.stat()
@@ -60,15 +110,44 @@ class ModelFiles:
             self._verified[key] = digest
         return digest
 
+    def expected_sha256(self, spec: ModelSpec, path: Path) -> tuple[str, str] | None:
+        """The sha256 `path` must have, and who says so; None when nobody does."""
+        if spec.sha256 is not None:
+            return spec.sha256, "the registry"
+        from_hub = None if self.is_packaged(spec, path) else hub_sha256(path)
+        return (from_hub, "the hub") if from_hub is not None else None
+
+    def _verified_file(self, spec: ModelSpec, path: Path) -> Path:
+        expectation = self.expected_sha256(spec, path)
+        if expectation is None:
+            return path
+        expected, expected_by = expectation
+        packaged = self.is_packaged(spec, path)
+        actual = self.sha256(path)
+        if actual != expected:
+            if not packaged:
+                from locallab_gguf.hub_download import remove_cached
+
+                remove_cached(path)
+            raise ChecksumMismatch(
+                str(path), expected, actual, expected_by=expected_by, removed=not packaged
+            )
+        return path
+
     def _cached_path(self, spec: ModelSpec) -> Path | None:
-        # Imported here: huggingface_hub reads its environment at import time, and the
-        # packaged default model never needs it.
+        # Imported here: huggingface_hub is slow to import, and packaged files never need it.
         from huggingface_hub import try_to_load_from_cache
 
         found = try_to_load_from_cache(
             spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision
         )
         return Path(found) if isinstance(found, str) else None
+
+
+def hub_sha256(cached: Path) -> str | None:
+    """The sha256 the hub gave for a cached file: large (LFS) files' blobs are named by it."""
+    blob = cached.resolve().name
+    return blob if _SHA256.fullmatch(blob) else None
 
 
 def packaged_path(spec: ModelSpec) -> Path | None:

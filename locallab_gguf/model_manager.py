@@ -1,21 +1,26 @@
 """Which model is serving: load, switch and unload, without cutting off requests in flight.
 
-A load resolves the file and starts a new engine while the current one keeps serving; only
-when the new engine is ready does it take over. The old engine then stops taking requests,
-finishes the ones it has, and frees its memory.
+A load fetches the file (downloading it when it is not on this machine), then starts a new
+engine, while the current one keeps serving; only when the new engine is ready does it take
+over. The old engine then stops taking requests, finishes the ones it has, and frees its
+memory. A load runs as a task of its own, so a client may wait for it or only watch it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 from locallab_gguf.engine import EngineClient
 from locallab_gguf.errors import (
+    LoadCancelled,
     LoadInProgress,
     LocalLabError,
     ModelLoadFailed,
@@ -23,12 +28,46 @@ from locallab_gguf.errors import (
     NoModelLoaded,
 )
 from locallab_gguf.hub import ModelFiles
+from locallab_gguf.model_ids import resolve_model_id
 from locallab_gguf.registry import ModelSpec, Registry
 
 log = logging.getLogger(__name__)
 
-ModelStatus = Literal["loaded", "loading", "unloaded", "failed"]
+ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
+LoadPhase = Literal["downloading", "loading"]
 EngineOpener = Callable[[ModelSpec, Path], Awaitable[EngineClient]]
+
+
+class ModelLoadState(msgspec.Struct, kw_only=True):
+    """Where one model stands: downloading (with bytes), loading, loaded, unloaded or failed."""
+
+    model_id: str
+    status: Literal["downloading", "loading", "loaded", "unloaded", "failed"]
+    downloaded_bytes: int | None = None
+    total_bytes: int | None = None
+    error: str | None = None
+
+
+class LoadProgress:
+    """The load in flight. The download thread writes the byte counts; the loop reads them."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.phase: LoadPhase = "loading"
+        self.downloaded_bytes: int | None = None
+        self.total_bytes: int | None = None
+        self._cancelled = threading.Event()
+
+    def on_bytes(self, done: int, total: int | None) -> None:
+        # Raising here is the only way to stop hf_hub_download between two chunks.
+        if self._cancelled.is_set():
+            raise LoadCancelled(
+                f"the download of {self.spec.id!r} stopped: the server is shutting down"
+            )
+        self.phase, self.downloaded_bytes, self.total_bytes = "downloading", done, total
+
+    def cancel(self) -> None:
+        self._cancelled.set()
 
 
 class ActiveModel:
@@ -40,75 +79,144 @@ class ActiveModel:
 
 
 class ModelManager:
-    def __init__(self, registry: Registry, files: ModelFiles, open_engine: EngineOpener) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        files: ModelFiles,
+        open_engine: EngineOpener,
+        *,
+        allow_custom_models: bool = True,
+    ) -> None:
         self.registry = registry
         self.files = files
+        self.allow_custom_models = allow_custom_models
         self._open_engine = open_engine
         self.current: ActiveModel | None = None
-        self.loading_id: str | None = None
+        self.loading: LoadProgress | None = None
         self.last_error: str | None = None
         self._failed = False
-        self._load_lock = asyncio.Lock()
+        self._failed_id: str | None = None
+        self._load_task: asyncio.Task[ActiveModel] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
     @property
+    def loading_id(self) -> str | None:
+        return self.loading.spec.id if self.loading is not None else None
+
+    @property
     def status(self) -> ModelStatus:
-        if self.loading_id is not None:
+        # A download is part of loading: clients that only know "loading" keep working.
+        if self.loading is not None:
             return "loading"
-        if self.current is not None:
-            return "loaded"
+        current = self._serving()
+        if current is not None:
+            return "restarting" if current.engine.state == "restarting" else "loaded"
         return "failed" if self._failed else "unloaded"
+
+    def spec_for(self, model_id: str) -> ModelSpec:
+        """The model an id names: a registry id, or a hub file when custom models are allowed."""
+        return resolve_model_id(self.registry, model_id, allow_custom=self.allow_custom_models)
+
+    def state_of(self, model_id: str) -> ModelLoadState:
+        spec = self.spec_for(model_id)
+        loading, current = self.loading, self.current
+        if loading is not None and loading.spec.id == spec.id:
+            return ModelLoadState(
+                model_id=spec.id,
+                status=loading.phase,
+                downloaded_bytes=loading.downloaded_bytes,
+                total_bytes=loading.total_bytes,
+            )
+        if current is not None and current.spec.id == spec.id:
+            return ModelLoadState(model_id=spec.id, status="loaded")
+        if self._failed_id == spec.id:
+            return ModelLoadState(model_id=spec.id, status="failed", error=self.last_error)
+        return ModelLoadState(model_id=spec.id, status="unloaded")
 
     def active(self, model_id: str | None = None) -> ActiveModel:
         """The model that serves a request naming `model_id` (None: whichever is loaded)."""
-        current = self.current
+        current = self._serving()
         if model_id is not None and (current is None or current.spec.id != model_id):
-            spec = self.registry.get(model_id)  # an unknown id is a 404, before anything else
-            raise ModelNotActive(
-                f"model {spec.id!r} is not loaded"
-                + (f" ({current.spec.id!r} is)" if current else "")
-                + f'; load it first with POST /models/load {{"model_id": "{spec.id}"}}'
-            )
+            spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
+            if current is None or current.spec.id != spec.id:
+                raise ModelNotActive(
+                    f"model {spec.id!r} is not loaded"
+                    + (f" ({current.spec.id!r} is)" if current else "")
+                    + f'; load it first with POST /models/load {{"model_id": "{spec.id}"}}'
+                )
         if current is None:
-            raise NoModelLoaded()
+            raise NoModelLoaded(self.last_error if self._failed else None)
         return current
 
-    async def load(self, model_id: str) -> ActiveModel:
-        spec = self.registry.get(model_id)
-        if self._load_lock.locked():
+    def _serving(self) -> ActiveModel | None:
+        """The current model, unless its engine has failed for good (then it is dropped)."""
+        current = self.current
+        if current is not None and current.engine.state == "failed":
+            self.current = None
+            self._failed, self._failed_id = True, current.spec.id
+            self.last_error = f"model {current.spec.id!r} failed: {current.engine.failure}"
+            log.error("%s", self.last_error)
+            self._retire(current)
+            return None
+        return current
+
+    def start_load(self, model_id: str) -> asyncio.Future[ActiveModel]:
+        """Begin loading a model; the future is done once it serves, or failed.
+
+        Raises at once, before anything starts, for an unknown id or a load already running.
+        """
+        spec = self.spec_for(model_id)
+        if self.loading is not None:
             raise LoadInProgress(
-                f"model {self.loading_id!r} is being loaded; wait for it to finish, then retry"
+                f"model {self.loading.spec.id!r} is being loaded; wait for it to finish "
+                f"(GET /models/status/{self.loading.spec.id}), then retry"
             )
-        async with self._load_lock:
-            if self.current is not None and self.current.spec.id == spec.id:
-                return self.current
-            self.loading_id = spec.id
-            started = time.monotonic()
-            try:
-                path = await asyncio.to_thread(self.files.resolve, spec)
-                engine = await self._open_engine(spec, path)
-            except LocalLabError as exc:
-                self._load_failed(spec, str(exc))
-                raise
-            except Exception as exc:
-                log.exception("loading %s failed", spec.id)
-                self._load_failed(spec, f"{type(exc).__name__}: {exc}")
-                raise ModelLoadFailed(f"loading model {spec.id!r} failed: {exc}") from exc
-            finally:
-                self.loading_id = None
-            loaded = ActiveModel(spec, path, engine, time.monotonic() - started)
-            previous, self.current = self.current, loaded
-            self._failed = False
-            self.last_error = None
-            log.info("model %s loaded from %s in %.1f s", spec.id, path, loaded.load_seconds)
-            if previous is not None:
-                self._retire(previous)
+        if self.current is not None and self.current.spec.id == spec.id:
+            loaded: asyncio.Future[ActiveModel] = asyncio.get_running_loop().create_future()
+            loaded.set_result(self.current)
             return loaded
+        progress = LoadProgress(spec)
+        self.loading = progress
+        task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")
+        self._load_task = task
+        # A load nobody waits for (?wait=false) reports its failure through state_of.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return task
+
+    async def load(self, model_id: str) -> ActiveModel:
+        # Shielded: a client that hangs up does not stop a load that others may be watching.
+        return await asyncio.shield(self.start_load(model_id))
+
+    async def _load(self, progress: LoadProgress) -> ActiveModel:
+        spec = progress.spec
+        started = time.monotonic()
+        try:
+            path = await asyncio.to_thread(self.files.fetch, spec, progress.on_bytes)
+            progress.phase = "loading"
+            engine = await self._open_engine(spec, path)
+        except LocalLabError as exc:
+            self._load_failed(spec, str(exc))
+            raise
+        except Exception as exc:
+            log.exception("loading %s failed", spec.id)
+            self._load_failed(spec, f"{type(exc).__name__}: {exc}")
+            raise ModelLoadFailed(f"loading model {spec.id!r} failed: {exc}") from exc
+        finally:
+            self.loading = None
+        loaded = ActiveModel(spec, path, engine, time.monotonic() - started)
+        previous, self.current = self.current, loaded
+        self._failed = False
+        self._failed_id = None
+        self.last_error = None
+        log.info("model %s loaded from %s in %.1f s", spec.id, path, loaded.load_seconds)
+        if previous is not None:
+            self._retire(previous)
+        return loaded
 
     async def unload(self) -> ActiveModel | None:
-        if self._load_lock.locked():
+        if self.loading is not None:
             raise LoadInProgress(
-                f"model {self.loading_id!r} is being loaded; wait for it to finish, then retry"
+                f"model {self.loading.spec.id!r} is being loaded; wait for it to finish, then retry"
             )
         previous, self.current = self.current, None
         self._failed = False
@@ -116,8 +224,19 @@ class ModelManager:
             self._retire(previous)
         return previous
 
+    async def close_after(self, grace_seconds: float) -> None:
+        """On shutdown: requests in flight get `grace_seconds` to finish, then are stopped."""
+        await asyncio.sleep(grace_seconds)
+        await self.close()
+
     async def close(self) -> None:
-        """Shut down: requests in flight are told the server is stopping."""
+        """Shut down: a download stops, requests in flight are told the server is stopping."""
+        if self.loading is not None:
+            self.loading.cancel()
+        task = self._load_task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         previous, self.current = self.current, None
         if previous is not None:
             await previous.engine.close(drain=False)
@@ -126,6 +245,7 @@ class ModelManager:
 
     def _load_failed(self, spec: ModelSpec, reason: str) -> None:
         self.last_error = f"loading {spec.id!r} failed: {reason}"
+        self._failed_id = spec.id
         # A failed switch leaves the previous model serving; "failed" is only for no model.
         self._failed = self.current is None
         log.error("%s", self.last_error)

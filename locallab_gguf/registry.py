@@ -60,6 +60,11 @@ def default_models_file() -> Path:
     return beside_source if beside_source.is_file() else package_dir / "models.toml"
 
 
+def load_registry_file(models_file: str | None) -> Registry:
+    """The registry at `models_file` (the --models-file setting), else the bundled one."""
+    return load_registry(Path(models_file) if models_file else default_models_file())
+
+
 def load_registry(path: Path) -> Registry:
     try:
         text = path.read_text(encoding="utf-8")

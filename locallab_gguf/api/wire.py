@@ -155,6 +155,15 @@ class LoadResponse(msgspec.Struct):
     model: ModelDescription
 
 
+class LoadAccepted(msgspec.Struct):
+    """POST /models/load?wait=false: the load runs on; `status_url` follows it."""
+
+    status: Literal["accepted"]
+    message: str
+    model_id: str
+    status_url: str
+
+
 class UnloadResponse(msgspec.Struct):
     status: Literal["success"]
     message: str

@@ -1,23 +1,29 @@
-"""POST /models/load and /models/unload; GET /models/current and /models/available."""
+"""POST /models/load and /models/unload; GET /models/current, /models/available and
+/models/status/{id}."""
 
 from __future__ import annotations
 
-from litestar import get, post
+import asyncio
+from urllib.parse import quote
+
+from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from locallab_gguf.api.services import Services
 from locallab_gguf.api.wire import (
     AvailableModel,
     AvailableModels,
+    LoadAccepted,
     LoadRequest,
     LoadResponse,
     ModelDescription,
     UnloadResponse,
 )
 from locallab_gguf.errors import NoModelLoaded
-from locallab_gguf.model_manager import ActiveModel
+from locallab_gguf.model_ids import HF_SCHEME
+from locallab_gguf.model_manager import ActiveModel, ModelLoadState
 
 
 def describe(model: ActiveModel) -> ModelDescription:
@@ -34,16 +40,38 @@ def describe(model: ActiveModel) -> ModelDescription:
     )
 
 
-@post("/models/load", status_code=200, summary="Load a model; answers once it serves")
+def status_url(model_id: str) -> str:
+    return "/models/status/" + quote(model_id, safe="/:@")
+
+
+@post(
+    "/models/load",
+    status_code=200,
+    summary="Load a model, downloading it first if need be; answers once it serves, "
+    "or at once with 202 and a status URL when ?wait=false",
+)
 async def load_model(
-    data: JSONBody[LoadRequest], services: NamedDependency[Services]
-) -> LoadResponse:
-    model = await services.manager.load(data.model_id)
-    return LoadResponse(
-        status="success",
-        message=f"model {model.spec.id!r} is loaded",
-        model=describe(model),
+    data: JSONBody[LoadRequest],
+    services: NamedDependency[Services],
+    wait: FromQuery[bool] = True,
+) -> Response[LoadResponse | LoadAccepted]:
+    loading = services.manager.start_load(data.model_id)
+    if wait or loading.done():
+        # Shielded: a client that hangs up does not stop the load.
+        model = await asyncio.shield(loading)
+        loaded = LoadResponse(
+            status="success", message=f"model {model.spec.id!r} is loaded", model=describe(model)
+        )
+        return Response(loaded, status_code=200)
+    model_id = services.manager.loading_id or data.model_id
+    url = status_url(model_id)
+    accepted = LoadAccepted(
+        status="accepted",
+        message=f"model {model_id!r} is loading; GET {url} to follow it",
+        model_id=model_id,
+        status_url=url,
     )
+    return Response(accepted, status_code=202, headers={"Location": url})
 
 
 @post("/models/unload", status_code=200, summary="Unload the model")
@@ -91,3 +119,18 @@ async def available_models(services: NamedDependency[Services]) -> AvailableMode
         current_model=current.spec.id if current else None,
         default_model=manager.registry.default,
     )
+
+
+@get(
+    "/models/status/{model_id:path}",
+    summary="Where a model stands: downloading (bytes so far and in all), loading, loaded, "
+    "unloaded or failed",
+)
+async def model_status(
+    model_id: FromPath[str], services: NamedDependency[Services]
+) -> ModelLoadState:
+    # A path parameter keeps its leading slash, and the router folds the '//' of hf://.
+    model_id = model_id.removeprefix("/")
+    if model_id.startswith("hf:/") and not model_id.startswith(HF_SCHEME):
+        model_id = HF_SCHEME + model_id.removeprefix("hf:/")
+    return services.manager.state_of(model_id)
