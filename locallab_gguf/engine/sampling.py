@@ -7,19 +7,36 @@ from typing import Any
 
 import llama_cpp
 
+from locallab_gguf.engine.grammar import GrammarSampler
 from locallab_gguf.engine.types import SamplingParams
+from locallab_gguf.errors import InvalidRequest
 
 
 class Sampler:
-    """One request's chain; `sample` picks a token and records it (penalties, RNG state)."""
+    """One request's chain; `sample` picks a token and records it (penalties, RNG state).
 
-    def __init__(self, params: SamplingParams, n_vocab: int) -> None:
+    Raises InvalidRequest for a logit bias outside the vocabulary or a grammar llama.cpp
+    cannot parse.
+    """
+
+    def __init__(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+        _check_logit_bias(params.logit_bias, n_vocab)
         self._chain: Any = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
         )
         self._penalties: Any = None
         self._penalty_window = params.penalty_last_n
+        self._grammar: GrammarSampler | None = None
+        try:
+            self._build(params, vocab, n_vocab)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
         add = self._add
+        if params.logit_bias:
+            add(_logit_bias_sampler(params.logit_bias, n_vocab))
         if _has_penalties(params):
             self._penalties = add(
                 llama_cpp.llama_sampler_init_penalties(
@@ -30,6 +47,9 @@ class Sampler:
                     params.presence_penalty,
                 )
             )
+        if params.grammar is not None:
+            # Kept out of the chain: it is asked about the chain's pick (see grammar.py).
+            self._grammar = GrammarSampler(params.grammar, vocab, n_vocab)
         if params.temperature <= 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
             return
@@ -55,12 +75,35 @@ class Sampler:
             llama_cpp.llama_sampler_accept(self._penalties, token)
 
     def sample(self, context: Any, batch_index: int) -> int:
+        if self._grammar is not None:
+            return self._grammar.sample(self._chain, context, batch_index)
         return int(llama_cpp.llama_sampler_sample(self._chain, context, batch_index))
 
     def close(self) -> None:
+        if self._grammar is not None:
+            self._grammar.close()
+            self._grammar = None
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)  # frees the samplers it holds too
             self._chain = None
+
+
+def _check_logit_bias(biases: Sequence[tuple[int, float]], n_vocab: int) -> None:
+    for token, _ in biases:
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"logit_bias names token {token}, but the model's vocabulary has {n_vocab:,} "
+                f"tokens (ids 0 to {n_vocab - 1}); use token ids of this model's tokenizer"
+            )
+
+
+def _logit_bias_sampler(biases: Sequence[tuple[int, float]], n_vocab: int) -> Any:
+    entries = (llama_cpp.llama_logit_bias * len(biases))()
+    for entry, (token, bias) in zip(entries, biases, strict=True):
+        entry.token = token
+        entry.bias = bias
+    # llama.cpp copies the entries, so the array need not outlive this call.
+    return llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(biases), entries)
 
 
 def _has_penalties(params: SamplingParams) -> bool:

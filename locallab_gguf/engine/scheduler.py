@@ -12,8 +12,8 @@ the KV of its last request, so a request that shares a prefix with it (the next 
 chat, a common system prompt) only evaluates the rest.
 
 Callers never touch the context: they `submit` a request with an id, receive its events in
-batches through the `deliver` callback (one call per step, on the engine thread) and may
-`cancel` it by id at any time.
+batches through the `deliver` callback (one call per step, on the engine thread, with an empty
+batch when a step produced no event) and may `cancel` it by id at any time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import msgspec
 
 from locallab_gguf.engine.chat_template import ChatTemplate
 from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.logprobs import MAX_TOP_LOGPROBS, read_distribution
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
 from locallab_gguf.engine.types import (
@@ -43,6 +44,7 @@ from locallab_gguf.engine.types import (
     FinishReason,
     GenerationRequest,
     TextDelta,
+    TokenLogprobs,
     Usage,
 )
 from locallab_gguf.errors import (
@@ -100,17 +102,27 @@ class _Job:
         "completion_tokens",
         "id",
         "last_token",
+        "logprobs",
         "max_tokens",
         "n_evaluated",
+        "pending_logprobs",
+        "queue_seconds",
         "sampler",
         "slot",
         "stops",
+        "submitted_at",
         "tokens",
         "utf8",
     )
 
     def __init__(
-        self, job_id: int, tokens: list[int], max_tokens: int, stops: StopMatcher, sampler: Sampler
+        self,
+        job_id: int,
+        tokens: list[int],
+        max_tokens: int,
+        stops: StopMatcher,
+        sampler: Sampler,
+        logprobs: int | None,
     ) -> None:
         self.id = job_id
         self.tokens = tokens
@@ -124,6 +136,17 @@ class _Job:
         self.batch_index = -1  # where this job's logits are in the current batch, or -1
         self.completion_tokens = 0
         self.cancelled = False
+        self.logprobs = logprobs  # None, or how many alternatives each token reports
+        self.pending_logprobs: list[TokenLogprobs] = []  # tokens whose text is not out yet
+        self.submitted_at = time.monotonic()
+        self.queue_seconds = 0.0
+
+    def take_logprobs(self) -> tuple[TokenLogprobs, ...]:
+        if not self.pending_logprobs:
+            return ()
+        taken = tuple(self.pending_logprobs)
+        self.pending_logprobs.clear()
+        return taken
 
 
 class BatchEngine:
@@ -204,9 +227,21 @@ class BatchEngine:
                 f"max_length is {request.max_tokens:,} tokens; the context is {self.n_ctx:,}. "
                 "Ask for fewer new tokens."
             )
+        if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidRequest(
+                f"{request.logprobs} alternatives per token were asked for; "
+                f"at most {MAX_TOP_LOGPROBS} are reported"
+            )
         # The sampler is built here, off the engine thread, to keep steps short.
-        sampler = Sampler(request.sampling, self.model.n_vocab)
-        job = _Job(job_id, tokens, request.max_tokens, StopMatcher(request.stop), sampler)
+        sampler = Sampler(request.sampling, self.model.vocab, self.model.n_vocab)
+        job = _Job(
+            job_id,
+            tokens,
+            request.max_tokens,
+            StopMatcher(request.stop),
+            sampler,
+            request.logprobs,
+        )
         with self._lock:
             refusal = self._refusal_locked()
             if refusal is not None:
@@ -306,12 +341,13 @@ class BatchEngine:
             except Exception as exc:  # a bug must end the requests, never hang them
                 log.exception("engine step failed")
                 self._fail_active(events, f"the engine failed: {exc}")
-            if events:
-                self._deliver(events)
+            # Every step reports, even without events: a worker process sends its stats along.
+            self._deliver(events)
 
     def _admit_locked(self) -> list[_Job]:
         admitted: list[_Job] = []
         idle = [slot for slot in self._slots if slot.job is None]
+        now = time.monotonic()
         while self._pending and idle:
             job = self._pending.popleft()
             if job.cancelled:
@@ -324,6 +360,7 @@ class BatchEngine:
             self._truncate(slot, keep)
             job.slot = slot
             job.n_evaluated = keep
+            job.queue_seconds = now - job.submitted_at
             slot.job = job
             admitted.append(job)
         return admitted
@@ -402,6 +439,13 @@ class BatchEngine:
         """Sample the job's next token; returns how many completion tokens it produced."""
         slot = job.slot
         assert slot is not None
+        # Read before the sampler runs: the model's own logits, untouched by temperature,
+        # penalties or grammar.
+        distribution = (
+            None
+            if job.logprobs is None
+            else read_distribution(self._context, job.batch_index, self.model.n_vocab, job.logprobs)
+        )
         token = job.sampler.sample(self._context, job.batch_index)
         job.batch_index = -1
         is_eog = self._eog.get(token)
@@ -411,11 +455,13 @@ class BatchEngine:
             self._finish(job, events, "stop")
             return 0
         job.completion_tokens += 1
+        if distribution is not None:
+            job.pending_logprobs.append(distribution.entry(token, self.model.piece))
         text = job.utf8.feed(self.model.piece(token))
         if text:
             text, stopped = job.stops.feed(text)
             if text:
-                events.append((job.id, TextDelta(text=text)))
+                events.append((job.id, TextDelta(text=text, logprobs=job.take_logprobs())))
             if stopped:
                 self._finish(job, events, "stop")
                 return 1
@@ -443,11 +489,14 @@ class BatchEngine:
                 self._truncate(slot, 0)
 
     def _finish(self, job: _Job, events: EventBatch, reason: FinishReason) -> None:
-        held = job.stops.flush() if reason == "length" else ""
+        # Text held back as a possible start of a stop string is output after all (once a
+        # stop string matched, nothing is held).
+        held = job.stops.flush()
         if held:
-            events.append((job.id, TextDelta(text=held)))
+            events.append((job.id, TextDelta(text=held, logprobs=job.take_logprobs())))
         usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=job.completion_tokens)
-        self._end(job, events, Finished(finish_reason=reason, usage=usage))
+        finished = Finished(finish_reason=reason, usage=usage, queue_seconds=job.queue_seconds)
+        self._end(job, events, finished)
 
     def _end(self, job: _Job, events: EventBatch, event: Event) -> None:
         events.append((job.id, event))

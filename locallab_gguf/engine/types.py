@@ -31,6 +31,9 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     frequency_penalty: float = 0.0
     penalty_last_n: int = 64
     seed: int | None = None
+    # (token id, bias added to its logit); a bias of -inf bans the token.
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    grammar: str | None = None  # GBNF: the output can only be text this grammar accepts
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -41,6 +44,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     max_tokens: int
     sampling: SamplingParams = SamplingParams()
     stop: tuple[str, ...] = ()
+    # None: no log-probabilities; n: each token's own and the n most likely at its step.
+    logprobs: int | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -58,13 +63,30 @@ class Accepted(msgspec.Struct, frozen=True, tag=True):
     prompt_tokens: int
 
 
+class TokenChoice(msgspec.Struct, frozen=True, array_like=True):
+    piece: bytes  # what the token stands for; a character may span several tokens
+    logprob: float
+
+
+class TokenLogprobs(msgspec.Struct, frozen=True):
+    """A generated token's log-probability under the model, before any sampling settings,
+    and the most likely tokens at its step."""
+
+    piece: bytes
+    logprob: float
+    top: tuple[TokenChoice, ...] = ()
+
+
 class TextDelta(msgspec.Struct, frozen=True, tag=True):
     text: str
+    # Only when the request asked: the tokens whose text this delta completes.
+    logprobs: tuple[TokenLogprobs, ...] = ()
 
 
 class Finished(msgspec.Struct, frozen=True, tag=True):
     finish_reason: FinishReason
     usage: Usage
+    queue_seconds: float = 0.0  # from submission until a slot took the request
 
 
 class Failed(msgspec.Struct, frozen=True, tag=True):
