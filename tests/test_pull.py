@@ -11,12 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from huggingface_hub import try_to_load_from_cache
 
 from tests.conftest import DEFAULT_ID
 from tests.local_hub import LocalHub
-from tests.servers import wait_until
+from tests.servers import free_port, wait_until
 
 pytestmark = pytest.mark.slow  # every test starts CLI processes
 
@@ -211,3 +212,52 @@ def test_models_lists_ids_names_sizes_what_is_local_and_the_default(
     rows = {line.split()[0]: line.split() for line in pulls.run("models").stdout.splitlines()[1:4]}
     assert rows["elsewhere"][-3:] == ["1.0", "MB", "cache"]  # the real size, now it is here
     assert "locallab-gguf pull ID" in listed.stdout
+
+
+def test_serve_downloads_a_hub_model_named_by_flag_and_a_refusing_server_stops_at_once(
+    hub: LocalHub, tiny_gguf: Path, model_path: Path, tmp_path: Path
+) -> None:
+    hub.add("test-owner/custom-GGUF", SMOL_FILE, model_path)
+    pulls = Pulls(hub, tmp_path)
+    hub_id = f"hf://test-owner/custom-GGUF/{SMOL_FILE}"
+
+    refused = pulls.run("serve", "--model", hub_id, "--no-custom-models", "--port", "1")
+    assert refused.returncode == 2 and "--custom-models" in refused.stderr
+    assert hub.count() == 0
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        server = subprocess.Popen(
+            [*pulls.command("serve", "--model", hub_id, "--port", str(port), "--threads", "2")],
+            env={**pulls.env, "LOCALLAB_CTX": "1024", "LOCALLAB_PARALLEL": "2"},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def loaded() -> bool:
+            assert server.poll() is None, log.read_text()
+            try:
+                return bool(httpx.get(f"{url}/health").json()["model_status"] == "loaded")
+            except httpx.TransportError:
+                return False
+
+        wait_until(loaded, timeout=120)
+        model_id = f"test-owner/custom-GGUF:{SMOL_FILE}"
+        assert httpx.get(f"{url}/models/status/{model_id}").json()["status"] == "loaded"
+        answer = httpx.post(
+            f"{url}/generate",
+            json={"prompt": "Once upon a time", "max_length": 4, "temperature": 0},
+            timeout=60,
+        )
+        assert answer.status_code == 200 and answer.json()["model"] == model_id
+        assert hub.count("GET") == 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
