@@ -263,3 +263,26 @@ def test_status_of_an_unknown_model_is_404(make_server: ServerFactory) -> None:
         "total_bytes": None,
         "error": None,
     }
+
+
+def test_stopping_the_server_stops_a_download_and_keeps_nothing(
+    make_server: ServerFactory, hub: LocalHub, tiny_gguf: Path, tmp_path: Path
+) -> None:
+    hub.add(CUSTOM_REPO, "tiny.gguf", tiny_gguf)
+    hub.hold_after = 300_000
+    server = make_server(registry_=hub_registry(), files=hub_files(hub, tmp_path))
+    reply = server.client.post(
+        "/models/load?wait=false", json={"model_id": f"{CUSTOM_REPO}:tiny.gguf"}
+    )
+    assert reply.status_code == 202
+    assert hub.holding.wait(30)
+
+    stopping = threading.Thread(target=server.stop)
+    stopping.start()
+    wait_until(lambda: server.services.manager.loading is None)  # the load was cancelled
+    hub.release.set()  # the next bytes reach the download, which stops there
+    stopping.join(30)
+    assert not stopping.is_alive()
+    cache = tmp_path / "cache"
+    left = [path for path in cache.rglob("*") if {"blobs", "snapshots"} & set(path.parts)]
+    assert all(path.is_dir() for path in left), left
