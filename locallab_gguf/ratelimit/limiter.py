@@ -35,12 +35,21 @@ class Window(msgspec.Struct, frozen=True):
         return f"{self.limit};w={self.seconds:g}"
 
 
-class Recorded(msgspec.Struct, frozen=True):
-    """What a store did with one request: whether it counted it, and the client's times
-    (ascending) that still fall inside the longest window, this request's included."""
+class WindowCount(NamedTuple):
+    """A client's requests inside one window, after the store's verdict."""
+
+    requests: int
+    oldest: float | None  # the earliest of them; None when there are none
+    # When `requests` is at the limit or over it, the request whose leaving makes room.
+    freeing: float | None
+
+
+class Recorded(NamedTuple):
+    """What a store did with one request: whether it counted it, and then, for each window in
+    the order given, the client's requests inside it (this one included when counted)."""
 
     accepted: bool
-    times: Sequence[float]
+    windows: Sequence[WindowCount]
 
 
 class Decision(msgspec.Struct, frozen=True):
@@ -75,6 +84,11 @@ class StoreUnavailable(Exception):
     """The store could not be reached; the limiter decides what that means."""
 
 
+def policy_of(windows: Sequence[Window]) -> str:
+    """The RateLimit-Policy header: '60;w=60, 10;w=1'."""
+    return ", ".join(window.policy for window in windows)
+
+
 def longest(windows: Sequence[Window]) -> float:
     return max(window.seconds for window in windows)
 
@@ -88,6 +102,24 @@ def has_room(times: Sequence[float], now: float, windows: Sequence[Window]) -> b
     return all(count_within(times, now, window) < window.limit for window in windows)
 
 
+def count_windows(
+    times: Sequence[float], now: float, windows: Sequence[Window]
+) -> list[WindowCount]:
+    """What `Recorded.windows` holds, from a client's ascending request times."""
+    counts = []
+    for window in windows:
+        count = count_within(times, now, window)
+        first = len(times) - count
+        counts.append(
+            WindowCount(
+                count,
+                times[first] if count else None,
+                times[first + count - window.limit] if count >= window.limit else None,
+            )
+        )
+    return counts
+
+
 class _Budget(NamedTuple):
     window: Window
     remaining: int
@@ -95,23 +127,21 @@ class _Budget(NamedTuple):
     retry_after: int  # whole seconds until the window has room; 0 when it has
 
 
-def _budget(times: Sequence[float], now: float, window: Window) -> _Budget:
-    counted = count_within(times, now, window)
-    inside = times[len(times) - counted :]
-    if not inside:
+def _budget(counted: WindowCount, now: float, window: Window) -> _Budget:
+    if counted.oldest is None:
         return _Budget(window, window.limit, 0, 0)
-    reset = _whole_seconds(inside[0] + window.seconds - now)
-    if counted < window.limit:
-        return _Budget(window, window.limit - counted, reset, 0)
-    # Room comes back once the oldest request that puts the window at its limit leaves it.
-    retry_after = _whole_seconds(inside[counted - window.limit] + window.seconds - now)
-    return _Budget(window, 0, reset, retry_after)
+    reset = _whole_seconds(counted.oldest + window.seconds - now)
+    if counted.freeing is None:
+        return _Budget(window, max(0, window.limit - counted.requests), reset, 0)
+    return _Budget(window, 0, reset, _whole_seconds(counted.freeing + window.seconds - now))
 
 
-def decide(recorded: Recorded, now: float, windows: Sequence[Window]) -> Decision:
+def decide(recorded: Recorded, now: float, windows: Sequence[Window], policy: str) -> Decision:
     """Turn what the store recorded into the verdict and the numbers sent to the client."""
-    budgets = [_budget(recorded.times, now, window) for window in windows]
-    policy = ", ".join(window.policy for window in windows)
+    budgets = [
+        _budget(counted, now, window)
+        for counted, window in zip(recorded.windows, windows, strict=True)
+    ]
     if recorded.accepted:
         nearest = min(budgets, key=lambda budget: (budget.remaining, -budget.reset))
         return Decision(
@@ -149,7 +179,7 @@ class RateLimiter:
             raise ValueError("a rate limiter needs at least one window")
         self.store = store
         self.windows = tuple(windows)
-        self.policy = ", ".join(window.policy for window in self.windows)
+        self.policy = policy_of(self.windows)
         self._clock = clock
         self._fail = fail
 
@@ -167,7 +197,7 @@ class RateLimiter:
             if self._fail == "closed":
                 raise RateLimitStoreUnavailable() from exc
             return None
-        return decide(recorded, now, self.windows)
+        return decide(recorded, now, self.windows, self.policy)
 
     async def close(self) -> None:
         await self.store.close()

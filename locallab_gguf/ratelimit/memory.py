@@ -8,7 +8,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from locallab_gguf.ratelimit.limiter import Recorded, Window, has_room, longest
+from locallab_gguf.ratelimit.limiter import Recorded, Window, count_windows, has_room, longest
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class MemoryStore:
             bisect.insort(times, now)
         self._times[client] = times
         self._forget_idle(horizon)
-        return Recorded(accepted, times.tolist())
+        return Recorded(accepted, count_windows(times, now, windows))
 
     def _forget_idle(self, horizon: float) -> None:
         # The least recently seen come first; stop at the first one still in its window.

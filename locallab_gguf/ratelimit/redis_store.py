@@ -21,7 +21,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from locallab_gguf.ratelimit.limiter import Clock, Recorded, StoreUnavailable, Window, longest
+from locallab_gguf.ratelimit.limiter import (
+    Clock,
+    Recorded,
+    StoreUnavailable,
+    Window,
+    WindowCount,
+    longest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +37,40 @@ KEY_PREFIX = "locallab:ratelimit:"
 # KEYS[1] the client's sorted set. ARGV: the horizon (times at or before it are dropped), the
 # request's time, its unique member, the key's lifetime in ms, then for each window its
 # exclusive lower bound ("(" .. now - seconds) and its limit. Bounds are computed by the
-# caller: Lua would print floats with 14 digits and move the window's edge.
+# caller: Lua would print floats with 14 digits and move the window's edge. The reply is
+# what `count_windows` computes in Python: accepted, then count, oldest and freeing times
+# for each window ('' for none), so that only a few numbers cross the network.
 RECORD_SCRIPT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local key = KEYS[1]
+redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
 local accepted = 1
 for i = 5, #ARGV, 2 do
-  if redis.call('ZCOUNT', KEYS[1], ARGV[i], '+inf') >= tonumber(ARGV[i + 1]) then
+  if redis.call('ZCOUNT', key, ARGV[i], '+inf') >= tonumber(ARGV[i + 1]) then
     accepted = 0
     break
   end
 end
 if accepted == 1 then
-  redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('ZADD', key, ARGV[2], ARGV[3])
+  redis.call('PEXPIRE', key, ARGV[4])
 end
-return {accepted, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
+local reply = {accepted}
+for i = 5, #ARGV, 2 do
+  local limit = tonumber(ARGV[i + 1])
+  local count = redis.call('ZCOUNT', key, ARGV[i], '+inf')
+  local oldest, freeing = '', ''
+  if count > 0 then
+    oldest = redis.call('ZRANGEBYSCORE', key, ARGV[i], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)[2]
+  end
+  if count >= limit then
+    freeing = redis.call(
+      'ZRANGEBYSCORE', key, ARGV[i], '+inf', 'WITHSCORES', 'LIMIT', count - limit, 1)[2]
+  end
+  reply[#reply + 1] = count
+  reply[#reply + 1] = oldest
+  reply[#reply + 1] = freeing
+end
+return reply
 """
 
 
@@ -94,13 +120,16 @@ class RedisStore:
         for window in windows:
             args += ["(" + repr(now - window.seconds), window.limit]
         try:
-            accepted, flat = await self._script(keys=[KEY_PREFIX + client], args=args)
+            reply = await self._script(keys=[KEY_PREFIX + client], args=args)
         except RedisError as exc:
             self._went_down(exc)
             raise StoreUnavailable(self._outage_message()) from exc
         self._came_back()
-        # WITHSCORES: [member, score, member, score, ...], ascending by score.
-        return Recorded(bool(accepted), [float(score) for score in flat[1::2]])
+        counts = [
+            WindowCount(int(count), _time(oldest), _time(freeing))
+            for count, oldest, freeing in zip(reply[1::3], reply[2::3], reply[3::3], strict=True)
+        ]
+        return Recorded(bool(reply[0]), counts)
 
     def _went_down(self, exc: RedisError) -> None:
         self._down_until = self._monotonic() + self._retry_interval
@@ -119,6 +148,11 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _time(score: bytes) -> float | None:
+    # Redis sends scores with 17 significant digits: the float comes back exactly.
+    return float(score) if score else None
 
 
 def redacted(url: str) -> str:
