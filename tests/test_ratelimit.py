@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
@@ -254,7 +255,20 @@ class FakeMonotonic:
         return self.now
 
 
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def test_redis_going_away_fails_open_or_closed_then_recovers() -> None:
+    records = Records()
+    logger = logging.getLogger("locallab_gguf.ratelimit")
+    logger.addHandler(records)
+
     async def scenario(server: RedisServer) -> None:
         monotonic = FakeMonotonic()
         clock = FakeClock()
@@ -279,8 +293,15 @@ def test_redis_going_away_fails_open_or_closed_then_recovers() -> None:
             await fail_open.close()
             await fail_closed.close()
 
-    with running_redis() as server:
-        asyncio.run(scenario(server))
+    try:
+        with running_redis() as server:
+            asyncio.run(scenario(server))
+    finally:
+        logger.removeHandler(records)
+    # Once each per store: the outage (not once per request), then the recovery.
+    assert len(records.messages) == 4, records.messages
+    assert sum("is unreachable (ConnectionError" in m for m in records.messages) == 2
+    assert sum("is reachable again" in m for m in records.messages) == 2
 
 
 def test_redis_url_in_logs_hides_the_password() -> None:
