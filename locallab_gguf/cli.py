@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from locallab_gguf import __version__
 from locallab_gguf.errors import LocalLabError
+from locallab_gguf.log_format import configure_logging
 from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
 
 
@@ -89,7 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(system)
     system.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_chat_parser(commands)
     return parser
+
+
+def _add_chat_parser(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a model in the terminal",
+        description="Streams each reply and keeps the conversation. In the chat: /system TEXT, "
+        "/reset, /exit. Without --url, the model is started in this process.",
+    )
+    chat.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    chat.add_argument(
+        "--model",
+        metavar="ID",
+        help="with --url: the served model's id (default: the one it serves); without: the "
+        "model to start (default: the registry's)",
+    )
+    chat.add_argument(
+        "--api-key",
+        dest="chat_api_key",
+        metavar="KEY",
+        help="key for a server that requires one (default: LOCALLAB_API_KEY)",
+    )
+    chat.add_argument("--temperature", type=float, help="0 is greedy (default: the server's)")
+    chat.add_argument("--max-tokens", type=int, help="longest reply in tokens")
+    chat.add_argument("--system", help="system prompt to start with")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -97,14 +126,35 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(os.environ, flags)
 
 
+def _chat(args: argparse.Namespace, settings: Settings) -> None:
+    from locallab_gguf.chat_repl import chat
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    if args.url is None:
+        # A server for one person at the terminal: one slot, and nobody to rate-limit.
+        settings = msgspec.structs.replace(settings, parallel=1, rate_limit=False)
+    chat(
+        settings,
+        url=args.url,
+        model=args.model,
+        api_key=args.chat_api_key or os.environ.get("LOCALLAB_API_KEY"),
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        system=args.system,
+        read_line=input,
+        out=sys.stdout,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = _settings(args)
-        logging.basicConfig(
+        configure_logging(
             # pull and models speak for themselves; a log line per HTTP request is noise there.
-            level=settings.log_level.upper() if args.command == "serve" else "WARNING",
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            settings.log_level if args.command == "serve" else "warning",
+            settings.log_format,
         )
         if args.command == "serve":
             from locallab_gguf.server import serve
@@ -129,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from locallab_gguf.system_report import print_system_report
 
             print_system_report(settings, sys.stdout, as_json=args.json)
+        elif args.command == "chat":
+            _chat(args, settings)
     except LocalLabError as exc:
         print(f"locallab-gguf: {exc}", file=sys.stderr)
         return 2

@@ -4,12 +4,15 @@
     ├── ConfigError              settings or models.toml are invalid (start-up)
     ├── InvalidRequest           a request's parameters cannot be served
     │   ├── ModelNotActive       the request names a registry model that is not loaded
-    │   └── InvalidModelId       a hub id that is neither owner/repo:file.gguf nor hf://…
+    │   ├── InvalidModelId       a hub id that is neither owner/repo:file.gguf nor hf://…
+    │   └── UnsupportedParameter a request field this server does not implement was set
     ├── CustomModelsRefused      a hub id outside the registry, on a server that refuses them
     ├── ModelNotFound            the model id is not in the registry
+    │   └── ModelNotServed       an OpenAI-style request names a model other than the loaded one
     ├── PromptTooLong            the prompt does not fit the model's context
     ├── NoModelLoaded            nothing is loaded, so nothing can generate
     ├── Overloaded               the request queue is full; retry later
+    ├── EngineRestarting         the engine process died and is being restarted; retry shortly
     ├── NotAuthenticated         API keys are required and the request has no valid one
     ├── RateLimited              the client is over its rate limit; retry after the wait
     ├── RateLimitStoreUnavailable  the limits' store is unreachable, and the server fails closed
@@ -29,7 +32,9 @@
     │   └── DownloadInterrupted  the transfer broke off; nothing partial was kept
     ├── ModelTooLarge            the model needs more memory than is free; refused before loading
     ├── ModelLoadFailed          llama.cpp refused to load the file
-    └── EngineFailure            generation failed inside the engine
+    ├── EngineFailure            generation failed inside the engine
+    ├── ServerUnreachable        `chat --url` finds no server at that address
+    └── ServerRefused            `chat`: the server answered with an error (its message)
 
 The HTTP status of each lives in one table in `locallab_gguf.api.errors`; this module knows
 nothing of HTTP. Every message says what happened and what to do about it.
@@ -58,12 +63,28 @@ class InvalidModelId(InvalidRequest):
     pass
 
 
+class UnsupportedParameter(InvalidRequest):
+    """`param` names the field, as OpenAI's error bodies do."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
 class CustomModelsRefused(LocalLabError):
     pass
 
 
 class ModelNotFound(LocalLabError):
     pass
+
+
+class ModelNotServed(ModelNotFound):
+    def __init__(self, requested: str, served: str) -> None:
+        super().__init__(
+            f"the model {requested!r} is not served here; this server serves {served!r}. "
+            "Send the id that GET /v1/models lists."
+        )
 
 
 class PromptTooLong(LocalLabError):
@@ -77,8 +98,9 @@ class PromptTooLong(LocalLabError):
 
 
 class NoModelLoaded(LocalLabError):
-    def __init__(self) -> None:
-        super().__init__("no model is loaded; load one with POST /models/load")
+    def __init__(self, why: str | None = None) -> None:
+        because = f" ({why})" if why else ""
+        super().__init__(f"no model is loaded{because}; load one with POST /models/load")
 
 
 class Overloaded(LocalLabError):
@@ -88,6 +110,13 @@ class Overloaded(LocalLabError):
         )
         self.queued = queued
         self.retry_after = retry_after
+
+
+class EngineRestarting(LocalLabError):
+    retry_after = 2
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the engine is restarting ({reason}); retry in {self.retry_after} s")
 
 
 class NotAuthenticated(LocalLabError):
@@ -219,4 +248,12 @@ class ModelLoadFailed(LocalLabError):
 
 
 class EngineFailure(LocalLabError):
+    pass
+
+
+class ServerUnreachable(LocalLabError):
+    pass
+
+
+class ServerRefused(LocalLabError):
     pass

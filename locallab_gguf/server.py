@@ -144,6 +144,10 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        # uvicorn's lines go through the process's handlers (--log-format); the access lines
+        # are the app's own, which name the client as the rate limit does.
+        log_config=None,
+        access_log=False,
         # The client address is ours to judge (trusted proxies); uvicorn must not rewrite it.
         proxy_headers=False,
         # A backstop only: DrainingServer ends what is still running after the grace period.

@@ -99,9 +99,30 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[
         Positive, Meta(description="largest request body accepted (413 above it)")
     ] = 1024 * 1024
+    engine_isolation: Annotated[
+        Literal["process", "thread"],
+        Meta(
+            description="where the engine runs: a worker process that is restarted if llama.cpp "
+            "crashes, or a thread of the server (no isolation)"
+        ),
+    ] = "process"
+    shutdown_grace: Annotated[
+        Annotated[float, Meta(ge=0)],
+        Meta(
+            description="seconds that requests in flight get to finish on Ctrl-C or SIGTERM "
+            "before they are told the server is stopping"
+        ),
+    ] = 30.0
     log_level: Annotated[
         Literal["debug", "info", "warning", "error"], Meta(description="log verbosity")
     ] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        Meta(
+            description="log lines as text, or as one JSON object each (for log collectors); "
+            "either way every request gets one access line"
+        ),
+    ] = "text"
     rate_limit: Annotated[
         bool, Meta(description="limit requests per client; --no-rate-limit serves without limits")
     ] = True

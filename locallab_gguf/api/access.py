@@ -1,8 +1,9 @@
 """Who may call the API, and how often: thin adapters from ASGI to ApiKeys and RateLimiter.
 
 The rate limiter sits outside the key check, so a client guessing keys is limited (by its
-address) like any other. Routes marked `opt={PUBLIC: True}` (/health) and OPTIONS requests
-pass both untouched; browsers' CORS preflights are answered before either runs.
+address) like any other. Routes marked `opt={UNLIMITED: True}` (/health, /metrics) pass the
+rate limit, routes marked `opt={PUBLIC: True}` (/health) pass the key check, and OPTIONS
+requests pass both; browsers' CORS preflights are answered before either runs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from locallab_gguf.settings import Settings
 log = logging.getLogger(__name__)
 
 PUBLIC = "public"
+# A scraper polls /metrics on a schedule of its own; counting it would eat a client's budget.
+UNLIMITED = "unlimited"
 
 # Sent to browsers' scripts under CORS, which otherwise hide every header but a few.
 EXPOSED_HEADERS = [
@@ -50,18 +53,15 @@ def bearer_challenge(*, key_sent: bool) -> str:
     return f'{realm}, error="invalid_token"' if key_sent else realm
 
 
-class RateLimitMiddleware(ASGIMiddleware):
-    """Counts each request against its client: the API key it sent, else its address."""
+class ClientIdentity:
+    """Names a request's client: the API key it sent (a digest, never the key), else its
+    address. The rate limit counts per name; the access log shows it."""
 
-    scopes = (ScopeType.HTTP,)
-    exclude_opt_key = PUBLIC
-
-    def __init__(self, limiter: RateLimiter, keys: ApiKeys, proxies: TrustedProxies) -> None:
-        self.limiter = limiter
+    def __init__(self, keys: ApiKeys, proxies: TrustedProxies) -> None:
         self.keys = keys
         self.proxies = proxies
 
-    def client_of(self, scope: Scope) -> str:
+    def of(self, scope: Scope) -> str:
         headers = Headers.from_scope(scope)
         # Only a key the server accepts names a client; any other would buy a fresh budget.
         key = self.keys.identify(headers.get("authorization"))
@@ -73,11 +73,22 @@ class RateLimitMiddleware(ASGIMiddleware):
         x_forwarded_for = ", ".join(headers.getall("x-forwarded-for", [])) or None
         return "ip:" + self.proxies.client_address(peer, forwarded, x_forwarded_for)
 
+
+class RateLimitMiddleware(ASGIMiddleware):
+    """Counts each request against its client: the API key it sent, else its address."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = UNLIMITED
+
+    def __init__(self, limiter: RateLimiter, clients: ClientIdentity) -> None:
+        self.limiter = limiter
+        self.clients = clients
+
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if scope.get("method") == "OPTIONS":
             await next_app(scope, receive, send)
             return
-        decision = await self.limiter.hit(self.client_of(scope))
+        decision = await self.limiter.hit(self.clients.of(scope))
         if decision is None:  # the store is unreachable and the server fails open
             await next_app(scope, receive, send)
             return
@@ -123,11 +134,11 @@ class AccessControl:
                 "use the server; set --api-key (or LOCALLAB_API_KEYS) to require one",
                 settings.host,
             )
+        self.clients = ClientIdentity(keys, TrustedProxies(settings.trusted_proxies))
         self.limiter = rate_limiter_for(settings, clock)
         self.middleware: list[ASGIMiddleware] = []
         if self.limiter is not None:
-            proxies = TrustedProxies(settings.trusted_proxies)
-            self.middleware.append(RateLimitMiddleware(self.limiter, keys, proxies))
+            self.middleware.append(RateLimitMiddleware(self.limiter, self.clients))
         if keys.required:
             self.middleware.append(ApiKeyMiddleware(keys))
         self.cors = (

@@ -7,16 +7,19 @@ import logging
 import time
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Message, Scope
 
 from locallab_gguf import __version__
 from locallab_gguf.api.access import AccessControl
 from locallab_gguf.api.errors import EXCEPTION_HANDLERS
+from locallab_gguf.api.request_log import RequestObserver
 from locallab_gguf.api.routes.generation import chat, generate, generate_batch
+from locallab_gguf.api.routes.metrics import metrics
 from locallab_gguf.api.routes.models import (
     available_models,
     current_model,
@@ -24,6 +27,7 @@ from locallab_gguf.api.routes.models import (
     model_status,
     unload_model,
 )
+from locallab_gguf.api.routes.openai import openai_router
 from locallab_gguf.api.routes.system import health, system_info
 from locallab_gguf.api.services import Services
 from locallab_gguf.engine import supports_gpu_offload
@@ -35,7 +39,7 @@ from locallab_gguf.settings import Settings
 
 log = logging.getLogger(__name__)
 
-ROUTES = [
+ROUTES: list[HTTPRouteHandler | Router] = [
     generate,
     generate_batch,
     chat,
@@ -46,6 +50,8 @@ ROUTES = [
     model_status,
     health,
     system_info,
+    metrics,
+    openai_router,
 ]
 
 
@@ -64,6 +70,7 @@ def create_app(
     """
     services = Services(settings, manager, hardware or HardwareProbe(supports_gpu_offload()))
     access = AccessControl(settings, clock)
+    observer = RequestObserver(services.metrics, access.clients.of)
     background: set[asyncio.Task[Any]] = set()
 
     async def start_loading() -> None:
@@ -95,8 +102,9 @@ def create_app(
         dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        before_send=[count_response],
-        middleware=access.middleware,
+        before_send=[count_response, observer.observe_unrouted],
+        # The observer is outermost: it sees the requests the limits and key check refuse.
+        middleware=[observer, *access.middleware],
         cors_config=access.cors,
         on_startup=[start_loading],
         on_shutdown=[stop],

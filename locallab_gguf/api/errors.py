@@ -17,6 +17,7 @@ from locallab_gguf.errors import (
     ConfigError,
     CustomModelsRefused,
     EngineFailure,
+    EngineRestarting,
     HubAccessDenied,
     HubError,
     HubNotFound,
@@ -58,6 +59,7 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     HubError: 502,
     NoModelLoaded: 503,
     Overloaded: 503,
+    EngineRestarting: 503,
     RateLimitStoreUnavailable: 503,
     LoadCancelled: 503,
     HubUnreachable: 504,
@@ -83,20 +85,23 @@ def error_response(
     return Response({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
 
 
-def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
-    headers = None
-    extra = None
-    if isinstance(error, Overloaded | RateLimitStoreUnavailable):
-        headers = {"Retry-After": str(error.retry_after)}
-    elif isinstance(error, RateLimited):
-        headers = {
+def error_headers(error: LocalLabError) -> dict[str, str] | None:
+    """What tells a client when to retry, or how to authenticate."""
+    if isinstance(error, Overloaded | RateLimitStoreUnavailable | EngineRestarting):
+        return {"Retry-After": str(error.retry_after)}
+    if isinstance(error, RateLimited):
+        return {
             **rate_limit_headers(error.limit, 0, error.retry_after, error.policy),
             "Retry-After": str(error.retry_after),
         }
-        extra = {"retry_after": error.retry_after}
-    elif isinstance(error, NotAuthenticated):
-        headers = {"WWW-Authenticate": bearer_challenge(key_sent=error.key_sent)}
-    return error_response(status_of(error), str(error), headers, extra)
+    if isinstance(error, NotAuthenticated):
+        return {"WWW-Authenticate": bearer_challenge(key_sent=error.key_sent)}
+    return None
+
+
+def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
+    extra = {"retry_after": error.retry_after} if isinstance(error, RateLimited) else None
+    return error_response(status_of(error), str(error), error_headers(error), extra)
 
 
 def handle_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
@@ -104,28 +109,39 @@ def handle_validation_error(_: Request[Any, Any, Any], error: ValidationExceptio
 
 
 def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
-    detail = error.detail
-    if error.status_code == 404 and detail == "Not Found":
-        detail = f"no such endpoint: {request.method} {request.url.path}; the API is at /schema"
-    elif error.status_code == 405:
-        detail = f"{request.method} is not allowed on {request.url.path}"
-    elif error.status_code == 413:
-        detail = "the request body is larger than the server accepts (--max-body-bytes)"
-    return error_response(error.status_code, detail, error.headers)
+    return error_response(error.status_code, http_error_detail(request, error), error.headers)
+
+
+def http_error_detail(request: Request[Any, Any, Any], error: HTTPException) -> str:
+    if error.status_code == 404 and error.detail == "Not Found":
+        return f"no such endpoint: {request.method} {request.url.path}; the API is at /schema"
+    if error.status_code == 405:
+        return f"{request.method} is not allowed on {request.url.path}"
+    if error.status_code == 413:
+        return "the request body is larger than the server accepts (--max-body-bytes)"
+    return error.detail
 
 
 def validation_detail(error: ValidationException) -> str:
     """'temperature: Expected `float` <= 2.0' rather than a generic 'Validation failed'."""
-    problems = error.extra if isinstance(error.extra, list) else []
-    parts = []
-    for problem in problems:
-        if not isinstance(problem, dict):
-            continue
-        key, message = problem.get("key"), problem.get("message", "")
-        parts.append(f"{key}: {message}" if key else str(message))
+    parts = [f"{key}: {message}" if key else message for key, message in validation_problems(error)]
     if parts:
         return "; ".join(parts)
     return error.detail or "the request body is not valid JSON for this endpoint"
+
+
+def validation_problems(error: ValidationException) -> list[tuple[str | None, str]]:
+    """(field, message) for each problem; the field is None for the body as a whole."""
+    problems = error.extra if isinstance(error.extra, list) else []
+    found: list[tuple[str | None, str]] = []
+    for problem in problems:
+        if not isinstance(problem, dict):
+            continue
+        key = problem.get("key")
+        # Litestar names the whole body by the handler's parameter, `data`.
+        field = str(key) if key and key != "data" else None
+        found.append((field, str(problem.get("message", ""))))
+    return found
 
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {

@@ -1,11 +1,19 @@
-"""What the route handlers share: settings, model manager, hardware probe, request counts."""
+"""What the route handlers share: settings, model manager, hardware probe, request counts,
+metrics, and the one way a route starts a generation."""
 
 from __future__ import annotations
 
 import collections
 import time
+from typing import Any
 
+from litestar import Request
+
+from locallab_gguf.api.metered_stream import MeteredStream
+from locallab_gguf.api.request_log import record_of
+from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.hardware import HardwareProbe
+from locallab_gguf.metrics import Metrics
 from locallab_gguf.model_manager import ActiveModel, ModelManager
 from locallab_gguf.settings import Settings
 
@@ -30,7 +38,26 @@ class Services:
         self.manager = manager
         self.hardware = hardware
         self.requests = RequestCounter()
+        self.metrics = Metrics(manager)
         self.started_at = time.time()
+
+    async def generate(
+        self,
+        request: Request[Any, Any, Any],
+        model: ActiveModel,
+        generation: GenerationRequest,
+        user: str | None = None,
+    ) -> MeteredStream:
+        """Submit to the model's engine; the stream is counted in /metrics and the access log.
+
+        `user` is the end user an OpenAI client names; it goes into the access log.
+        """
+        record = record_of(request.scope)
+        if record is not None and user is not None:
+            record.user = user
+        submitted = time.monotonic()
+        stream = await model.engine.generate(generation)
+        return MeteredStream(stream, self.metrics, model.spec.id, submitted, record)
 
     def new_tokens_default(self, model: ActiveModel) -> int:
         # The server default never exceeds what fits beside a one-token prompt.

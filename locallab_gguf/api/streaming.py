@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive
 
-from locallab_gguf.engine import RequestStream
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
 from locallab_gguf.errors import EngineFailure
 
@@ -22,15 +21,33 @@ DONE = b"data: [DONE]\n\n"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-async def collect(stream: RequestStream) -> tuple[str, Finished]:
+class EventSource(Protocol):
+    """The events of one request: an engine's RequestStream, or one observed on its way."""
+
+    prompt_tokens: int
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    def drain_ready(self) -> list[Event]: ...
+
+    def cancel(self) -> None: ...
+
+
+async def collect(stream: EventSource) -> tuple[str, Finished]:
     """The whole text and how it finished; a failure inside the engine raises."""
-    parts: list[str] = []
+    deltas, finished = await collect_deltas(stream)
+    return "".join(delta.text for delta in deltas), finished
+
+
+async def collect_deltas(stream: EventSource) -> tuple[list[TextDelta], Finished]:
+    """Every text delta (with its log-probabilities) and how it finished; a failure raises."""
+    deltas: list[TextDelta] = []
     try:
         async for event in stream:
             if isinstance(event, TextDelta):
-                parts.append(event.text)
+                deltas.append(event)
             elif isinstance(event, Finished):
-                return "".join(parts), event
+                return deltas, event
             else:
                 raise EngineFailure(f"generation failed: {event.detail}")
     finally:
@@ -82,10 +99,17 @@ def sse_event(data: str) -> bytes:
     return ("".join(f"data: {line}\n" for line in _LINE_BREAK.split(data)) + "\n").encode()
 
 
+def encode_failure(event: Failed) -> bytes:
+    """LocalLab's streams report a failure as `data: [ERROR] <detail>`."""
+    return sse_event(f"[ERROR] {event.detail}")
+
+
 async def event_stream(
-    stream: RequestStream, encode: Callable[[Event], bytes | None]
+    stream: EventSource,
+    encode: Callable[[Event], bytes | None],
+    failure: Callable[[Failed], bytes] = encode_failure,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events ending with `data: [DONE]`; a failure is `data: [ERROR] ...` first.
+    """Server-sent events ending with `data: [DONE]`; a failure is sent as `failure` says.
 
     Events that are already waiting go out in one write, so a slow reader costs fewer
     writes rather than falling further behind.
@@ -95,7 +119,7 @@ async def event_stream(
             chunk = []
             for event in (first, *stream.drain_ready()):
                 if isinstance(event, Failed):
-                    chunk.append(sse_event(f"[ERROR] {event.detail}"))
+                    chunk.append(failure(event))
                     continue
                 encoded = encode(event)
                 if encoded:

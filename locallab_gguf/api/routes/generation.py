@@ -15,6 +15,7 @@ from litestar.params import JSONBody
 
 from locallab_gguf.api.services import Services
 from locallab_gguf.api.streaming import (
+    EventSource,
     EventStream,
     collect,
     encode_text_event,
@@ -36,7 +37,6 @@ from locallab_gguf.api.wire import (
     SamplingFields,
     UsageBody,
 )
-from locallab_gguf.engine import RequestStream
 from locallab_gguf.engine.types import (
     ChatMessage,
     Event,
@@ -78,8 +78,10 @@ async def generate(
     request: Request[Any, Any, Any],
 ) -> GenerateResponse | EventStream:
     model = services.manager.active(data.model_id)
-    stream = await model.engine.generate(
-        _engine_request(services, model, data, **_prompt_of(data.prompt, data.system_prompt))
+    stream = await services.generate(
+        request,
+        model,
+        _engine_request(services, model, data, **_prompt_of(data.prompt, data.system_prompt)),
     )
     if data.stream:
         return EventStream(event_stream(stream, encode_text_event))
@@ -100,12 +102,14 @@ async def generate_batch(
     request: Request[Any, Any, Any],
 ) -> BatchGenerateResponse:
     model = services.manager.active(data.model_id)
-    streams: list[RequestStream] = []
+    streams: list[EventSource] = []
     try:
         for prompt in data.prompts:
             fields = _prompt_of(prompt, data.system_prompt)
             streams.append(
-                await model.engine.generate(_engine_request(services, model, data, **fields))
+                await services.generate(
+                    request, model, _engine_request(services, model, data, **fields)
+                )
             )
         results = await unless_client_leaves(
             request.receive, asyncio.gather(*(collect(stream) for stream in streams))
@@ -128,8 +132,8 @@ async def chat(
     request: Request[Any, Any, Any],
 ) -> ChatResponse | EventStream:
     model = services.manager.active(data.model_id)
-    stream = await model.engine.generate(
-        _engine_request(services, model, data, messages=tuple(data.messages))
+    stream = await services.generate(
+        request, model, _engine_request(services, model, data, messages=tuple(data.messages))
     )
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
@@ -152,7 +156,7 @@ async def chat(
 
 
 async def _chat_chunks(
-    stream: RequestStream, completion_id: str, created: int, model_id: str
+    stream: EventSource, completion_id: str, created: int, model_id: str
 ) -> AsyncIterator[bytes]:
     """The role first, then content deltas, then finish_reason with usage, then [DONE]."""
 

@@ -11,7 +11,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from locallab_gguf import __version__
-from locallab_gguf.api.access import PUBLIC
+from locallab_gguf.api.access import PUBLIC, UNLIMITED
 from locallab_gguf.api.routes.models import describe
 from locallab_gguf.api.services import Services
 from locallab_gguf.api.wire import HealthResponse, ModelDescription
@@ -84,7 +84,7 @@ class SystemInfo(msgspec.Struct):
 @get(
     "/health",
     summary="Liveness and model state; never rate limited, open without an API key",
-    opt={PUBLIC: True},
+    opt={PUBLIC: True, UNLIMITED: True},
 )
 async def health(services: NamedDependency[Services]) -> HealthResponse:
     manager = services.manager

@@ -1,0 +1,134 @@
+"""A small client of a server's OpenAI-compatible API, on the standard library alone.
+
+`locallab-gguf chat` uses it to stream replies from /v1/chat/completions; it needs nothing
+that the server itself does not install.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from locallab_gguf.errors import ServerRefused, ServerUnreachable
+
+
+class Reply(msgspec.Struct, kw_only=True):
+    """How a streamed reply ended: its tokens and the seconds from request to last byte."""
+
+    completion_tokens: int
+    prompt_tokens: int
+    seconds: float
+    finish_reason: str | None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class ChatClient:
+    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.timeout = timeout
+
+    def health(self) -> dict[str, Any]:
+        with self._open("GET", "/health") as response:
+            body: dict[str, Any] = json.load(response)
+            return body
+
+    def model_ids(self) -> list[str]:
+        with self._open("GET", "/v1/models") as response:
+            return [model["id"] for model in json.load(response)["data"]]
+
+    def stream_chat(
+        self,
+        model: str,
+        messages: Sequence[dict[str, str]],
+        *,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> Iterator[str | Reply]:
+        """Yields the reply's text as it is generated, then one Reply."""
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": list(messages),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if temperature is not None:
+            body["temperature"] = temperature
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        started = time.monotonic()
+        usage: dict[str, int] = {}
+        finish_reason = None
+        with self._open("POST", "/v1/chat/completions", body) as response:
+            for data in _sse_data(response):
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise ServerRefused(chunk["error"].get("message", "the generation failed"))
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                    text = choice.get("delta", {}).get("content")
+                    if text:
+                        yield text
+        yield Reply(
+            completion_tokens=usage.get("completion_tokens", 0),
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            seconds=time.monotonic() - started,
+            finish_reason=finish_reason,
+        )
+
+    def _open(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"Accept": "application/json, text/event-stream"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        request = urllib.request.Request(
+            self.base_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+            method=method,
+        )
+        try:
+            return urllib.request.urlopen(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            raise ServerRefused(f"{exc.code}: {_error_message(exc)}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnreachable(
+                f"cannot reach {self.base_url} ({reason}); start a server with "
+                "`locallab-gguf serve`, or leave out --url to chat with a model started here"
+            ) from exc
+
+
+def _sse_data(response: Any) -> Iterator[str]:
+    """The data of each server-sent event (this server sends one data line per event)."""
+    for raw in response:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line.startswith("data:"):
+            yield line[5:].lstrip(" ")
+
+
+def _error_message(error: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(error.read())
+    except ValueError:
+        return str(error.reason)
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and "message" in inner:
+            return str(inner["message"])
+        if "detail" in body:
+            return str(body["detail"])
+    return str(error.reason)
