@@ -32,6 +32,9 @@ from prometheus_client.registry import Collector
 from locallab_gguf.engine.types import Finished
 from locallab_gguf.model_manager import ModelManager, ModelStatus
 
+# The classic text format, which every Prometheus reads and generate_latest writes (our names
+# need no escaping). The web layer adds "; charset=utf-8".
+CONTENT_TYPE = "text/plain; version=0.0.4"
 # Routes that matched nothing share one label, so scanners cannot grow the label set.
 UNMATCHED_ROUTE = "unmatched"
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from litestar import Response, get
 from litestar.di import NamedDependency
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from locallab_gguf.api.access import UNLIMITED
 from locallab_gguf.api.services import Services
+from locallab_gguf.metrics import CONTENT_TYPE
 
 
 @get(
     "/metrics",
     summary="Prometheus metrics; never rate limited, behind the API key when keys are set",
     opt={UNLIMITED: True},
-    media_type=CONTENT_TYPE_LATEST,
+    media_type=CONTENT_TYPE,
 )
 async def metrics(services: NamedDependency[Services]) -> Response[bytes]:
-    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE)
