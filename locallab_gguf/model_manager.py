@@ -91,7 +91,7 @@ class ModelManager:
         self.files = files
         self.allow_custom_models = allow_custom_models
         self._open_engine = open_engine
-        self.current: ActiveModel | None = None
+        self._current: ActiveModel | None = None
         self.loading: LoadProgress | None = None
         self.last_error: str | None = None
         self._failed = False
@@ -108,7 +108,7 @@ class ModelManager:
         # A download is part of loading: clients that only know "loading" keep working.
         if self.loading is not None:
             return "loading"
-        current = self._serving()
+        current = self.current
         if current is not None:
             return "restarting" if current.engine.state == "restarting" else "loaded"
         return "failed" if self._failed else "unloaded"
@@ -135,7 +135,7 @@ class ModelManager:
 
     def active(self, model_id: str | None = None) -> ActiveModel:
         """The model that serves a request naming `model_id` (None: whichever is loaded)."""
-        current = self._serving()
+        current = self.current
         if model_id is not None and (current is None or current.spec.id != model_id):
             spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
             if current is None or current.spec.id != spec.id:
@@ -148,11 +148,20 @@ class ModelManager:
             raise NoModelLoaded(self.last_error if self._failed else None)
         return current
 
+    @property
+    def current(self) -> ActiveModel | None:
+        """The model that serves, if any."""
+        return self._serving()
+
+    @current.setter
+    def current(self, model: ActiveModel | None) -> None:
+        self._current = model
+
     def _serving(self) -> ActiveModel | None:
         """The current model, unless its engine has failed for good (then it is dropped)."""
-        current = self.current
+        current = self._current
         if current is not None and current.engine.state == "failed":
-            self.current = None
+            self._current = None
             self._failed, self._failed_id = True, current.spec.id
             self.last_error = f"model {current.spec.id!r} failed: {current.engine.failure}"
             log.error("%s", self.last_error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
-from tests.conftest import DEFAULT_ID
+from tests.conftest import DEFAULT_ID, sse_events
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -46,16 +48,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
     url = f"http://127.0.0.1:{port}"
     running = Served(url, process, log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, running.output()
-            try:
-                if httpx.get(f"{url}/health").json()["model_status"] == "loaded":
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+        _wait_until_loaded(url, process, log)
         yield running
     finally:
         if process.poll() is None:
@@ -99,6 +92,87 @@ def test_serve_stops_cleanly_on_ctrl_c(served: Served) -> None:
     output = served.output()
     assert "Traceback" not in output, output
     assert "Application shutdown complete" in output
+
+
+def _stream_until_first_piece(url: str, body: dict[str, object]):  # type: ignore[no-untyped-def]
+    client = httpx.Client(timeout=120)
+    response = client.send(client.build_request("POST", f"{url}/generate", json=body), stream=True)
+    lines = response.iter_lines()
+    first = next(line for line in lines if line.startswith("data:"))
+    return client, response, itertools.chain([first, ""], lines)
+
+
+def test_sigterm_lets_a_running_stream_finish_and_leaves_no_worker(served: Served) -> None:
+    children = psutil.Process(served.process.pid).children(recursive=True)
+    assert children, "the engine runs in a worker process"
+    body = {"prompt": "Once upon a time", "max_length": 40, "temperature": 0, "stream": True}
+    expected = httpx.post(
+        f"{served.url}/generate", json={**body, "stream": False}, timeout=60
+    ).json()["response"]
+    client, response, lines = _stream_until_first_piece(served.url, body)
+    served.process.send_signal(signal.SIGTERM)
+    events = sse_events(lines)
+    response.close()
+    client.close()
+    assert events[-1] == "[DONE]"
+    assert "".join(events[:-1]) == expected
+    served.process.wait(timeout=60)
+    assert not [child for child in children if child.is_running() and child.status() != "zombie"]
+
+
+def test_sigterm_stops_a_stream_that_outlasts_the_grace_period(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                str(CLI),
+                "serve",
+                "--port",
+                str(port),
+                "--ctx",
+                "1024",
+                "--parallel",
+                "2",
+                "--shutdown-grace",
+                "1",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_loaded(url, process, log)
+        children = psutil.Process(process.pid).children(recursive=True)
+        body = {"prompt": "Once upon a time", "max_length": 1000, "temperature": 0, "stream": True}
+        client, response, lines = _stream_until_first_piece(url, body)
+        process.send_signal(signal.SIGTERM)
+        events = sse_events(lines)
+        response.close()
+        client.close()
+        assert events[-1] == "[DONE]"
+        assert events[-2] == "[ERROR] the server is stopping; the request did not finish"
+        # uvicorn ends by re-raising the signal it handled, as supervisors expect.
+        assert process.wait(timeout=60) == -signal.SIGTERM
+        assert "Application shutdown complete" in log.read_text()
+        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_loaded(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/health").json()["model_status"] == "loaded":
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.1)
 
 
 def test_unknown_model_flag_fails_at_once_with_the_known_ids() -> None:

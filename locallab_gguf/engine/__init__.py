@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Literal
 
-from locallab_gguf.engine.client import EngineClient, LocalEngine, RequestStream
+from locallab_gguf.engine.client import EngineClient, EngineState, LocalEngine, RequestStream
 from locallab_gguf.engine.llama import LlamaModel, llama_cpp_version, supports_gpu_offload
+from locallab_gguf.engine.process_client import WorkerEngine, WorkerSpec
 from locallab_gguf.engine.scheduler import BatchEngine, EngineConfig
 
 __all__ = [
     "EngineClient",
     "EngineConfig",
+    "EngineState",
     "LocalEngine",
     "RequestStream",
+    "WorkerEngine",
     "llama_cpp_version",
+    "open_engine",
     "open_local_engine",
     "supports_gpu_offload",
 ]
+
+
+async def open_engine(
+    path: Path,
+    config: EngineConfig,
+    n_gpu_layers: int,
+    isolation: Literal["process", "thread"],
+    log_level: str = "info",
+) -> EngineClient:
+    """Start an engine for the model at `path`, in a worker process or on a thread."""
+    if isolation == "thread":
+        return await open_local_engine(path, config, n_gpu_layers)
+    spec = WorkerSpec(
+        model_path=str(path), config=config, n_gpu_layers=n_gpu_layers, log_level=log_level
+    )
+    return await WorkerEngine.start(spec)
 
 
 async def open_local_engine(path: Path, config: EngineConfig, n_gpu_layers: int) -> LocalEngine:

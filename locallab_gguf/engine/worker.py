@@ -1,0 +1,142 @@
+"""The engine worker process: one model, one batching engine, driven over two pipes.
+
+    python -m locallab_gguf.engine.worker <fd to read commands> <fd to write events>
+
+llama.cpp is native code; when it crashes, it takes only this process with it. The server
+notices the closed pipe, fails the requests that were in flight and starts a new worker.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.scheduler import BatchEngine, EventBatch
+from locallab_gguf.engine.worker_protocol import (
+    Cancel,
+    Channel,
+    Events,
+    FromWorker,
+    LoadFailed,
+    Ready,
+    Start,
+    Stop,
+    Submit,
+    SubmitReply,
+    ToWorker,
+    error_to_wire,
+)
+from locallab_gguf.errors import EngineFailure, LocalLabError
+
+log = logging.getLogger("locallab_gguf.engine.worker")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_the_server() -> None:
+    # If the server is killed outright, the kernel ends this process too: no orphan keeps a
+    # model in memory. (Linux only; elsewhere the closed command pipe ends the worker.)
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Worker:
+    def __init__(self, inbox: Channel, outbox: Channel) -> None:
+        self._inbox = inbox
+        self._outbox = outbox
+        self._send_lock = threading.Lock()
+        self._engine: BatchEngine | None = None
+        # Tokenizing a long prompt takes a while; it must not hold up cancellations.
+        self._submitters = ThreadPoolExecutor(max_workers=2, thread_name_prefix="submit")
+
+    def send(self, message: FromWorker) -> None:
+        with self._send_lock:
+            self._outbox.send(message)
+
+    def run(self) -> int:
+        start = self._inbox.receive()
+        if not isinstance(start, Start):
+            raise RuntimeError(f"expected Start, got {type(start).__name__}")
+        logging.basicConfig(
+            level=start.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        try:
+            model = LlamaModel(Path(start.model_path), n_gpu_layers=start.n_gpu_layers)
+            try:
+                self._engine = BatchEngine(model, start.config, self._on_step)
+            except BaseException:
+                model.close()
+                raise
+        except LocalLabError as exc:
+            self.send(LoadFailed(error=error_to_wire(exc)))
+            return 1
+        engine = self._engine
+        self.send(Ready(info=engine.info, stats=engine.stats()))
+        log.info("engine worker ready: %s", start.model_path)
+        return self._serve(engine)
+
+    def _serve(self, engine: BatchEngine) -> int:
+        while True:
+            try:
+                message: ToWorker = self._inbox.receive()  # type: ignore[assignment]
+            except EOFError:
+                log.warning("the server went away; the engine worker stops")
+                engine.close(drain=False)
+                return 0
+            if isinstance(message, Submit):
+                self._submitters.submit(self._submit, engine, message)
+            elif isinstance(message, Cancel):
+                engine.cancel(message.job_id)
+            elif isinstance(message, Stop):
+                self._submitters.shutdown(wait=True)
+                engine.close(drain=message.drain)
+                return 0
+
+    def _submit(self, engine: BatchEngine, message: Submit) -> None:
+        try:
+            accepted = engine.submit(message.job_id, message.request)
+            reply = SubmitReply(
+                job_id=message.job_id,
+                prompt_tokens=accepted.prompt_tokens,
+                error=None,
+                stats=engine.stats(),
+            )
+        except LocalLabError as exc:
+            reply = SubmitReply(message.job_id, 0, error_to_wire(exc), engine.stats())
+        except Exception as exc:  # never leave the server waiting for an answer
+            log.exception("submit failed")
+            failure = EngineFailure(f"the engine could not take the request: {exc}")
+            reply = SubmitReply(message.job_id, 0, error_to_wire(failure), engine.stats())
+        self.send(reply)
+
+    def _on_step(self, events: EventBatch) -> None:
+        engine = self._engine
+        if engine is not None:
+            self.send(Events(events=events, stats=engine.stats()))
+
+
+def main(argv: list[str]) -> int:
+    _die_with_the_server()
+    # Ctrl-C in a terminal is the server's to handle: it drains, then stops this worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inbox = Channel(int(argv[1]), ToWorker)  # type: ignore[arg-type]
+    outbox = Channel(int(argv[2]), FromWorker)  # type: ignore[arg-type]
+    try:
+        return Worker(inbox, outbox).run()
+    except EOFError:
+        return 0
+    finally:
+        outbox.close()
+        inbox.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,158 @@
+"""What the server and its engine worker process say to each other, and how it is framed.
+
+Each message is a msgspec Struct, sent as msgpack behind a 4-byte length over a pipe.
+Server -> worker: Start once, then Submit / Cancel, and Stop at the end.
+Worker -> server: Ready (or LoadFailed) once, then SubmitReply and Events; every message after
+Ready carries the engine's latest stats, so the server can report them without asking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+
+import msgspec
+
+from locallab_gguf.engine.scheduler import EngineConfig
+from locallab_gguf.engine.types import (
+    EngineInfo,
+    EngineStats,
+    Event,
+    GenerationRequest,
+)
+from locallab_gguf.errors import (
+    EngineFailure,
+    InvalidRequest,
+    LocalLabError,
+    ModelLoadFailed,
+    Overloaded,
+    PromptTooLong,
+)
+
+
+class Start(msgspec.Struct, frozen=True, tag=True):
+    model_path: str
+    config: EngineConfig
+    n_gpu_layers: int
+    log_level: str
+
+
+class Submit(msgspec.Struct, frozen=True, tag=True):
+    job_id: int
+    request: GenerationRequest
+
+
+class Cancel(msgspec.Struct, frozen=True, tag=True):
+    job_id: int
+
+
+class Stop(msgspec.Struct, frozen=True, tag=True):
+    """Finish what is in flight (drain) or cancel it, then exit."""
+
+    drain: bool
+
+
+ToWorker = Start | Submit | Cancel | Stop
+
+
+class WireError(msgspec.Struct, frozen=True):
+    """A domain error that crossed the pipe; rebuilt as the same class on the other side."""
+
+    kind: str
+    message: str
+    prompt_tokens: int = 0
+    context_length: int = 0
+    queued: int = 0
+    retry_after: int = 0
+
+
+class Ready(msgspec.Struct, frozen=True, tag=True):
+    info: EngineInfo
+    stats: EngineStats
+
+
+class LoadFailed(msgspec.Struct, frozen=True, tag=True):
+    error: WireError
+
+
+class SubmitReply(msgspec.Struct, frozen=True, tag=True):
+    job_id: int
+    prompt_tokens: int  # meaningful when error is None
+    error: WireError | None
+    stats: EngineStats
+
+
+class Events(msgspec.Struct, frozen=True, tag=True):
+    events: list[tuple[int, Event]]
+    stats: EngineStats
+
+
+FromWorker = Ready | LoadFailed | SubmitReply | Events
+
+_HEADER = struct.Struct("<I")
+
+
+class Channel:
+    """One direction of a pipe, carrying length-prefixed msgpack messages."""
+
+    def __init__(self, fd: int, message_type: type) -> None:
+        self._fd = fd
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoder: msgspec.msgpack.Decoder[object] = msgspec.msgpack.Decoder(message_type)
+
+    def send(self, message: msgspec.Struct) -> None:
+        payload = self._encoder.encode(message)
+        data = memoryview(_HEADER.pack(len(payload)) + payload)
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+
+    def receive(self) -> object:
+        """The next message; EOFError when the other end has closed or died."""
+        (size,) = _HEADER.unpack(self._read_exactly(_HEADER.size))
+        return self._decoder.decode(self._read_exactly(size))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+    def _read_exactly(self, size: int) -> bytes:
+        chunks = []
+        while size:
+            chunk = os.read(self._fd, min(size, 1 << 20))
+            if not chunk:
+                raise EOFError("the pipe closed")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+def error_to_wire(error: LocalLabError) -> WireError:
+    if isinstance(error, PromptTooLong):
+        return WireError(
+            "PromptTooLong",
+            str(error),
+            prompt_tokens=error.prompt_tokens,
+            context_length=error.context_length,
+        )
+    if isinstance(error, Overloaded):
+        return WireError(
+            "Overloaded", str(error), queued=error.queued, retry_after=error.retry_after
+        )
+    kind = type(error).__name__ if type(error).__name__ in _SIMPLE else "EngineFailure"
+    return WireError(kind, str(error))
+
+
+def error_from_wire(wire: WireError) -> LocalLabError:
+    if wire.kind == "PromptTooLong":
+        return PromptTooLong(wire.prompt_tokens, wire.context_length)
+    if wire.kind == "Overloaded":
+        return Overloaded(wire.queued, wire.retry_after)
+    return _SIMPLE.get(wire.kind, EngineFailure)(wire.message)
+
+
+# Errors whose whole meaning is their class and message.
+_SIMPLE: dict[str, type[LocalLabError]] = {
+    cls.__name__: cls for cls in (InvalidRequest, EngineFailure, ModelLoadFailed)
+}

@@ -1,0 +1,182 @@
+"""The engine in a supervised worker process: crashes, restarts, memory, and giving up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import msgspec
+import psutil
+
+from locallab_gguf.engine import EngineClient, WorkerEngine
+from locallab_gguf.engine.process_client import WorkerSpec
+from locallab_gguf.registry import ModelSpec
+from locallab_gguf.server import engine_config
+from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
+from tests.servers import RunningServer, wait_until
+
+WORKER_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, engine_isolation="process")
+LONG = {"prompt": "Once upon a time", "max_length": 600, "temperature": 0}
+
+
+def worker_pid(server: RunningServer) -> int:
+    engine = server.services.manager.current.engine  # type: ignore[union-attr]
+    assert isinstance(engine, WorkerEngine)
+    assert engine.pid is not None
+    return engine.pid
+
+
+def opener_running(command: tuple[str, ...]):  # type: ignore[no-untyped-def]
+    """An engine opener whose worker is `command` (the real worker, or one that crashes)."""
+
+    async def open_engine(spec: ModelSpec, path: Path) -> EngineClient:
+        config = engine_config(WORKER_SETTINGS, spec)
+        return await WorkerEngine.start(
+            WorkerSpec(model_path=str(path), config=config, n_gpu_layers=0, command=command)
+        )
+
+    return open_engine
+
+
+def crashing_after_first_start(tmp_path: Path) -> tuple[str, ...]:
+    """A worker that starts for real once, then dies with SIGSEGV at every later start."""
+    marker = tmp_path / "started-once"
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        f"marker = {str(marker)!r}\n"
+        "if os.path.exists(marker):\n"
+        "    os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "open(marker, 'w').close()\n"
+        "from locallab_gguf.engine.worker import main\n"
+        "sys.exit(main(sys.argv))\n"
+    )
+    return (sys.executable, str(script))
+
+
+def test_engine_runs_in_a_worker_process(make_server: ServerFactory) -> None:
+    server = make_server(WORKER_SETTINGS)
+    pid = worker_pid(server)
+    assert pid != os.getpid()
+    assert psutil.Process(pid).ppid() == os.getpid()
+    reply = server.client.post("/generate", json={**LONG, "max_length": 8})
+    assert reply.status_code == 200
+    assert reply.json()["usage"]["completion_tokens"] == 8
+
+
+def test_a_crash_mid_stream_ends_it_with_an_error_and_the_server_recovers(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server(WORKER_SETTINGS)
+    expected = server.client.post("/generate", json={**LONG, "max_length": 12}).json()
+    pid = worker_pid(server)
+    blocking: list[httpx.Response] = []
+    waiter = threading.Thread(
+        target=lambda: blocking.append(httpx.post(f"{server.url}/generate", json=LONG, timeout=120))
+    )
+    with server.client.stream("POST", "/generate", json={**LONG, "stream": True}) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("data:"))
+        waiter.start()
+        wait_until(lambda: server.engine_stats().slots_busy == 2)
+        os.kill(pid, signal.SIGSEGV)
+        events = sse_events(lines)
+    waiter.join()
+
+    assert events[-1] == "[DONE]"
+    assert events[-2].startswith("[ERROR] the engine process was killed by SIGSEGV")
+    assert blocking[0].status_code == 500
+    assert "killed by SIGSEGV" in blocking[0].json()["detail"]
+
+    statuses = set()
+    wait_until(
+        lambda: (
+            statuses.add(server.client.get("/health").json()["model_status"])
+            or ("loaded" in statuses and worker_pid(server) != pid)
+        )
+    )
+    assert "restarting" in statuses
+    again = server.client.post("/generate", json={**LONG, "max_length": 12}).json()
+    assert again["response"] == expected["response"]
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_requests_while_restarting_get_503_with_retry_after(make_server: ServerFactory) -> None:
+    server = make_server(WORKER_SETTINGS)
+    os.kill(worker_pid(server), signal.SIGKILL)
+    wait_until(lambda: server.client.get("/health").json()["model_status"] != "loaded")
+    reply = server.client.post("/generate", json={**LONG, "max_length": 4})
+    if reply.status_code == 503:  # unless the new worker was already up
+        assert reply.headers["Retry-After"] == "2"
+        assert "restarting" in reply.json()["detail"]
+    server.wait_for_model("loaded")
+    assert server.client.post("/generate", json={**LONG, "max_length": 4}).status_code == 200
+
+
+def test_a_worker_that_keeps_crashing_while_loading_is_marked_failed(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = make_server(
+        WORKER_SETTINGS, opener=opener_running(crashing_after_first_start(tmp_path))
+    )
+    os.kill(worker_pid(server), signal.SIGSEGV)
+    health = server.wait_for_model("failed", timeout=60)
+    assert health["model"] is None
+    info = server.client.get("/system/info").json()
+    assert "killed by SIGSEGV while loading" in info["model"]["last_error"]
+    assert "3 times in a row" in info["model"]["last_error"]
+    reply = server.client.post("/generate", json={**LONG, "max_length": 4})
+    assert reply.status_code == 503
+    assert "3 times in a row" in reply.json()["detail"]
+
+
+def test_loading_a_model_whose_worker_crashes_is_a_500_naming_the_signal(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    always_crashes = (
+        sys.executable,
+        "-c",
+        "import os, signal; os.kill(os.getpid(), signal.SIGABRT)",
+    )
+    server = make_server(
+        WORKER_SETTINGS,
+        opener=opener_running(always_crashes),
+        initial_model=None,
+        wait_for="unloaded",
+    )
+    reply = server.client.post("/models/load", json={"model_id": DEFAULT_ID})
+    assert reply.status_code == 500
+    assert "killed by SIGABRT while loading" in reply.json()["detail"]
+    assert server.client.get("/health").json()["model_status"] == "failed"
+
+
+def test_unload_ends_the_worker_and_memory_returns(make_server: ServerFactory) -> None:
+    server = make_server(WORKER_SETTINGS, initial_model=None, wait_for="unloaded")
+    me = psutil.Process()
+    before = me.memory_info().rss
+    assert server.client.post("/models/load", json={"model_id": DEFAULT_ID}).status_code == 200
+    pid = worker_pid(server)
+    worker_rss = psutil.Process(pid).memory_info().rss
+    assert server.client.post("/generate", json={**LONG, "max_length": 8}).status_code == 200
+    assert server.client.post("/models/unload").status_code == 200
+    wait_until(lambda: not psutil.pid_exists(pid), timeout=30)
+    after = me.memory_info().rss
+    assert worker_rss > 90 * 2**20  # the weights lived in the worker ...
+    assert abs(after - before) <= 0.10 * before  # ... and the server is back where it was
+
+
+def test_switching_models_starts_a_new_worker_and_the_old_one_exits(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    from tests.test_models import two_model_registry
+
+    server = make_server(WORKER_SETTINGS, registry_=two_model_registry(tmp_path))
+    old = worker_pid(server)
+    assert server.client.post("/models/load", json={"model_id": "smollm2-twin"}).status_code == 200
+    new = worker_pid(server)
+    assert new != old
+    wait_until(lambda: not psutil.pid_exists(old) or psutil.Process(old).status() == "zombie")
