@@ -361,6 +361,21 @@ def test_errors_take_openai_shape(client: openai.OpenAI, server: RunningServer) 
         client.completions.create(model=DEFAULT_ID, prompt="word " * 2000, max_tokens=1)
     assert too_long.value.status_code == 413
     assert refusal(too_long.value)["code"] == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as outside:
+        client.chat.completions.create(
+            model=DEFAULT_ID, messages=QUESTION, logit_bias={"999999": 5}
+        )
+    assert "vocabulary has 49,152 tokens" in refusal(outside.value)["message"]
+    with pytest.raises(openai.BadRequestError) as schema:
+        client.chat.completions.create(
+            model=DEFAULT_ID,
+            messages=QUESTION,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "frobnicate"}},
+            },
+        )
+    assert "cannot be turned into a grammar" in refusal(schema.value)["message"]
     malformed = server.client.post(
         "/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
     )

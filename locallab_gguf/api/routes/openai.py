@@ -36,7 +36,7 @@ from locallab_gguf.api.openai_wire import (
 )
 from locallab_gguf.api.services import Services
 from locallab_gguf.api.streaming import EventStream, collect_deltas, unless_client_leaves
-from locallab_gguf.errors import ModelNotServed
+from locallab_gguf.errors import ModelNotServed, NoModelLoaded
 
 OWNER = "locallab-gguf"
 
@@ -45,7 +45,8 @@ def _listed(services: Services) -> list[OpenAIModel]:
     current = services.manager.current
     if current is None:
         return []
-    created = int(services.started_at + current.load_seconds)
+    # OpenAI's `created` dates the model; this server knows no date for it but its own start.
+    created = int(services.started_at)
     return [OpenAIModel(id=current.spec.id, created=created, owned_by=OWNER)]
 
 
@@ -63,7 +64,9 @@ async def retrieve_model(
         if listed.id == model_id:
             return listed
     served = services.manager.current
-    raise ModelNotServed(model_id, served.spec.id if served else "no model")
+    if served is None:
+        raise NoModelLoaded()
+    raise ModelNotServed(model_id, served.spec.id)
 
 
 @post("/chat/completions", status_code=200, summary="OpenAI chat completion")
