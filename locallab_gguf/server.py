@@ -77,6 +77,7 @@ def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) 
             planned.estimate.gpu_layers,
             settings.engine_isolation,
             settings.log_level,
+            settings.log_format,
         )
 
     return open_planned

@@ -223,8 +223,6 @@ def test_serve_with_log_format_json_writes_json_lines(tmp_path: Path) -> None:
                 **os.environ,
                 "LOCALLAB_PARALLEL": "1",
                 "LOCALLAB_THREADS": "2",
-                # The engine on a thread: every line comes from the server process.
-                "LOCALLAB_ENGINE_ISOLATION": "thread",
             },
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -251,6 +249,8 @@ def test_serve_with_log_format_json_writes_json_lines(tmp_path: Path) -> None:
         "/models/current"
     ]
     assert all(line["client"] == "ip:127.0.0.1" for line in access)
-    # uvicorn's own lines come through the same handler, and its access log is off.
+    # The engine's worker process writes the same format; uvicorn's lines come through the
+    # server's handler, and its access log is off.
+    assert any(line["logger"] == "locallab_gguf.engine.worker" for line in lines)
     assert any(line["logger"].startswith("uvicorn") for line in lines)
     assert not any(line["logger"] == "uvicorn.access" for line in lines)

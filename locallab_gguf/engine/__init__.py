@@ -31,12 +31,17 @@ async def open_engine(
     n_gpu_layers: int,
     isolation: Literal["process", "thread"],
     log_level: str = "info",
+    log_format: str = "text",
 ) -> EngineClient:
     """Start an engine for the model at `path`, in a worker process or on a thread."""
     if isolation == "thread":
         return await open_local_engine(path, config, n_gpu_layers)
     spec = WorkerSpec(
-        model_path=str(path), config=config, n_gpu_layers=n_gpu_layers, log_level=log_level
+        model_path=str(path),
+        config=config,
+        n_gpu_layers=n_gpu_layers,
+        log_level=log_level,
+        log_format=log_format,
     )
     return await WorkerEngine.start(spec)
 

@@ -60,6 +60,7 @@ class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
     config: EngineConfig
     n_gpu_layers: int
     log_level: str = "info"
+    log_format: str = "text"
     # The program to run; it gets the two pipe descriptors as its last arguments.
     command: tuple[str, ...] = WORKER_COMMAND
 
@@ -90,6 +91,7 @@ class _Process:
                 config=spec.config,
                 n_gpu_layers=spec.n_gpu_layers,
                 log_level=spec.log_level,
+                log_format=spec.log_format,
             )
         )
 

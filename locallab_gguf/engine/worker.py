@@ -33,6 +33,7 @@ from locallab_gguf.engine.worker_protocol import (
     error_to_wire,
 )
 from locallab_gguf.errors import EngineFailure, LocalLabError
+from locallab_gguf.log_format import configure_logging
 
 log = logging.getLogger("locallab_gguf.engine.worker")
 
@@ -64,10 +65,7 @@ class Worker:
         start = self._inbox.receive()
         if not isinstance(start, Start):
             raise RuntimeError(f"expected Start, got {type(start).__name__}")
-        logging.basicConfig(
-            level=start.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(start.log_level, "json" if start.log_format == "json" else "text")
         try:
             model = LlamaModel(Path(start.model_path), n_gpu_layers=start.n_gpu_layers)
             try:

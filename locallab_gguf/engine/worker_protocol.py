@@ -36,6 +36,7 @@ class Start(msgspec.Struct, frozen=True, tag=True):
     config: EngineConfig
     n_gpu_layers: int
     log_level: str
+    log_format: str = "text"  # the server's --log-format, so its log stays one format
 
 
 class Submit(msgspec.Struct, frozen=True, tag=True):
