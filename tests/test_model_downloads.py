@@ -57,10 +57,10 @@ repo = "{HUB_REPO}"
 file = "{SMOL_FILE}"
 sha256 = "{SHA}"
 
-[models.smollm2-wrong-sha]
-name = "SmolLM2 135M, with a checksum that does not match"
+[models.wrong-sha]
+name = "A file whose checksum does not match the registry's"
 repo = "{HUB_REPO}"
-file = "{SMOL_FILE}"
+file = "tiny.gguf"
 sha256 = "{"0" * 64}"
 """,
         source="test registry",
@@ -182,6 +182,11 @@ def huge_file(hub: LocalHub, gguf: Path) -> str:
     return CUSTOM_ID
 
 
+def wrong_checksum(hub: LocalHub, gguf: Path) -> str:
+    hub.add(HUB_REPO, "tiny.gguf", gguf)
+    return "wrong-sha"
+
+
 Setup = Callable[[LocalHub, Path], str]
 
 FAILURES: dict[str, tuple[Setup, int, str]] = {
@@ -191,7 +196,7 @@ FAILURES: dict[str, tuple[Setup, int, str]] = {
     "gated": (gated_repo, 403, "gated repository"),
     "hub failing": (failing_hub, 502, "answered 500"),
     "not enough disk": (huge_file, 507, "bytes free; nothing was downloaded"),
-    "checksum mismatch": (lambda hub, gguf: "smollm2-wrong-sha", 500, f"has sha256 {SHA}"),
+    "checksum mismatch": (wrong_checksum, 500, f"the registry expects {'0' * 64}"),
 }
 
 
