@@ -8,7 +8,9 @@ median of --runs runs (greedy, 128 new tokens):
 - the bare loop: llama-cpp-python's low-level API, one sequence, decode + sample + detokenize;
 - 1 client streaming /generate: tokens/s and time to first token;
 - 8 concurrent clients streaming /generate: aggregate tokens/s and time to first token;
-- a chat of about 1,000 tokens: time to first token of its next turn against its first.
+- a chat of about 1,000 tokens: time to first token of its next turn against its first;
+- the same 1- and 8-client runs against a second server whose engine runs in-process, to
+  price the worker process (its pipe and the extra hop for every step's events).
 
 Prints a table with the targets and writes everything, runs included, as JSON.
 """
@@ -183,11 +185,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(port: int, threads: int, log: Path) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, threads: int, isolation: str, log: Path
+) -> subprocess.Popen[bytes]:
     cli = Path(sys.executable).parent / "locallab-gguf"
     command = [str(cli), "serve", "--port", str(port), "--threads", str(threads),
                "--threads-batch", str(threads), "--parallel", "8", "--ctx", "2048",
-               "--log-level", "warning"]
+               "--engine-isolation", isolation, "--no-rate-limit", "--log-level", "warning"]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     import urllib.request
@@ -211,36 +215,53 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def measure_server(port: int, runs: int) -> dict[str, Any]:
-    greedy = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
-    await stream(port, "/generate", {**greedy, "prompt": PROMPTS[0]})  # warm-up
-    single = []
-    for _ in range(runs):
-        timing = await stream(port, "/generate", {**greedy, "prompt": PROMPTS[0]})
-        single.append({"tokens_per_s": NEW_TOKENS / timing.total, "ttft_s": timing.ttft,
-                       "total_s": timing.total})
-    concurrent = []
-    for _ in range(runs):
-        timings = await asyncio.gather(
-            *(stream(port, "/generate", {**greedy, "prompt": p}) for p in PROMPTS)
-        )
-        span = max(t.ended for t in timings) - min(t.started for t in timings)
-        ttfts = [t.ttft for t in timings]
-        concurrent.append({"aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
-                           "ttft_p50_s": percentile(ttfts, 0.5),
-                           "ttft_p95_s": percentile(ttfts, 0.95), "ttfts_s": ttfts})
-    chat = []
+GREEDY = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
+
+
+async def one_client(port: int) -> dict[str, float]:
+    timing = await stream(port, "/generate", {**GREEDY, "prompt": PROMPTS[0]})
+    return {"tokens_per_s": NEW_TOKENS / timing.total, "ttft_s": timing.ttft,
+            "total_s": timing.total}
+
+
+async def eight_clients(port: int) -> dict[str, Any]:
+    timings = await asyncio.gather(
+        *(stream(port, "/generate", {**GREEDY, "prompt": p}) for p in PROMPTS)
+    )
+    span = max(t.ended for t in timings) - min(t.started for t in timings)
+    ttfts = [t.ttft for t in timings]
+    return {"aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
+            "ttft_p50_s": percentile(ttfts, 0.5), "ttft_p95_s": percentile(ttfts, 0.95),
+            "ttfts_s": ttfts}
+
+
+async def chat_next_turn(port: int, run: int) -> dict[str, float]:
+    history = conversation(TOPICS[run % len(TOPICS)])
+    body = {"max_length": 32, "temperature": 0, "stream": True}
+    first = await stream(port, "/chat", {**body, "messages": history})
+    next_turn = [*history, {"role": "assistant", "content": "They are old, slow and important."},
+                 {"role": "user", "content": "And which fact surprised you most?"}]
+    second = await stream(port, "/chat", {**body, "messages": next_turn})
+    return {"first_turn_ttft_s": first.ttft, "next_turn_ttft_s": second.ttft,
+            "ratio": second.ttft / first.ttft}
+
+
+def measure(model_path: str, threads: int, ports: dict[str, int], runs: int) -> dict[str, Any]:
+    """Every measurement of a run back to back, so slow drift on a shared machine hits all."""
+    results: dict[str, Any] = {"bare_loop": [], "chat": []}
+    for isolation in ports:
+        results[isolation] = {"single": [], "concurrent": []}
+    for port in ports.values():  # warm-up
+        asyncio.run(one_client(port))
     for run in range(runs):
-        history = conversation(TOPICS[run % len(TOPICS)])
-        body = {"max_length": 32, "temperature": 0, "stream": True}
-        first = await stream(port, "/chat", {**body, "messages": history})
-        reply = "They are old, slow and important."
-        next_turn = [*history, {"role": "assistant", "content": reply},
-                     {"role": "user", "content": "And which fact surprised you most?"}]
-        second = await stream(port, "/chat", {**body, "messages": next_turn})
-        chat.append({"first_turn_ttft_s": first.ttft, "next_turn_ttft_s": second.ttft,
-                     "ratio": second.ttft / first.ttft})
-    return {"single": single, "concurrent": concurrent, "chat": chat}
+        tps, ttft = bare_loop(model_path, threads, PROMPTS[0])
+        results["bare_loop"].append({"tokens_per_s": tps, "ttft_s": ttft})
+        for isolation, port in ports.items():
+            results[isolation]["single"].append(asyncio.run(one_client(port)))
+        for isolation, port in ports.items():
+            results[isolation]["concurrent"].append(asyncio.run(eight_clients(port)))
+        results["chat"].append(asyncio.run(chat_next_turn(ports["process"], run)))
+    return results
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
@@ -260,31 +281,37 @@ def main() -> int:
     registry = load_registry(default_models_file())
     model_path = str(ModelFiles().resolve(registry.get(registry.default)))
 
-    bare = [bare_loop(model_path, args.threads, PROMPTS[0]) for _ in range(args.runs)]
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    server = start_server(port, args.threads, args.json.with_suffix(".server.log"))
+    servers = {}
+    ports = {}
     try:
-        measured = asyncio.run(measure_server(port, args.runs))
+        for isolation in ("process", "thread"):
+            ports[isolation] = free_port()
+            log = args.json.with_suffix(f".{isolation}.log")
+            servers[isolation] = start_server(ports[isolation], args.threads, isolation, log)
+        measured = measure(model_path, args.threads, ports, args.runs)
     finally:
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        for server in servers.values():
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=60)
 
-    bare_tps = statistics.median(tps for tps, _ in bare)
-    one_tps = median(measured["single"], "tokens_per_s")
-    one_total = median(measured["single"], "total_s")
-    eight_tps = median(measured["concurrent"], "aggregate_tokens_per_s")
-    ttft_p95 = median(measured["concurrent"], "ttft_p95_s")
+    served = measured["process"]  # the default: the engine in a worker process
+    bare_tps = median(measured["bare_loop"], "tokens_per_s")
+    one_tps = median(served["single"], "tokens_per_s")
+    one_total = median(served["single"], "total_s")
+    eight_tps = median(served["concurrent"], "aggregate_tokens_per_s")
+    ttft_p95 = median(served["concurrent"], "ttft_p95_s")
     chat_ratio = median(measured["chat"], "ratio")
+    in_process = measured["thread"]
     rows = [
         ("bare loop tokens/s", bare_tps, None, None),
-        ("bare loop first token (s)", statistics.median(t for _, t in bare), None, None),
+        ("bare loop first token (s)", median(measured["bare_loop"], "ttft_s"), None, None),
         ("1 client tokens/s", one_tps, None, None),
-        ("1 client first token (s)", median(measured["single"], "ttft_s"), None, None),
+        ("1 client first token (s)", median(served["single"], "ttft_s"), None, None),
         ("1 client / bare loop", one_tps / bare_tps, ">=", 0.95),
         ("8 clients aggregate tokens/s", eight_tps, None, None),
         ("8 clients / 1 client", eight_tps / one_tps, ">=", 1.4),
-        ("8 clients first token p50 (s)", median(measured["concurrent"], "ttft_p50_s"), None,
+        ("8 clients first token p50 (s)", median(served["concurrent"], "ttft_p50_s"), None,
          None),
         ("8 clients first token p95 (s)", ttft_p95, None, None),
         ("8-client p95 first token / 1 stream", ttft_p95 / one_total, "<=", 0.15),
@@ -293,6 +320,14 @@ def main() -> int:
         ("chat next turn first token (s)", median(measured["chat"], "next_turn_ttft_s"), None,
          None),
         ("chat next turn / first turn", chat_ratio, "<=", 0.3),
+        ("in-process engine, 1 client tokens/s", median(in_process["single"], "tokens_per_s"),
+         None, None),
+        ("in-process engine, 8 clients tokens/s",
+         median(in_process["concurrent"], "aggregate_tokens_per_s"), None, None),
+        ("worker / in-process, 1 client", one_tps / median(in_process["single"], "tokens_per_s"),
+         ">=", 0.97),
+        ("worker / in-process, 8 clients",
+         eight_tps / median(in_process["concurrent"], "aggregate_tokens_per_s"), ">=", 0.97),
     ]
     print(f"{'metric':40} {'median':>10} {'target':>10}  verdict")
     table = []
@@ -318,7 +353,6 @@ def main() -> int:
         "runs": args.runs,
         "new_tokens": NEW_TOKENS,
         "table": table,
-        "bare_loop": [{"tokens_per_s": tps, "ttft_s": ttft} for tps, ttft in bare],
         **measured,
     }
     args.json.write_text(json.dumps(report, indent=2))
