@@ -19,15 +19,21 @@ from locallab_gguf.errors import ServerRefused, ServerUnreachable
 
 
 class Reply(msgspec.Struct, kw_only=True):
-    """How a streamed reply ended: its tokens and the seconds from request to last byte."""
+    """How a streamed reply ended: its tokens, and seconds from the request to its first text
+    and to its last byte."""
 
     completion_tokens: int
     prompt_tokens: int
     seconds: float
+    first_text_seconds: float | None
     finish_reason: str | None
 
     @property
     def tokens_per_second(self) -> float:
+        """Generation speed: after the first token, so the prompt's evaluation is left out."""
+        first = self.first_text_seconds
+        if first is not None and self.completion_tokens > 1 and self.seconds > first:
+            return (self.completion_tokens - 1) / (self.seconds - first)
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -66,6 +72,7 @@ class ChatClient:
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
         started = time.monotonic()
+        first_text: float | None = None
         usage: dict[str, int] = {}
         finish_reason = None
         with self._open("POST", "/v1/chat/completions", body) as response:
@@ -80,11 +87,14 @@ class ChatClient:
                     finish_reason = choice.get("finish_reason") or finish_reason
                     text = choice.get("delta", {}).get("content")
                     if text:
+                        if first_text is None:
+                            first_text = time.monotonic() - started
                         yield text
         yield Reply(
             completion_tokens=usage.get("completion_tokens", 0),
             prompt_tokens=usage.get("prompt_tokens", 0),
             seconds=time.monotonic() - started,
+            first_text_seconds=first_text,
             finish_reason=finish_reason,
         )
 

@@ -132,8 +132,11 @@ def _chat(args: argparse.Namespace, settings: Settings) -> None:
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     if args.url is None:
-        # A server for one person at the terminal: one slot, and nobody to rate-limit.
-        settings = msgspec.structs.replace(settings, parallel=1, rate_limit=False)
+        # A server for one person at the terminal: one slot, nobody to rate-limit, and no
+        # log lines between the replies.
+        settings = msgspec.structs.replace(
+            settings, parallel=1, rate_limit=False, log_level="warning"
+        )
     chat(
         settings,
         url=args.url,
