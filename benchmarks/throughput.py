@@ -77,7 +77,8 @@ async def stream(port: int, path: str, body: dict[str, Any]) -> StreamTiming:
     started = time.perf_counter()
     writer.write(
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
     )
     status = await reader.readline()
     if b" 200 " not in status:
@@ -185,13 +186,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(
-    port: int, threads: int, isolation: str, log: Path
-) -> subprocess.Popen[bytes]:
+def start_server(port: int, threads: int, isolation: str, log: Path) -> subprocess.Popen[bytes]:
     cli = Path(sys.executable).parent / "locallab-gguf"
-    command = [str(cli), "serve", "--port", str(port), "--threads", str(threads),
-               "--threads-batch", str(threads), "--parallel", "8", "--ctx", "2048",
-               "--engine-isolation", isolation, "--no-rate-limit", "--log-level", "warning"]
+    command = [
+        str(cli),
+        "serve",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+        "--parallel",
+        "8",
+        "--ctx",
+        "2048",
+        "--engine-isolation",
+        isolation,
+        "--no-rate-limit",
+        "--log-level",
+        "warning",
+    ]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
     import urllib.request
@@ -220,8 +235,11 @@ GREEDY = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
 
 async def one_client(port: int) -> dict[str, float]:
     timing = await stream(port, "/generate", {**GREEDY, "prompt": PROMPTS[0]})
-    return {"tokens_per_s": NEW_TOKENS / timing.total, "ttft_s": timing.ttft,
-            "total_s": timing.total}
+    return {
+        "tokens_per_s": NEW_TOKENS / timing.total,
+        "ttft_s": timing.ttft,
+        "total_s": timing.total,
+    }
 
 
 async def eight_clients(port: int) -> dict[str, Any]:
@@ -230,20 +248,29 @@ async def eight_clients(port: int) -> dict[str, Any]:
     )
     span = max(t.ended for t in timings) - min(t.started for t in timings)
     ttfts = [t.ttft for t in timings]
-    return {"aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
-            "ttft_p50_s": percentile(ttfts, 0.5), "ttft_p95_s": percentile(ttfts, 0.95),
-            "ttfts_s": ttfts}
+    return {
+        "aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
+        "ttft_p50_s": percentile(ttfts, 0.5),
+        "ttft_p95_s": percentile(ttfts, 0.95),
+        "ttfts_s": ttfts,
+    }
 
 
 async def chat_next_turn(port: int, run: int) -> dict[str, float]:
     history = conversation(TOPICS[run % len(TOPICS)])
     body = {"max_length": 32, "temperature": 0, "stream": True}
     first = await stream(port, "/chat", {**body, "messages": history})
-    next_turn = [*history, {"role": "assistant", "content": "They are old, slow and important."},
-                 {"role": "user", "content": "And which fact surprised you most?"}]
+    next_turn = [
+        *history,
+        {"role": "assistant", "content": "They are old, slow and important."},
+        {"role": "user", "content": "And which fact surprised you most?"},
+    ]
     second = await stream(port, "/chat", {**body, "messages": next_turn})
-    return {"first_turn_ttft_s": first.ttft, "next_turn_ttft_s": second.ttft,
-            "ratio": second.ttft / first.ttft}
+    return {
+        "first_turn_ttft_s": first.ttft,
+        "next_turn_ttft_s": second.ttft,
+        "ratio": second.ttft / first.ttft,
+    }
 
 
 def measure(model_path: str, threads: int, ports: dict[str, int], runs: int) -> dict[str, Any]:
@@ -311,23 +338,46 @@ def main() -> int:
         ("1 client / bare loop", one_tps / bare_tps, ">=", 0.95),
         ("8 clients aggregate tokens/s", eight_tps, None, None),
         ("8 clients / 1 client", eight_tps / one_tps, ">=", 1.4),
-        ("8 clients first token p50 (s)", median(served["concurrent"], "ttft_p50_s"), None,
-         None),
+        ("8 clients first token p50 (s)", median(served["concurrent"], "ttft_p50_s"), None, None),
         ("8 clients first token p95 (s)", ttft_p95, None, None),
         ("8-client p95 first token / 1 stream", ttft_p95 / one_total, "<=", 0.15),
-        ("chat first turn first token (s)", median(measured["chat"], "first_turn_ttft_s"), None,
-         None),
-        ("chat next turn first token (s)", median(measured["chat"], "next_turn_ttft_s"), None,
-         None),
+        (
+            "chat first turn first token (s)",
+            median(measured["chat"], "first_turn_ttft_s"),
+            None,
+            None,
+        ),
+        (
+            "chat next turn first token (s)",
+            median(measured["chat"], "next_turn_ttft_s"),
+            None,
+            None,
+        ),
         ("chat next turn / first turn", chat_ratio, "<=", 0.3),
-        ("in-process engine, 1 client tokens/s", median(in_process["single"], "tokens_per_s"),
-         None, None),
-        ("in-process engine, 8 clients tokens/s",
-         median(in_process["concurrent"], "aggregate_tokens_per_s"), None, None),
-        ("worker / in-process, 1 client", one_tps / median(in_process["single"], "tokens_per_s"),
-         ">=", 0.97),
-        ("worker / in-process, 8 clients",
-         eight_tps / median(in_process["concurrent"], "aggregate_tokens_per_s"), ">=", 0.97),
+        (
+            "in-process engine, 1 client tokens/s",
+            median(in_process["single"], "tokens_per_s"),
+            None,
+            None,
+        ),
+        (
+            "in-process engine, 8 clients tokens/s",
+            median(in_process["concurrent"], "aggregate_tokens_per_s"),
+            None,
+            None,
+        ),
+        (
+            "worker / in-process, 1 client",
+            one_tps / median(in_process["single"], "tokens_per_s"),
+            ">=",
+            0.97,
+        ),
+        (
+            "worker / in-process, 8 clients",
+            eight_tps / median(in_process["concurrent"], "aggregate_tokens_per_s"),
+            ">=",
+            0.97,
+        ),
     ]
     print(f"{'metric':40} {'median':>10} {'target':>10}  verdict")
     table = []
@@ -338,18 +388,21 @@ def main() -> int:
             verdict = "PASS" if ok else "FAIL"
         shown_target = f"{op} {target}" if op else ""
         print(f"{name:40} {value:10.3f} {shown_target:>10}  {verdict}")
-        table.append({"metric": name, "median": value, "target": shown_target,
-                      "verdict": verdict})
+        table.append({"metric": name, "median": value, "target": shown_target, "verdict": verdict})
 
     import llama_cpp
 
     from locallab_gguf.hardware import cpu_model, logical_cores
 
     report = {
-        "machine": {"cpu": cpu_model(), "logical_cores": logical_cores(),
-                    "python": platform.python_version(),
-                    "llama_cpp_python": llama_cpp.__version__, "threads": args.threads,
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "cpu": cpu_model(),
+            "logical_cores": logical_cores(),
+            "python": platform.python_version(),
+            "llama_cpp_python": llama_cpp.__version__,
+            "threads": args.threads,
+            "load_average": os.getloadavg(),
+        },
         "runs": args.runs,
         "new_tokens": NEW_TOKENS,
         "table": table,

@@ -98,6 +98,7 @@ class ModelManager:
         self._failed_id: str | None = None
         self._load_task: asyncio.Task[ActiveModel] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        self._closing: asyncio.Future[None] | None = None
 
     @property
     def loading_id(self) -> str | None:
@@ -239,7 +240,16 @@ class ModelManager:
         await self.close()
 
     async def close(self) -> None:
-        """Shut down: a download stops, requests in flight are told the server is stopping."""
+        """Shut down: a download stops, requests in flight are told the server is stopping.
+
+        Every caller waits for the same shutdown, so the server's own lifespan shutdown does
+        not finish (and the process exit) while a grace-period stop is still stopping workers.
+        """
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         if self.loading is not None:
             self.loading.cancel()
         task = self._load_task

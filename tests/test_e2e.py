@@ -36,7 +36,13 @@ class Served:
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     port = free_port()
-    env = {**os.environ, "LOCALLAB_CTX": "1024", "LOCALLAB_PARALLEL": "2"}
+    # A long grace period: a stream running at SIGTERM is to finish, even on a busy machine.
+    env = {
+        **os.environ,
+        "LOCALLAB_CTX": "1024",
+        "LOCALLAB_PARALLEL": "2",
+        "LOCALLAB_SHUTDOWN_GRACE": "300",
+    }
     log = tmp_path / "serve.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
