@@ -7,8 +7,8 @@ scheduler owns the context built on top of it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +18,12 @@ from locallab_gguf.errors import ModelLoadFailed
 
 log = logging.getLogger(__name__)
 
-_backend_lock = threading.Lock()
-_backend_ready = False
 
-
+@functools.cache
 def _ensure_backend() -> None:
-    global _backend_ready  # llama_backend_init must run once per process, before any model
-    with _backend_lock:
-        if not _backend_ready:
-            _install_log_bridge()
-            llama_cpp.llama_backend_init()
-            _backend_ready = True
+    """llama.cpp's backend is initialised once per process, before the first model."""
+    _install_log_bridge()
+    llama_cpp.llama_backend_init()
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
