@@ -100,6 +100,17 @@ def test_serve_stops_cleanly_on_ctrl_c(served: Served) -> None:
     assert "Application shutdown complete" in output
 
 
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    running = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return running
+
+
 def _stream_until_first_piece(url: str, body: dict[str, object]):  # type: ignore[no-untyped-def]
     client = httpx.Client(timeout=120)
     response = client.send(client.build_request("POST", f"{url}/generate", json=body), stream=True)
@@ -123,7 +134,7 @@ def test_sigterm_lets_a_running_stream_finish_and_leaves_no_worker(served: Serve
     assert events[-1] == "[DONE]"
     assert "".join(events[:-1]) == expected
     served.process.wait(timeout=60)
-    assert not [child for child in children if child.is_running() and child.status() != "zombie"]
+    assert not still_running(children)
 
 
 def test_sigterm_stops_a_stream_that_outlasts_the_grace_period(tmp_path: Path) -> None:
@@ -161,7 +172,7 @@ def test_sigterm_stops_a_stream_that_outlasts_the_grace_period(tmp_path: Path) -
         # uvicorn ends by re-raising the signal it handled, as supervisors expect.
         assert process.wait(timeout=60) == -signal.SIGTERM
         assert "Application shutdown complete" in log.read_text()
-        assert not [c for c in children if c.is_running() and c.status() != "zombie"]
+        assert not still_running(children)
     finally:
         if process.poll() is None:
             process.kill()
