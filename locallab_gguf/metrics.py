@@ -123,6 +123,16 @@ class Metrics:
         if seconds is not None:
             self.request_seconds.labels(route).observe(seconds)
 
+    def responses_by_status(self) -> dict[int, int]:
+        """Responses sent so far, by status code (for /system/info's LocalLab keys)."""
+        counts: dict[int, int] = {}
+        for family in self.requests.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    status = int(sample.labels["status"])
+                    counts[status] = counts.get(status, 0) + int(sample.value)
+        return counts
+
     def record_accepted(self, model: str, prompt_tokens: int) -> None:
         self.prompt_tokens.labels(model).inc(prompt_tokens)
 

@@ -63,6 +63,20 @@ class _Records(logging.Handler):
         self.messages.append((record.levelno, record.getMessage()))
 
 
+def test_system_info_counts_the_responses_sent(make_server: ServerFactory) -> None:
+    server = make_server()
+    before = server.client.get("/system/info").json()
+    assert server.client.get("/health").status_code == 200
+    assert server.client.get("/no/such/route").status_code == 404
+    after = server.client.get("/system/info").json()
+    # The two requests and the first /system/info itself, all answered since.
+    assert after["request_count"] == before["request_count"] + 3
+    assert after["requests"]["total"] == after["request_count"]
+    by_status = after["requests"]["by_status"]
+    assert by_status["404"] == before["requests"]["by_status"].get("404", 0) + 1
+    assert by_status["200"] >= 2
+
+
 def test_a_gpu_this_build_cannot_use_is_named_with_the_fix(make_server: ServerFactory) -> None:
     # An H100 (simulated) beside the CPU build that `make test` installs.
     probe = simulated_probe(NvmlStandIn([H100]), offload_supported=False)

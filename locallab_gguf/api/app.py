@@ -12,7 +12,6 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
-from litestar.types import Message, Scope
 
 from locallab_gguf import __version__
 from locallab_gguf.api.access import AccessControl
@@ -93,16 +92,12 @@ def create_app(
         await manager.close()
         await access.close()
 
-    async def count_response(message: Message, _: Scope) -> None:
-        if message["type"] == "http.response.start":
-            services.requests.record(message["status"])
-
     return Litestar(
         route_handlers=ROUTES,
         dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
-        before_send=[count_response, observer.observe_unrouted],
+        before_send=[observer.observe_unrouted],
         # The observer is outermost: it sees the requests the limits and key check refuse.
         middleware=[observer, *access.middleware],
         cors_config=access.cors,

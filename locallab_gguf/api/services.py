@@ -1,9 +1,8 @@
-"""What the route handlers share: settings, model manager, hardware probe, request counts,
-metrics, and the one way a route starts a generation."""
+"""What the route handlers share: settings, model manager, hardware probe, metrics, and the
+one way a route starts a generation."""
 
 from __future__ import annotations
 
-import collections
 import time
 from typing import Any
 
@@ -18,26 +17,11 @@ from locallab_gguf.model_manager import ActiveModel, ModelManager
 from locallab_gguf.settings import Settings
 
 
-class RequestCounter:
-    """Responses sent, by status code; fed once per response by the app's send hook."""
-
-    def __init__(self) -> None:
-        self.by_status: collections.Counter[int] = collections.Counter()
-
-    def record(self, status: int) -> None:
-        self.by_status[status] += 1
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_status.values())
-
-
 class Services:
     def __init__(self, settings: Settings, manager: ModelManager, hardware: HardwareProbe) -> None:
         self.settings = settings
         self.manager = manager
         self.hardware = hardware
-        self.requests = RequestCounter()
         self.metrics = Metrics(manager)
         self.started_at = time.time()
 

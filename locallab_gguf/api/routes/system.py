@@ -106,7 +106,8 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         await asyncio.to_thread(loaded_offload, settings, current, hardware) if current else None
     )
     uptime = time.time() - services.started_at
-    counts = services.requests
+    by_status = services.metrics.responses_by_status()
+    total = sum(by_status.values())
     return SystemInfo(
         cpu=hardware.cpu,
         memory=hardware.memory,
@@ -123,8 +124,8 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         ),
         uptime_seconds=uptime,
         requests=RequestCounts(
-            total=counts.total,
-            by_status={str(status): n for status, n in sorted(counts.by_status.items())},
+            total=total,
+            by_status={str(status): n for status, n in sorted(by_status.items())},
         ),
         versions=Versions(
             locallab_gguf=__version__,
@@ -136,7 +137,7 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         gpu_info=hardware.nvidia.gpus,
         active_model=current.spec.id if current else None,
         uptime=uptime,
-        request_count=counts.total,
+        request_count=total,
     )
 
 
