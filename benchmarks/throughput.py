@@ -34,17 +34,43 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 128
-# Prompts whose greedy continuation runs past 128 tokens with the default model.
-PROMPTS = [
-    "Once upon a time",
-    "The history of the Roman Empire",
-    "Write a recipe for bread:\n",
-    "The best way to learn programming is",
-    "In the year 2050,",
-    "Dear diary, today I",
-    "Here is a list of fruits:",
-    "Les élèves français aiment",
+# Prompts whose greedy continuation runs past 128 tokens with the default model. Slots keep
+# their cache and a repeated prompt would start from it, so each run's 8 clients get the next
+# set: when a set comes round again, two others have since taken every slot.
+PROMPT_SETS = [
+    [
+        "Once upon a time",
+        "The history of the Roman Empire",
+        "Write a recipe for bread:\n",
+        "The best way to learn programming is",
+        "In the year 2050,",
+        "Dear diary, today I",
+        "Here is a list of fruits:",
+        "Les élèves français aiment",
+    ],
+    [
+        "The ocean is",
+        "My grandmother told me",
+        "The first rule of cooking is",
+        "A short guide to gardening:\n",
+        "Why do cats",
+        "The museum was",
+        "Scientists have discovered",
+        "The recipe calls for",
+    ],
+    [
+        "When I was young,",
+        "The city at night",
+        "An introduction to chess:\n",
+        "The mountain village",
+        "Breaking news:",
+        "The old lighthouse",
+        "Every morning, the baker",
+        "Ten tips for better sleep:\n",
+    ],
 ]
+PROMPTS = PROMPT_SETS[0]
+ALONE = "The teacher asked"  # the single stream's prompt, in no set above
 TOPICS = ["rivers", "mountains", "deserts", "forests", "oceans", "cities", "islands", "glaciers"]
 
 
@@ -253,7 +279,7 @@ GREEDY = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
 
 
 async def one_client(port: int) -> dict[str, float]:
-    timing = await stream(port, "/generate", {**GREEDY, "prompt": PROMPTS[0]})
+    timing = await stream(port, "/generate", {**GREEDY, "prompt": ALONE})
     return {
         "tokens_per_s": NEW_TOKENS / timing.total,
         "ttft_s": timing.ttft,
@@ -261,14 +287,14 @@ async def one_client(port: int) -> dict[str, float]:
     }
 
 
-async def eight_clients(port: int) -> dict[str, Any]:
+async def eight_clients(port: int, prompts: list[str]) -> dict[str, Any]:
     timings = await asyncio.gather(
-        *(stream(port, "/generate", {**GREEDY, "prompt": p}) for p in PROMPTS)
+        *(stream(port, "/generate", {**GREEDY, "prompt": p}) for p in prompts)
     )
     span = max(t.ended for t in timings) - min(t.started for t in timings)
     ttfts = [t.ttft for t in timings]
     return {
-        "aggregate_tokens_per_s": len(PROMPTS) * NEW_TOKENS / span,
+        "aggregate_tokens_per_s": len(prompts) * NEW_TOKENS / span,
         "ttft_p50_s": percentile(ttfts, 0.5),
         "ttft_p95_s": percentile(ttfts, 0.95),
         "ttfts_s": ttfts,
@@ -297,17 +323,20 @@ def measure(model_path: str, threads: int, ports: dict[str, int], runs: int) -> 
     results: dict[str, Any] = {"bare_loop": [], "bare_loop_8": [], "chat": []}
     for isolation in ports:
         results[isolation] = {"single": [], "concurrent": []}
-    for port in ports.values():  # warm-up
+    warm_up = [f"Warm-up request {i}:" for i in range(len(PROMPTS))]
+    for port in ports.values():  # every slot has decoded once, as in steady use
         asyncio.run(one_client(port))
+        asyncio.run(eight_clients(port, warm_up))
     for run in range(runs):
-        tps, ttft = bare_loop(model_path, threads, PROMPTS[:1])
+        tps, ttft = bare_loop(model_path, threads, [ALONE])
         results["bare_loop"].append({"tokens_per_s": tps, "ttft_s": ttft})
         tps, ttft = bare_loop(model_path, threads, PROMPTS)
         results["bare_loop_8"].append({"tokens_per_s": tps, "ttft_s": ttft})
         for isolation, port in ports.items():
             results[isolation]["single"].append(asyncio.run(one_client(port)))
+        prompts = PROMPT_SETS[run % len(PROMPT_SETS)]
         for isolation, port in ports.items():
-            results[isolation]["concurrent"].append(asyncio.run(eight_clients(port)))
+            results[isolation]["concurrent"].append(asyncio.run(eight_clients(port, prompts)))
         results["chat"].append(asyncio.run(chat_next_turn(ports["process"], run)))
     return results
 

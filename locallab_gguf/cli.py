@@ -14,6 +14,7 @@ import msgspec
 from locallab_gguf import __version__
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.log_format import configure_logging
+from locallab_gguf.openmp import tune_for_serving
 from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
 
 
@@ -160,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.log_format,
         )
         if args.command == "serve":
+            tune_for_serving(os.environ)  # before the server imports llama.cpp
             from locallab_gguf.server import serve
 
             serve(settings)
