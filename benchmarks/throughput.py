@@ -1,6 +1,7 @@
 """Generation speed through HTTP against a bare llama-cpp-python loop, measured in one run.
 
     .venv/bin/python benchmarks/throughput.py [--runs 3] [--threads 2] [--json PATH]
+        [--llama-server PATH]
 
 Starts `locallab-gguf serve` as a subprocess with the default model and measures, each as the
 median of --runs runs (greedy, 128 new tokens):
@@ -10,7 +11,9 @@ median of --runs runs (greedy, 128 new tokens):
 - 8 concurrent clients streaming /generate: aggregate tokens/s and time to first token;
 - a chat of about 1,000 tokens: time to first token of its next turn against its first;
 - the same 1- and 8-client runs against a second server whose engine runs in-process, to
-  price the worker process (its pipe and the extra hop for every step's events).
+  price the worker process (its pipe and the extra hop for every step's events);
+- with --llama-server, the same 1- and 8-client runs against llama.cpp's own C++ server
+  (`/completion`, 8 slots, the same model, threads and context), the peer to beat.
 
 Prints a table with the targets and writes everything, runs included, as JSON.
 """
@@ -29,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -254,6 +258,44 @@ def start_server(port: int, threads: int, isolation: str, log: Path) -> subproce
     ]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    health = f"http://127.0.0.1:{port}/health"
+    wait_ready(process, health, log, lambda reply: reply["model_status"] == "loaded")
+    return process
+
+
+def start_llama_server(
+    binary: Path, port: int, threads: int, model_path: str, log: Path
+) -> subprocess.Popen[bytes]:
+    """llama.cpp's server set up like ours: 8 slots of 2,048 tokens, flash attention."""
+    command = [
+        str(binary),
+        "--model",
+        model_path,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+        "--parallel",
+        "8",
+        "--ctx-size",
+        str(8 * 2048),
+        "--flash-attn",
+        "on",
+        "--no-webui",
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    wait_ready(process, f"http://127.0.0.1:{port}/health", log, lambda reply: True)
+    return process
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], url: str, log: Path, ready: Callable[[Any], bool]
+) -> None:
     import urllib.request
 
     deadline = time.monotonic() + 120
@@ -261,9 +303,9 @@ def start_server(port: int, threads: int, isolation: str, log: Path) -> subproce
         if process.poll() is not None:
             raise RuntimeError(f"the server exited: {log.read_text()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health") as reply:
-                if json.load(reply)["model_status"] == "loaded":
-                    return process
+            with urllib.request.urlopen(url) as reply:
+                if ready(json.load(reply)):
+                    return
         except OSError:
             pass
         time.sleep(0.2)
@@ -276,10 +318,20 @@ def percentile(values: list[float], q: float) -> float:
 
 
 GREEDY = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
+# llama.cpp's server stops at the end-of-generation token unless told not to; the prompts run
+# past 128 tokens with this model anyway, so both servers produce the same count.
+PEER_GREEDY = {"n_predict": NEW_TOKENS, "temperature": 0, "stream": True, "ignore_eos": True}
+PEER = "llama_server"
 
 
-async def one_client(port: int) -> dict[str, float]:
-    timing = await stream(port, "/generate", {**GREEDY, "prompt": ALONE})
+def request_for(server: str, prompt: str) -> tuple[str, dict[str, Any]]:
+    if server == PEER:
+        return "/completion", {**PEER_GREEDY, "prompt": prompt}
+    return "/generate", {**GREEDY, "prompt": prompt}
+
+
+async def one_client(port: int, server: str = "process") -> dict[str, float]:
+    timing = await stream(port, *request_for(server, ALONE))
     return {
         "tokens_per_s": NEW_TOKENS / timing.total,
         "ttft_s": timing.ttft,
@@ -287,10 +339,8 @@ async def one_client(port: int) -> dict[str, float]:
     }
 
 
-async def eight_clients(port: int, prompts: list[str]) -> dict[str, Any]:
-    timings = await asyncio.gather(
-        *(stream(port, "/generate", {**GREEDY, "prompt": p}) for p in prompts)
-    )
+async def eight_clients(port: int, prompts: list[str], server: str = "process") -> dict[str, Any]:
+    timings = await asyncio.gather(*(stream(port, *request_for(server, p)) for p in prompts))
     span = max(t.ended for t in timings) - min(t.started for t in timings)
     ttfts = [t.ttft for t in timings]
     return {
@@ -321,28 +371,28 @@ async def chat_next_turn(port: int, run: int) -> dict[str, float]:
 def measure(model_path: str, threads: int, ports: dict[str, int], runs: int) -> dict[str, Any]:
     """Every measurement of a run back to back, so slow drift on a shared machine hits all."""
     results: dict[str, Any] = {"bare_loop": [], "bare_loop_8": [], "chat": []}
-    for isolation in ports:
-        results[isolation] = {"single": [], "concurrent": []}
+    for server in ports:
+        results[server] = {"single": [], "concurrent": []}
     warm_up = [f"Warm-up request {i}:" for i in range(len(PROMPTS))]
-    for port in ports.values():  # every slot has decoded once, as in steady use
-        asyncio.run(one_client(port))
-        asyncio.run(eight_clients(port, warm_up))
+    for server, port in ports.items():  # every slot has decoded once, as in steady use
+        asyncio.run(one_client(port, server))
+        asyncio.run(eight_clients(port, warm_up, server))
     for run in range(runs):
         tps, ttft = bare_loop(model_path, threads, [ALONE])
         results["bare_loop"].append({"tokens_per_s": tps, "ttft_s": ttft})
         tps, ttft = bare_loop(model_path, threads, PROMPTS)
         results["bare_loop_8"].append({"tokens_per_s": tps, "ttft_s": ttft})
-        for isolation, port in ports.items():
-            results[isolation]["single"].append(asyncio.run(one_client(port)))
+        for server, port in ports.items():
+            results[server]["single"].append(asyncio.run(one_client(port, server)))
         prompts = PROMPT_SETS[run % len(PROMPT_SETS)]
-        for isolation, port in ports.items():
-            results[isolation]["concurrent"].append(asyncio.run(eight_clients(port, prompts)))
+        for server, port in ports.items():
+            results[server]["concurrent"].append(asyncio.run(eight_clients(port, prompts, server)))
         results["chat"].append(asyncio.run(chat_next_turn(ports["process"], run)))
     return results
 
 
 def median(rows: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(row[key] for row in rows)
+    return float(statistics.median(row[key] for row in rows))
 
 
 def main() -> int:
@@ -350,6 +400,12 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/throughput.json")
+    parser.add_argument(
+        "--llama-server",
+        type=Path,
+        metavar="PATH",
+        help="also measure this llama.cpp llama-server binary with the same clients",
+    )
     args = parser.parse_args()
 
     from locallab_gguf.hub import ModelFiles
@@ -366,6 +422,12 @@ def main() -> int:
             ports[isolation] = free_port()
             log = args.json.with_suffix(f".{isolation}.log")
             servers[isolation] = start_server(ports[isolation], args.threads, isolation, log)
+        if args.llama_server is not None:
+            ports[PEER] = free_port()
+            log = args.json.with_suffix(f".{PEER}.log")
+            servers[PEER] = start_llama_server(
+                args.llama_server, ports[PEER], args.threads, model_path, log
+            )
         measured = measure(model_path, args.threads, ports, args.runs)
     finally:
         for server in servers.values():
@@ -380,7 +442,7 @@ def main() -> int:
     ttft_p95 = median(served["concurrent"], "ttft_p95_s")
     chat_ratio = median(measured["chat"], "ratio")
     in_process = measured["thread"]
-    rows = [
+    rows: list[tuple[str, float, str | None, float | None]] = [
         ("bare loop tokens/s", bare_tps, None, None),
         ("bare loop first token (s)", median(measured["bare_loop"], "ttft_s"), None, None),
         ("1 client tokens/s", one_tps, None, None),
@@ -441,15 +503,34 @@ def main() -> int:
             0.97,
         ),
     ]
-    print(f"{'metric':40} {'median':>10} {'target':>10}  verdict")
+    if PEER in measured:
+        peer = measured[PEER]
+        peer_one = median(peer["single"], "tokens_per_s")
+        peer_eight = median(peer["concurrent"], "aggregate_tokens_per_s")
+        peer_p95 = median(peer["concurrent"], "ttft_p95_s")
+        rows += [
+            ("llama-server, 1 client tokens/s", peer_one, None, None),
+            ("llama-server, 8 clients tokens/s", peer_eight, None, None),
+            ("llama-server, 8 clients / 1 client", peer_eight / peer_one, None, None),
+            ("llama-server, 8 clients first token p95 (s)", peer_p95, None, None),
+            (
+                "llama-server, p95 first token / 1 stream",
+                peer_p95 / median(peer["single"], "total_s"),
+                None,
+                None,
+            ),
+            ("ours / llama-server, 1 client", one_tps / peer_one, None, None),
+            ("ours / llama-server, 8 clients", eight_tps / peer_eight, None, None),
+        ]
+    print(f"{'metric':44} {'median':>10} {'target':>10}  verdict")
     table = []
     for name, value, op, target in rows:
         verdict = ""
-        if op is not None:
+        if op is not None and target is not None:
             ok = value >= target if op == ">=" else value <= target
             verdict = "PASS" if ok else "FAIL"
         shown_target = f"{op} {target}" if op else ""
-        print(f"{name:40} {value:10.3f} {shown_target:>10}  {verdict}")
+        print(f"{name:44} {value:10.3f} {shown_target:>10}  {verdict}")
         table.append({"metric": name, "median": value, "target": shown_target, "verdict": verdict})
 
     import llama_cpp
