@@ -12,6 +12,7 @@ allocates anything: the kernel would otherwise kill the whole server.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -79,6 +80,24 @@ def gpu_layers_request(
     return "auto", "auto"
 
 
+def read_model_memory(path: Path) -> ModelMemory:
+    """The model file's memory facts, read once per version of the file.
+
+    Parsing the header walks every metadata entry (about 60 ms for the default model, more for
+    large vocabularies); /system/info asks for it on every call while the file stays the same.
+    """
+    try:
+        stat = path.stat()
+    except OSError:
+        return model_memory(read_gguf_header(path))  # which says what is wrong
+    return _read_model_memory(path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_model_memory(path: Path, size: int, mtime_ns: int, inode: int) -> ModelMemory:
+    return model_memory(read_gguf_header(path))
+
+
 def context_per_slot(ctx: int | None, n_ctx_train: int, cap: int) -> int:
     """The engine's rule: --ctx, else the trained context up to `cap`."""
     return ctx or min(n_ctx_train or cap, cap)
@@ -95,7 +114,7 @@ def plan_model_file(
     registry: GpuLayers,
 ) -> OffloadPlan:
     """Read the GGUF header (not the weights) and plan its load on this hardware."""
-    model = model_memory(read_gguf_header(path))
+    model = read_model_memory(path)
     requested, decided_by = gpu_layers_request(setting, registry)
     return plan_offload(
         model,
@@ -149,7 +168,7 @@ def estimate_loaded(
     decided_by: DecidedBy,
 ) -> OffloadEstimate:
     """The estimate for a model file already loaded with `gpu_layers` (-1: all)."""
-    model = model_memory(read_gguf_header(path))
+    model = read_model_memory(path)
     gpus = hardware.nvidia.usable_gpus if hardware.backend == "cuda" else []
     layers = model.offloadable_layers if gpu_layers < 0 else gpu_layers
     return _estimate(model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by)

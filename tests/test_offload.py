@@ -17,7 +17,7 @@ import pytest
 
 from locallab_gguf.engine import EngineConfig, open_local_engine
 from locallab_gguf.errors import ModelTooLarge
-from locallab_gguf.gguf_file import read_gguf_header
+from locallab_gguf.gguf_file import GgufFormatError, read_gguf_header
 from locallab_gguf.hardware import HardwareInfo
 from locallab_gguf.model_memory import ModelMemory, model_memory, place
 from locallab_gguf.offload import (
@@ -27,6 +27,7 @@ from locallab_gguf.offload import (
     gpu_layers_request,
     plan_model_file,
     plan_offload,
+    read_model_memory,
 )
 from locallab_gguf.registry import GpuLayers
 from tests.nvml_standin import (
@@ -46,6 +47,23 @@ SLOT_SHAPES = [(1024, 4), (4096, 8), (8192, 1)]
 @pytest.fixture(scope="module")
 def model(model_path: Path) -> ModelMemory:
     return model_memory(read_gguf_header(model_path))
+
+
+def test_a_model_file_replaced_on_disk_is_read_again(
+    model: ModelMemory, model_path: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "model.gguf"
+    content = model_path.read_bytes()
+    copy.write_bytes(content)
+    assert read_model_memory(copy) == model
+    # A pull that is cut short, or a file swapped for another, must not be answered from
+    # what the old file said.
+    copy.write_bytes(content[: read_gguf_header(model_path).data_offset + 1000])
+    with pytest.raises(GgufFormatError, match="lies past the end of the file"):
+        read_model_memory(copy)
+    copy.unlink()
+    copy.write_bytes(content)
+    assert read_model_memory(copy) == model
 
 
 def hardware_with(
