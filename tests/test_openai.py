@@ -158,6 +158,16 @@ def test_max_completion_tokens_and_stop_end_the_answer(client: openai.OpenAI) ->
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_max_tokens_beyond_the_context_is_refused_in_openai_terms(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=DEFAULT_ID, messages=QUESTION, temperature=0, max_tokens=5000
+        )
+    message = str(refused.value)
+    assert "5,000 new tokens" in message and "1,024" in message
+    assert "max_length" not in message  # a field this API does not have
+
+
 def test_a_seed_repeats_a_sample_and_every_supported_field_is_accepted(
     client: openai.OpenAI,
 ) -> None:

@@ -224,8 +224,9 @@ class BatchEngine:
             raise PromptTooLong(len(tokens), self.n_ctx)
         if request.max_tokens > self.n_ctx:
             raise InvalidRequest(
-                f"max_length is {request.max_tokens:,} tokens; the context is {self.n_ctx:,}. "
-                "Ask for fewer new tokens."
+                # Worded for both APIs: LocalLab calls the limit max_length, OpenAI max_tokens.
+                f"{request.max_tokens:,} new tokens were asked for; the context holds "
+                f"{self.n_ctx:,}. Ask for fewer new tokens."
             )
         if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(
