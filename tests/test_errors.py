@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import msgspec
 import pytest
+from litestar import Litestar, get
+from litestar.testing import TestClient
 
+from locallab_gguf.api.errors import EXCEPTION_HANDLERS
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.servers import RunningServer, wait_until
 
@@ -27,6 +31,8 @@ def assert_still_serving(server: RunningServer) -> None:
         ({**OK, "max_length": 0}, "max_length", ">= 1"),
         ({**OK, "prompt": ""}, "prompt", "length >= 1"),
         ({"max_length": 4}, "prompt", "missing required field"),
+        ({**OK, "seed": -1}, "seed", ">= 0"),
+        ({**OK, "seed": 2**63}, "seed", "<= 9223372036854775807"),
     ],
 )
 def test_invalid_parameters_are_400_naming_the_field(
@@ -95,6 +101,27 @@ def test_wrong_method_is_405_with_detail(server: RunningServer) -> None:
     reply = server.client.get("/generate")
     assert reply.status_code == 405
     assert reply.json()["detail"]
+
+
+def test_the_largest_seed_is_served(server: RunningServer) -> None:
+    reply = server.client.post("/generate", json={**OK, "seed": 2**63 - 1, "temperature": 0.8})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 4
+
+
+def test_a_failure_outside_the_error_table_is_500_with_detail_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @get("/broken", sync_to_thread=False)
+    def broken() -> None:
+        raise RuntimeError("a bug in a handler")
+
+    app = Litestar([broken], exception_handlers=EXCEPTION_HANDLERS, logging_config=None)
+    with caplog.at_level(logging.ERROR), TestClient(app) as client:
+        reply = client.get("/broken")
+    assert reply.status_code == 500
+    assert reply.json() == {"detail": "the server failed: RuntimeError; see the server log"}
+    assert "GET /broken failed" in caplog.text and "a bug in a handler" in caplog.text
 
 
 def test_prompt_longer_than_the_context_is_413(server: RunningServer) -> None:

@@ -158,6 +158,17 @@ def test_max_completion_tokens_and_stop_end_the_answer(client: openai.OpenAI) ->
     assert stopped.choices[0].finish_reason == "stop"
 
 
+def test_any_int64_seed_is_accepted_and_a_larger_one_refused(client: openai.OpenAI) -> None:
+    for seed in (-1, -(2**63), 2**63 - 1):
+        done = client.completions.create(
+            model=DEFAULT_ID, prompt="The sky is", max_tokens=2, seed=seed
+        )
+        assert done.usage is not None and done.usage.completion_tokens == 2
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(model=DEFAULT_ID, prompt="The sky is", max_tokens=2, seed=2**63)
+    assert "seed" in str(refused.value)
+
+
 def test_max_tokens_beyond_the_context_is_refused_in_openai_terms(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(

@@ -5,6 +5,7 @@ Every error answer is `{"detail": "<what happened and what to do>"}`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Request, Response
@@ -38,6 +39,8 @@ from locallab_gguf.errors import (
     RateLimited,
     RateLimitStoreUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 # Hub failures: 404 when the hub has no such repo, revision or file (fix the id); 403, not
 # 401, when the hub refuses the server's token (the client's own credentials are not at
@@ -144,8 +147,20 @@ def validation_problems(error: ValidationException) -> list[tuple[str | None, st
     return found
 
 
+def report_unexpected(request: Request[Any, Any, Any], error: Exception) -> str:
+    """Log a failure no table entry covers (a bug) and say what the client may know of it."""
+    # Litestar logs nothing here (the CLI owns logging), so a bug would vanish without this.
+    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
+    return f"the server failed: {type(error).__name__}; see the server log"
+
+
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+    return error_response(HTTP_500_INTERNAL_SERVER_ERROR, report_unexpected(request, error))
+
+
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     LocalLabError: handle_domain_error,
     ValidationException: handle_validation_error,
     HTTPException: handle_http_error,
+    Exception: handle_unexpected,
 }

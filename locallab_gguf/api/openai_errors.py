@@ -6,7 +6,6 @@ body differs, so that OpenAI's SDKs raise their usual exceptions with our messag
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from litestar import Request, Response
@@ -16,6 +15,7 @@ from litestar.types import ExceptionHandlersMap
 from locallab_gguf.api.errors import (
     error_headers,
     http_error_detail,
+    report_unexpected,
     status_of,
     validation_detail,
     validation_problems,
@@ -29,8 +29,6 @@ from locallab_gguf.errors import (
     RateLimited,
     UnsupportedParameter,
 )
-
-log = logging.getLogger(__name__)
 
 _TYPE_OF_STATUS = {
     401: "authentication_error",
@@ -75,9 +73,7 @@ def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> 
 
 
 def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
-    # Litestar logs nothing here (the CLI owns logging), so a bug would vanish without this.
-    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-    return openai_error(500, f"the server failed: {type(error).__name__}; see the server log")
+    return openai_error(500, report_unexpected(request, error))
 
 
 def _param_and_code(error: LocalLabError) -> tuple[str | None, str | None]:

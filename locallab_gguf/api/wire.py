@@ -29,7 +29,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     top_p: TopP = 0.9
     top_k: Annotated[int, Meta(ge=0, description="0 = no limit")] = 40
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
-    seed: Annotated[int, Meta(ge=0)] | None = None
+    seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None  # only its low 32 bits count
     stop: Stop = None
 
     def sampling(self) -> SamplingParams:
