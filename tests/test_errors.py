@@ -33,6 +33,8 @@ def assert_still_serving(server: RunningServer) -> None:
         ({"max_length": 4}, "prompt", "missing required field"),
         ({**OK, "seed": -1}, "seed", ">= 0"),
         ({**OK, "seed": 2**63}, "seed", "<= 9223372036854775807"),
+        ({**OK, "max_length": 10**20}, "max_length", "<= 2147483647"),
+        ({**OK, "top_k": 10**20}, "top_k", "<= 2147483647"),
     ],
 )
 def test_invalid_parameters_are_400_naming_the_field(

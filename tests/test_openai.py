@@ -169,6 +169,20 @@ def test_any_int64_seed_is_accepted_and_a_larger_one_refused(client: openai.Open
     assert "seed" in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("max_tokens", 10**20), ("logit_bias", {str(10**20): 5})]
+)
+def test_numbers_beyond_any_token_count_are_400_naming_the_field(
+    client: openai.OpenAI, field: str, value: object
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(
+            model=DEFAULT_ID, prompt="The sky is", extra_body={"max_tokens": 2, field: value}
+        )
+    assert refused.value.body is not None
+    assert refused.value.body["param"] == field  # type: ignore[index]
+
+
 def test_max_tokens_beyond_the_context_is_refused_in_openai_terms(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.wire import UsageBody
+from locallab_gguf.api.wire import INT32_MAX, UsageBody
 from locallab_gguf.engine.types import FinishReason
 
 # A field of OpenAI's API that this server does not implement: accepted only when null (or,
@@ -21,7 +21,10 @@ from locallab_gguf.engine.types import FinishReason
 Unsupported = Any
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
-NewTokens = Annotated[int, Meta(ge=1)]
+NewTokens = Annotated[int, Meta(ge=1, le=INT32_MAX)]
+TokenId = Annotated[
+    int, Meta(ge=-INT32_MAX - 1, le=INT32_MAX)
+]  # checked against the vocabulary later
 
 
 class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,7 +45,7 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     # token id -> bias; -100 bans the token, 100 all but forces it.
-    logit_bias: dict[int, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: dict[TokenId, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
     user: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None

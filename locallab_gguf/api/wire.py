@@ -15,7 +15,10 @@ from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
-NewTokens = Annotated[int, Meta(ge=1, description="new tokens to generate")]
+# llama.cpp counts tokens in 32-bit ints; bounding every count here also keeps an absurd number
+# from reaching the engine (the worker pipe cannot carry integers beyond 64 bits).
+INT32_MAX = 2**31 - 1
+NewTokens = Annotated[int, Meta(ge=1, le=INT32_MAX, description="new tokens to generate")]
 Stop = str | list[str] | None
 
 
@@ -27,7 +30,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     max_tokens: NewTokens | None = None  # an alias of max_length
     temperature: Temperature = 0.7
     top_p: TopP = 0.9
-    top_k: Annotated[int, Meta(ge=0, description="0 = no limit")] = 40
+    top_k: Annotated[int, Meta(ge=0, le=INT32_MAX, description="0 = no limit")] = 40
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None  # only its low 32 bits count
     stop: Stop = None
