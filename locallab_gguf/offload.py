@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from locallab_gguf.engine import EngineConfig
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.gguf_file import read_gguf_header
 from locallab_gguf.hardware import Backend, HardwareInfo
@@ -98,29 +99,22 @@ def _read_model_memory(path: Path, size: int, mtime_ns: int, inode: int) -> Mode
     return model_memory(read_gguf_header(path))
 
 
-def context_per_slot(ctx: int | None, n_ctx_train: int, cap: int) -> int:
-    """The engine's rule: --ctx, else the trained context up to `cap`."""
-    return ctx or min(n_ctx_train or cap, cap)
-
-
 def plan_model_file(
     path: Path,
     hardware: HardwareInfo,
+    config: EngineConfig,
     *,
-    ctx: int | None,
-    context_cap: int,
-    parallel: int,
     setting: GpuLayers | None,
     registry: GpuLayers,
 ) -> OffloadPlan:
-    """Read the GGUF header (not the weights) and plan its load on this hardware."""
+    """Read the GGUF header (not the weights) and plan its load with `config` on this hardware."""
     model = read_model_memory(path)
     requested, decided_by = gpu_layers_request(setting, registry)
     return plan_offload(
         model,
         hardware,
-        context_per_slot=context_per_slot(ctx, model.n_ctx_train, context_cap),
-        parallel=parallel,
+        context_per_slot=config.context_per_slot(model.n_ctx_train),
+        parallel=config.n_parallel,
         requested=requested,
         decided_by=decided_by,
     )

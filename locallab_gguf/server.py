@@ -13,7 +13,6 @@ from litestar import Litestar
 
 from locallab_gguf.api.app import create_app
 from locallab_gguf.engine import EngineClient, EngineConfig, open_engine, supports_gpu_offload
-from locallab_gguf.engine.scheduler import DEFAULT_CONTEXT_CAP
 from locallab_gguf.hardware import HardwareInfo, HardwareProbe, choose_threads
 from locallab_gguf.hub import ModelFiles, hub_access
 from locallab_gguf.model_manager import EngineOpener, ModelManager
@@ -48,9 +47,7 @@ def offload_plan(
     return plan_model_file(
         path,
         hardware,
-        ctx=settings.ctx,
-        context_cap=DEFAULT_CONTEXT_CAP,
-        parallel=settings.parallel,
+        engine_config(settings, spec),
         setting=settings.gpu_layers,
         registry=spec.n_gpu_layers,
     )

@@ -260,9 +260,9 @@ def test_the_plan_reads_only_the_header(model_path: Path, tmp_path: Path) -> Non
         copy.write(source.read(header.data_offset))
         copy.truncate(header.file_size)
     hardware = hardware_with([gpu_with_free(1000 * MIB)])
-    kwargs = dict(ctx=None, context_cap=4096, parallel=8, setting=None, registry="auto")
-    real = plan_model_file(model_path, hardware, **kwargs)
-    assert plan_model_file(sparse, hardware, **kwargs) == real
+    config = EngineConfig(n_parallel=8, n_threads=2, n_threads_batch=2)
+    real = plan_model_file(model_path, hardware, config, setting=None, registry="auto")
+    assert plan_model_file(sparse, hardware, config, setting=None, registry="auto") == real
     assert real.estimate.context_per_slot == 4096  # the trained 8192, capped
 
 

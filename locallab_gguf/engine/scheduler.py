@@ -84,6 +84,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     queue_size: int = 64
     chat_template: str | None = None  # overrides the GGUF's own
 
+    def context_per_slot(self, n_ctx_train: int) -> int:
+        """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""
+        return self.n_ctx or min(n_ctx_train or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+
 
 class _Slot:
     __slots__ = ("cached", "job", "last_used", "seq_id")
@@ -160,8 +164,7 @@ class BatchEngine:
             if template_source
             else None
         )
-        requested = config.n_ctx or min(model.n_ctx_train, DEFAULT_CONTEXT_CAP)
-        self._context = self._create_context(requested)
+        self._context = self._create_context(config.context_per_slot(model.n_ctx_train))
         # llama.cpp may round the size up; what it reports is what each slot really has.
         self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._context))
         self._memory = llama_cpp.llama_get_memory(self._context)
