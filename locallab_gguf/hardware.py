@@ -15,7 +15,7 @@ from typing import Literal
 import msgspec
 import psutil
 
-from locallab_gguf.nvidia import NvidiaInfo, NvmlLoader, load_pynvml, read_nvidia
+from locallab_gguf.nvidia import GpuInfo, NvidiaInfo, NvmlLoader, load_pynvml, read_nvidia
 
 Backend = Literal["cpu", "cuda", "metal"]
 
@@ -73,6 +73,11 @@ class HardwareInfo(msgspec.Struct, frozen=True, kw_only=True):
     gpu_offload_supported: bool  # the installed llama.cpp build can offload at all
     backend: Backend  # where layers go: the GPU this build can use, or the CPU
     advice: str | None  # what to do when a GPU is here but this build cannot use it
+
+    @property
+    def offload_gpus(self) -> list[GpuInfo]:
+        """The NVIDIA GPUs layers can go to: none unless this build offloads through CUDA."""
+        return self.nvidia.usable_gpus if self.backend == "cuda" else []
 
 
 class Threads(msgspec.Struct, frozen=True, kw_only=True):

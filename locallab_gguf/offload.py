@@ -129,7 +129,7 @@ def plan_offload(
     requested: GpuLayers,
     decided_by: DecidedBy,
 ) -> OffloadPlan:
-    gpus = hardware.nvidia.usable_gpus if hardware.backend == "cuda" else []
+    gpus = hardware.offload_gpus
     warning = None
     if requested == "auto":
         layers, reason = _auto_layers(model, hardware, gpus, context_per_slot, parallel)
@@ -163,7 +163,7 @@ def estimate_loaded(
 ) -> OffloadEstimate:
     """The estimate for a model file already loaded with `gpu_layers` (-1: all)."""
     model = read_model_memory(path)
-    gpus = hardware.nvidia.usable_gpus if hardware.backend == "cuda" else []
+    gpus = hardware.offload_gpus
     layers = model.offloadable_layers if gpu_layers < 0 else gpu_layers
     return _estimate(model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by)
 
