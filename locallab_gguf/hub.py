@@ -46,8 +46,7 @@ def hub_access(settings: Settings, env: Mapping[str, str]) -> HubAccess:
     return HubAccess(
         endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
         token=settings.hf_token or env.get("HF_TOKEN") or None,
-        offline=settings.offline
-        or env.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"),
+        offline=settings.offline or env.get("HF_HUB_OFFLINE", "").upper() in _TRUE,
     )
 
 
