@@ -8,9 +8,9 @@ from typing import TextIO
 import msgspec
 
 from locallab_gguf.hub import ModelFiles, hub_access
-from locallab_gguf.progress import format_bytes
 from locallab_gguf.registry import Registry, load_registry_file
 from locallab_gguf.settings import Settings
+from locallab_gguf.sizes import format_bytes
 
 
 class ModelRow(msgspec.Struct, frozen=True):

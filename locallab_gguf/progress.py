@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Self, TextIO
 
+from locallab_gguf.sizes import format_bytes
+
 ProgressCallback = Callable[[int, int | None], None]
 """Called with (bytes downloaded so far, total bytes or None when the hub did not say)."""
 
@@ -120,16 +122,6 @@ class ProgressPrinter:
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
-
-
-def format_bytes(count: int) -> str:
-    """Decimal units, as the hub shows sizes: 98.4 MB."""
-    value = float(count)
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(value) < 1000:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} TB"
 
 
 def format_duration(seconds: float) -> str:

@@ -12,9 +12,10 @@ from typing import TextIO
 
 from locallab_gguf.hub import ModelFiles, hub_access
 from locallab_gguf.model_ids import resolve_model_id, with_revision
-from locallab_gguf.progress import ProgressPrinter, format_bytes
+from locallab_gguf.progress import ProgressPrinter
 from locallab_gguf.registry import load_registry_file
 from locallab_gguf.settings import Settings
+from locallab_gguf.sizes import format_bytes
 
 
 def pull(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from locallab_gguf.progress import ProgressPrinter, format_bytes, format_duration, reporter_class
+from locallab_gguf.progress import ProgressPrinter, format_duration, reporter_class
+from locallab_gguf.sizes import format_bytes
 
 
 class FakeClock:
