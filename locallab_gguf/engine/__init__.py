@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from locallab_gguf.engine.client import EngineClient, EngineState, LocalEngine, RequestStream
-from locallab_gguf.engine.llama import LlamaModel, llama_cpp_version, supports_gpu_offload
+from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.engine.process_client import WorkerEngine, WorkerSpec
-from locallab_gguf.engine.scheduler import BatchEngine, EngineConfig
+from locallab_gguf.engine.scheduler import EngineConfig, open_batch_engine
 
 __all__ = [
     "EngineClient",
@@ -51,11 +51,8 @@ async def open_local_engine(path: Path, config: EngineConfig, n_gpu_layers: int)
     loop = asyncio.get_running_loop()
 
     def load() -> LocalEngine:
-        model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
-        try:
-            return LocalEngine(loop, lambda deliver: BatchEngine(model, config, deliver))
-        except BaseException:
-            model.close()
-            raise
+        return LocalEngine(
+            loop, lambda deliver: open_batch_engine(path, n_gpu_layers, config, deliver)
+        )
 
     return await asyncio.to_thread(load)

@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import llama_cpp
@@ -522,6 +523,18 @@ class BatchEngine:
             if slot.job is not None:
                 self._end(slot.job, events, Failed(detail=detail))
             self._truncate(slot, 0)
+
+
+def open_batch_engine(
+    path: Path, n_gpu_layers: int, config: EngineConfig, deliver: Deliver
+) -> BatchEngine:
+    """Load the model and start its engine; the model is freed if the engine cannot start."""
+    model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
+    try:
+        return BatchEngine(model, config, deliver)
+    except BaseException:
+        model.close()
+        raise
 
 
 def _best_slot(idle: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:

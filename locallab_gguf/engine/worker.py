@@ -16,8 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from locallab_gguf.engine.llama import LlamaModel
-from locallab_gguf.engine.scheduler import BatchEngine, EventBatch
+from locallab_gguf.engine.scheduler import BatchEngine, EventBatch, open_batch_engine
 from locallab_gguf.engine.worker_protocol import (
     Cancel,
     Channel,
@@ -67,12 +66,9 @@ class Worker:
             raise RuntimeError(f"expected Start, got {type(start).__name__}")
         configure_logging(start.log_level, "json" if start.log_format == "json" else "text")
         try:
-            model = LlamaModel(Path(start.model_path), n_gpu_layers=start.n_gpu_layers)
-            try:
-                self._engine = BatchEngine(model, start.config, self._on_step)
-            except BaseException:
-                model.close()
-                raise
+            self._engine = open_batch_engine(
+                Path(start.model_path), start.n_gpu_layers, start.config, self._on_step
+            )
         except LocalLabError as exc:
             self.send(LoadFailed(error=error_to_wire(exc)))
             return 1
