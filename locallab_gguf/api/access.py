@@ -25,6 +25,7 @@ from locallab_gguf.settings import Settings
 log = logging.getLogger(__name__)
 
 PUBLIC = "public"
+_CLIENT_KEY = "locallab_gguf.client"
 # A scraper polls /metrics on a schedule of its own; counting it would eat a client's budget.
 UNLIMITED = "unlimited"
 
@@ -62,6 +63,14 @@ class ClientIdentity:
         self.proxies = proxies
 
     def of(self, scope: Scope) -> str:
+        # Named once per request: the access log and the rate limit both ask.
+        state = scope["state"]
+        name = state.get(_CLIENT_KEY)
+        if name is None:
+            name = state[_CLIENT_KEY] = self._identify(scope)
+        return str(name)
+
+    def _identify(self, scope: Scope) -> str:
         headers = Headers.from_scope(scope)
         # Only a key the server accepts names a client; any other would buy a fresh budget.
         key = self.keys.identify(headers.get("authorization"))
