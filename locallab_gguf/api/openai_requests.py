@@ -13,6 +13,7 @@ from locallab_gguf.api.openai_wire import (
     JsonSchemaFormat,
     OpenAIRequest,
 )
+from locallab_gguf.api.wire import stop_strings
 from locallab_gguf.engine.grammar import json_grammar
 from locallab_gguf.engine.logprobs import MAX_TOP_LOGPROBS
 from locallab_gguf.engine.types import ChatMessage, GenerationRequest, Role, SamplingParams
@@ -49,7 +50,7 @@ def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> Gen
         messages=tuple(_message(index, message) for index, message in enumerate(data.messages)),
         max_tokens=data.max_completion_tokens or data.max_tokens or default_max_tokens,
         sampling=_sampling(data, _grammar(data)),
-        stop=_stops(data),
+        stop=stop_strings(data.stop),
         logprobs=top_logprobs,
     )
 
@@ -66,7 +67,7 @@ def completion_generation(data: CompletionRequest, default_max_tokens: int) -> G
         prompt=_single_prompt(data.prompt),
         max_tokens=data.max_tokens or default_max_tokens,
         sampling=_sampling(data, None),
-        stop=_stops(data),
+        stop=stop_strings(data.stop),
         logprobs=data.logprobs,
     )
 
@@ -185,9 +186,3 @@ def _sampling(data: OpenAIRequest, grammar: str | None) -> SamplingParams:
         ),
         grammar=grammar,
     )
-
-
-def _stops(data: OpenAIRequest) -> tuple[str, ...]:
-    if data.stop is None:
-        return ()
-    return (data.stop,) if isinstance(data.stop, str) else tuple(data.stop)

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.wire import INT32_MAX, UsageBody
+from locallab_gguf.api.wire import INT32_MAX, Stop, UsageBody
 from locallab_gguf.engine.types import FinishReason
 
 # A field of OpenAI's API that this server does not implement: accepted only when null (or,
@@ -40,7 +40,7 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: NewTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
-    stop: str | list[str] | None = None
+    stop: Stop = None
     seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None  # OpenAI's int64
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None

@@ -50,9 +50,14 @@ class SamplingFields(msgspec.Struct, kw_only=True):
         return self.max_tokens if self.max_tokens is not None else default
 
     def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return stop_strings(self.stop)
+
+
+def stop_strings(stop: Stop) -> tuple[str, ...]:
+    """One stop string or a list of them, as the engine takes them."""
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
 
 
 class GenerateRequest(SamplingFields, kw_only=True):
