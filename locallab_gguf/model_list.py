@@ -22,7 +22,8 @@ class ModelRow(msgspec.Struct, frozen=True):
 
 
 def model_rows(registry: Registry, files: ModelFiles) -> list[ModelRow]:
-    """Looks only at this machine: listing never waits for the network."""
+    """One row per registry model, in its order. Looks only at this machine: listing never
+    waits for the network."""
     rows = []
     for spec in registry.models.values():
         path = files.local_path(spec)

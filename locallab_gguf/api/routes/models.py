@@ -23,6 +23,7 @@ from locallab_gguf.api.wire import (
 )
 from locallab_gguf.errors import NoModelLoaded
 from locallab_gguf.model_ids import HF_SCHEME
+from locallab_gguf.model_list import model_rows
 from locallab_gguf.model_manager import ActiveModel, ModelLoadState
 
 
@@ -98,22 +99,23 @@ async def current_model(services: NamedDependency[Services]) -> ModelDescription
 async def available_models(services: NamedDependency[Services]) -> AvailableModels:
     manager = services.manager
     current = manager.current
-    models = []
-    for spec in manager.registry.models.values():
-        local = manager.files.local_path(spec)
-        models.append(
-            AvailableModel(
-                id=spec.id,
-                name=spec.name,
-                description=spec.description,
-                repo=spec.repo,
-                file=spec.file,
-                size_bytes=local.stat().st_size if local else spec.size_bytes,
-                is_local=local is not None,
-                is_loaded=current is not None and current.spec.id == spec.id,
-                is_default=spec.id == manager.registry.default,
-            )
+    # Off the event loop: it reads the disk, and the first look into the Hugging Face cache
+    # imports huggingface_hub.
+    rows = await asyncio.to_thread(model_rows, manager.registry, manager.files)
+    models = [
+        AvailableModel(
+            id=spec.id,
+            name=spec.name,
+            description=spec.description,
+            repo=spec.repo,
+            file=spec.file,
+            size_bytes=row.size_bytes,
+            is_local=row.local != "no",
+            is_loaded=current is not None and current.spec.id == spec.id,
+            is_default=row.is_default,
         )
+        for spec, row in zip(manager.registry.models.values(), rows, strict=True)
+    ]
     return AvailableModels(
         models=models,
         current_model=current.spec.id if current else None,
