@@ -6,8 +6,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 
-import msgspec
-
 from locallab_gguf.api.openai_wire import (
     AssistantMessageBody,
     ChatChunkChoice,
@@ -24,7 +22,7 @@ from locallab_gguf.api.openai_wire import (
     TokenLogprob,
     TopLogprob,
 )
-from locallab_gguf.api.streaming import EventSource, event_stream
+from locallab_gguf.api.streaming import EventSource, event_stream, json_event
 from locallab_gguf.api.wire import UsageBody
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta, TokenLogprobs
 
@@ -108,7 +106,7 @@ class ChatChunks:
         body = ChatCompletionChunk(
             id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=usage
         )
-        return _sse(body)
+        return json_event(body)
 
 
 class CompletionChunks:
@@ -147,7 +145,7 @@ class CompletionChunks:
         body = Completion(
             id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=usage
         )
-        return _sse(body)
+        return json_event(body)
 
 
 async def sse_chunks(
@@ -166,11 +164,7 @@ async def sse_chunks(
 
 def stream_failure(event: Failed) -> bytes:
     """A failure mid-stream, as an error object the OpenAI SDKs raise as an APIError."""
-    return _sse(ErrorBody(ErrorDetail(message=event.detail, type="server_error")))
-
-
-def _sse(body: msgspec.Struct) -> bytes:
-    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+    return json_event(ErrorBody(ErrorDetail(message=event.detail, type="server_error")))
 
 
 def _text(piece: bytes) -> str:

@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+import msgspec
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive
@@ -97,6 +98,11 @@ class EventStream(Stream):
 def sse_event(data: str) -> bytes:
     """One event; a newline in the data becomes several data lines, as the SSE spec says."""
     return ("".join(f"data: {line}\n" for line in _LINE_BREAK.split(data)) + "\n").encode()
+
+
+def json_event(body: msgspec.Struct) -> bytes:
+    """One event whose data is a JSON body (JSON has no raw newlines: one data line)."""
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
 
 
 def encode_failure(event: Failed) -> bytes:

@@ -8,7 +8,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -20,6 +19,7 @@ from locallab_gguf.api.streaming import (
     collect,
     encode_text_event,
     event_stream,
+    json_event,
     unless_client_leaves,
 )
 from locallab_gguf.api.wire import (
@@ -175,7 +175,7 @@ async def _chat_chunks(
             ],
             usage=UsageBody.of(finished.usage) if finished else None,
         )
-        return b"data: " + msgspec.json.encode(body) + b"\n\n"
+        return json_event(body)
 
     def encode(event: Event) -> bytes | None:
         if isinstance(event, TextDelta):
