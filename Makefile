@@ -47,12 +47,12 @@ LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
 INSTALL_STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test redis-server lint typecheck pytest bench clean
+.PHONY: serve test install install-test redis-server lint imports typecheck pytest bench clean
 
 serve: $(INSTALL_STAMP)
 	$(BIN)/locallab-gguf serve --host $(HOST) --port $(PORT)
 
-test: $(TEST_STAMP) lint typecheck pytest
+test: $(TEST_STAMP) lint imports typecheck pytest
 
 install: $(INSTALL_STAMP)
 
@@ -86,6 +86,10 @@ $(TEST_STAMP): $(INSTALL_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The layering rules in pyproject.toml's [tool.importlinter].
+imports: $(TEST_STAMP)
+	$(BIN)/lint-imports
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy

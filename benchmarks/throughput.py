@@ -408,8 +408,8 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from locallab_gguf.hub import ModelFiles
-    from locallab_gguf.registry import default_models_file, load_registry
+    from locallab_gguf.models.files import ModelFiles
+    from locallab_gguf.models.registry import default_models_file, load_registry
 
     registry = load_registry(default_models_file())
     model_path = str(ModelFiles().resolve(registry.get(registry.default)))
@@ -535,7 +535,7 @@ def main() -> int:
 
     import llama_cpp
 
-    from locallab_gguf.hardware import cpu_model, logical_cores
+    from locallab_gguf.placement.hardware import cpu_model, logical_cores
 
     report = {
         "machine": {

@@ -1,5 +1,5 @@
 import sys
 
-from locallab_gguf.cli import main
+from locallab_gguf.cli.main import main
 
 sys.exit(main())

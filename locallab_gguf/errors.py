@@ -36,7 +36,7 @@
     ├── ServerUnreachable        `chat --url` finds no server at that address
     └── ServerRefused            `chat`: the server answered with an error (its message)
 
-The HTTP status of each lives in one table in `locallab_gguf.api.errors`; this module knows
+The HTTP status of each lives in one table in `locallab_gguf.api.common.errors`; this module knows
 nothing of HTTP. Every message says what happened and what to do about it.
 """
 
@@ -101,6 +101,20 @@ class NoModelLoaded(LocalLabError):
     def __init__(self, why: str | None = None) -> None:
         because = f" ({why})" if why else ""
         super().__init__(f"no model is loaded{because}; load one with POST /models/load")
+
+
+class ModelLoading(NoModelLoaded):
+    """Nothing serves yet, but a model is on its way: retry, do not load another."""
+
+    retry_after = 2
+
+    def __init__(self, model_id: str) -> None:
+        LocalLabError.__init__(
+            self,
+            f"the model {model_id!r} is loading; retry in {self.retry_after} s "
+            f"(GET /models/status/{model_id} follows the load)",
+        )
+        self.model_id = model_id
 
 
 class Overloaded(LocalLabError):

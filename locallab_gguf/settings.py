@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.errors import ConfigError
-from locallab_gguf.registry import GpuLayers
+from locallab_gguf.models.registry import GpuLayers
 
 ENV_PREFIX = "LOCALLAB_"
 

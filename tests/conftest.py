@@ -13,16 +13,15 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from locallab_gguf.api.app import create_app
-from locallab_gguf.hardware import HardwareProbe
-from locallab_gguf.hub import ModelFiles
-from locallab_gguf.model_manager import EngineOpener, ModelManager
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.registry import Registry, default_models_file, load_registry
+from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.ratelimit import Clock
-from locallab_gguf.registry import Registry, default_models_file, load_registry
-from locallab_gguf.server import local_engine_opener
+from locallab_gguf.serving.loader import local_engine_opener
+from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
 from locallab_gguf.settings import Settings
 from tests.local_hub import LocalHub
-from tests.servers import RunningServer, serving
+from tests.servers import RunningServer, app_of, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
 # Small contexts keep every test server's KV cache small; the tests never need more. Rate
@@ -66,7 +65,7 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
                 opener or local_engine_opener(settings),
                 allow_custom_models=settings.custom_models,
             )
-            app = create_app(
+            app = app_of(
                 settings, manager, initial_model=initial_model, clock=clock, hardware=hardware
             )
             return stack.enter_context(serving(app, wait_for=wait_for))
@@ -78,7 +77,7 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
 def server(registry: Registry) -> Iterator[RunningServer]:
     """One shared server with the default model, for tests that leave it as they found it."""
     manager = ModelManager(registry, ModelFiles(), local_engine_opener(TEST_SETTINGS))
-    with serving(create_app(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
+    with serving(app_of(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
         yield running
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pynvml
 
-from locallab_gguf.hardware import HardwareProbe, MemoryInfo
+from locallab_gguf.placement.hardware import HardwareProbe, MemoryInfo
 
 GIB = 1024**3
 MIB = 1024**2

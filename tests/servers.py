@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
-import uvicorn
 from litestar import Litestar
 
-from locallab_gguf.api.services import Services
+from locallab_gguf.api.app import create_app
+from locallab_gguf.api.common.services import Services
+from locallab_gguf.cli.serve import ThreadServer, serve_in_thread
+from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
+from locallab_gguf.placement.hardware import HardwareProbe
+from locallab_gguf.ratelimit import Clock
+from locallab_gguf.serving.model_manager import ModelManager
+from locallab_gguf.settings import Settings
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
@@ -28,6 +33,25 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.005)
 
 
+def app_of(
+    settings: Settings,
+    manager: ModelManager,
+    initial_model: str | None,
+    *,
+    clock: Clock = time.time,
+    hardware: HardwareProbe | None = None,
+) -> Litestar:
+    """The app as `serve` builds it, over `manager`; `hardware` simulates GPUs and memory."""
+    services = Services(
+        settings,
+        manager,
+        hardware or HardwareProbe(supports_gpu_offload()),
+        initial_model=initial_model,
+        engine_version=llama_cpp_version(),
+    )
+    return create_app(settings, services, clock=clock)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -35,12 +59,11 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, app: Litestar, port: int, server: uvicorn.Server, thread: threading.Thread):
+    def __init__(self, app: Litestar, running: ThreadServer):
         self.app = app
-        self.url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self._server = server
-        self._thread = thread
+        self.url = running.url
+        self.port = running.port
+        self._running = running
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
     @property
@@ -76,28 +99,16 @@ class RunningServer:
 
     def stop(self) -> None:
         self.client.close()
-        self._server.should_exit = True
-        self._thread.join(timeout=60)
+        self._running.stop()
 
 
 @contextlib.contextmanager
 def serving(app: Litestar, wait_for: str | None = "loaded") -> Iterator[RunningServer]:
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", proxy_headers=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.01)
-    running = RunningServer(app, port, server, thread)
-    try:
-        if wait_for is not None:
-            running.wait_for_model(wait_for)
-        yield running
-    finally:
-        running.stop()
+    with serve_in_thread(app) as thread_server:
+        running = RunningServer(app, thread_server)
+        try:
+            if wait_for is not None:
+                running.wait_for_model(wait_for)
+            yield running
+        finally:
+            running.stop()

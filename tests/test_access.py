@@ -14,15 +14,14 @@ import httpx
 import msgspec
 import pytest
 
-from locallab_gguf.api.app import create_app
-from locallab_gguf.hub import ModelFiles
-from locallab_gguf.model_manager import ModelManager
-from locallab_gguf.registry import Registry
-from locallab_gguf.server import local_engine_opener
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.registry import Registry
+from locallab_gguf.serving.loader import local_engine_opener
+from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.settings import Settings
 from tests.conftest import TEST_SETTINGS, ServerFactory
 from tests.redis_server import RedisServer, running_redis
-from tests.servers import RunningServer, wait_until
+from tests.servers import RunningServer, app_of, wait_until
 
 LIMITED = msgspec.structs.replace(TEST_SETTINGS, rate_limit=True)
 OK = {"prompt": "Once upon a time", "max_length": 1, "temperature": 0}
@@ -334,7 +333,7 @@ def test_an_exposed_server_without_a_key_warns_and_keys_never_reach_the_log(
             msgspec.structs.replace(TEST_SETTINGS, host="127.0.0.1"),
         ):
             manager = ModelManager(registry, ModelFiles(), local_engine_opener(settings))
-            create_app(settings, manager, initial_model=None)
+            app_of(settings, manager, initial_model=None)
     finally:
         logger.removeHandler(records)
     assert len(records.messages) == 1

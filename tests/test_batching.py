@@ -29,15 +29,14 @@ EIGHT_SLOTS = msgspec.structs.replace(TEST_SETTINGS, parallel=8)
 
 @pytest.fixture(scope="module")
 def eight_slot_server(registry: Any) -> Iterator[RunningServer]:
-    from locallab_gguf.api.app import create_app
-    from locallab_gguf.hub import ModelFiles
-    from locallab_gguf.model_manager import ModelManager
-    from locallab_gguf.server import local_engine_opener
+    from locallab_gguf.models.files import ModelFiles
+    from locallab_gguf.serving.loader import local_engine_opener
+    from locallab_gguf.serving.model_manager import ModelManager
     from tests.conftest import DEFAULT_ID
-    from tests.servers import serving
+    from tests.servers import app_of, serving
 
     manager = ModelManager(registry, ModelFiles(), local_engine_opener(EIGHT_SLOTS))
-    with serving(create_app(EIGHT_SLOTS, manager, initial_model=DEFAULT_ID)) as running:
+    with serving(app_of(EIGHT_SLOTS, manager, initial_model=DEFAULT_ID)) as running:
         yield running
 
 

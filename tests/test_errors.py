@@ -10,7 +10,7 @@ import pytest
 from litestar import Litestar, get
 from litestar.testing import TestClient
 
-from locallab_gguf.api.errors import EXCEPTION_HANDLERS
+from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.servers import RunningServer, wait_until
 

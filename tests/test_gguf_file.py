@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from locallab_gguf.errors import ModelUnavailable
-from locallab_gguf.gguf_file import GgufFormatError, read_gguf_header
+from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pynvml
 import pytest
 
-from locallab_gguf.hardware import (
+from locallab_gguf.placement.hardware import (
     FIX_CUDA,
     HardwareProbe,
     choose_threads,
@@ -13,7 +13,7 @@ from locallab_gguf.hardware import (
     logical_cores,
     physical_cores,
 )
-from locallab_gguf.nvidia import read_nvidia
+from locallab_gguf.placement.nvidia import read_nvidia
 from tests.nvml_standin import GIB, H100, NvmlStandIn, SimulatedGpu, simulated_probe
 
 

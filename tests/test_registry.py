@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from locallab_gguf.errors import ConfigError, ModelNotFound
-from locallab_gguf.registry import default_models_file, load_registry, parse_registry
+from locallab_gguf.models.registry import default_models_file, load_registry, parse_registry
 
 GOOD = """
 default = "tiny"

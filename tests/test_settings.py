@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from locallab_gguf.cli import build_parser, main
+from locallab_gguf.cli.main import build_parser, main
 from locallab_gguf.errors import ConfigError
 from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
 

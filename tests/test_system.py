@@ -11,11 +11,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from locallab_gguf.cli import main
-from locallab_gguf.hardware import HardwareProbe, MemoryInfo
-from locallab_gguf.registry import Registry, parse_registry
-from locallab_gguf.server import local_engine_opener
-from locallab_gguf.system_report import render, system_report
+from locallab_gguf.cli.main import main
+from locallab_gguf.cli.system import render, system_report
+from locallab_gguf.models.registry import Registry, parse_registry
+from locallab_gguf.placement.hardware import HardwareProbe, MemoryInfo
+from locallab_gguf.serving.loader import local_engine_opener
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.nvml_standin import GIB, H100, MIB, NvmlStandIn, memory_reading, simulated_probe
 from tests.servers import RunningServer
@@ -80,7 +80,7 @@ def test_system_info_counts_the_responses_sent(make_server: ServerFactory) -> No
 def test_a_gpu_this_build_cannot_use_is_named_with_the_fix(make_server: ServerFactory) -> None:
     # An H100 (simulated) beside the CPU build that `make test` installs.
     probe = simulated_probe(NvmlStandIn([H100]), offload_supported=False)
-    server_log = logging.getLogger("locallab_gguf.server")
+    server_log = logging.getLogger("locallab_gguf.serving.loader")
     records = _Records()
     previous_level = server_log.level
     server_log.setLevel(logging.INFO)

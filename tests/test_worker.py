@@ -12,10 +12,10 @@ import httpx
 import msgspec
 import psutil
 
-from locallab_gguf.engine import EngineClient, WorkerEngine
-from locallab_gguf.engine.process_client import WorkerSpec
-from locallab_gguf.registry import ModelSpec
-from locallab_gguf.server import engine_config
+from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.engine.process_runner import WorkerEngine, WorkerSpec
+from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.serving.loader import engine_config
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
 from tests.servers import RunningServer, wait_until
 

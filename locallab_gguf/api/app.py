@@ -1,4 +1,4 @@
-"""create_app(settings, manager): the whole HTTP application from what it is given."""
+"""create_app(settings, services): the whole HTTP application from what it is given."""
 
 from __future__ import annotations
 
@@ -14,25 +14,22 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from locallab_gguf import __version__
-from locallab_gguf.api.access import AccessControl
-from locallab_gguf.api.errors import EXCEPTION_HANDLERS
-from locallab_gguf.api.request_log import RequestObserver
-from locallab_gguf.api.routes.generation import chat, generate, generate_batch
-from locallab_gguf.api.routes.metrics import metrics
-from locallab_gguf.api.routes.models import (
+from locallab_gguf.api.common.access import AccessControl
+from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
+from locallab_gguf.api.common.metrics import metrics
+from locallab_gguf.api.common.request_log import RequestObserver
+from locallab_gguf.api.common.services import Services
+from locallab_gguf.api.locallab.generation import chat, generate, generate_batch
+from locallab_gguf.api.locallab.models import (
     available_models,
     current_model,
     load_model,
     model_status,
     unload_model,
 )
-from locallab_gguf.api.routes.openai import openai_router
-from locallab_gguf.api.routes.system import health, system_info
-from locallab_gguf.api.services import Services
-from locallab_gguf.engine import supports_gpu_offload
+from locallab_gguf.api.locallab.system import health, system_info
+from locallab_gguf.api.openai.routes import openai_router
 from locallab_gguf.errors import LocalLabError
-from locallab_gguf.hardware import HardwareProbe
-from locallab_gguf.model_manager import ModelManager
 from locallab_gguf.ratelimit import Clock
 from locallab_gguf.settings import Settings
 
@@ -54,20 +51,14 @@ ROUTES: list[HTTPRouteHandler | Router] = [
 ]
 
 
-def create_app(
-    settings: Settings,
-    manager: ModelManager,
-    initial_model: str | None,
-    *,
-    clock: Clock = time.time,
-    hardware: HardwareProbe | None = None,
-) -> Litestar:
-    """`initial_model` starts loading when the server starts; /health says when it is ready.
+def create_app(settings: Settings, services: Services, *, clock: Clock = time.time) -> Litestar:
+    """The services' initial model starts loading when the server starts; /health says when
+    it is ready.
 
     `clock` times the rate limits; a wall clock, so that replicas sharing a store agree.
-    `hardware` reads GPUs and memory for /system/info (tests simulate them).
     """
-    services = Services(settings, manager, hardware or HardwareProbe(supports_gpu_offload()))
+    manager = services.manager
+    initial_model = services.initial_model
     access = AccessControl(settings, clock)
     observer = RequestObserver(services.metrics, access.clients.of)
     background: set[asyncio.Task[Any]] = set()

@@ -1,23 +1,24 @@
 """The asyncio side of the engine: submit a request, iterate its events, cancel it.
 
-`EngineClient` is the seam the HTTP layer talks to; `LocalEngine` runs the batching engine
-on a thread of this process. Events cross from the engine thread in one batch per decode
-step, so the event loop wakes once per step, not once per token per request.
+`EngineClient` is the seam the HTTP and serving layers talk to. Two runners implement it:
+`thread_runner.LocalEngine` (the batching engine on a thread of this process) and
+`process_runner.WorkerEngine` (the same engine in a supervised worker process). Events cross
+from the engine in one batch per decode step, so the event loop wakes once per step, not once
+per token per request. Nothing here imports llama_cpp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
-from locallab_gguf.engine.scheduler import BatchEngine, EventBatch
 from locallab_gguf.engine.types import (
     EngineInfo,
     EngineStats,
     Event,
+    EventBatch,
     Failed,
     Finished,
     GenerationRequest,
@@ -118,50 +119,3 @@ class StreamRouter:
         for queue in queues.values():
             queue.put_nowait(Failed(detail=detail))
         return len(queues)
-
-
-class LocalEngine:
-    """An EngineClient over a BatchEngine running on a thread of this process."""
-
-    state: EngineState = "ready"
-    failure: str | None = None
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        make_engine: Callable[[Callable[[EventBatch], None]], BatchEngine],
-    ) -> None:
-        self._loop = loop
-        self._streams = StreamRouter()
-        self.engine = make_engine(self._deliver)
-        self.info = self.engine.info
-
-    async def generate(self, request: GenerationRequest) -> RequestStream:
-        job_id, queue = self._streams.open()
-        try:
-            # Tokenizing a long prompt takes a while; keep it off the event loop.
-            accepted = await asyncio.to_thread(self.engine.submit, job_id, request)
-        except BaseException:
-            self._streams.close(job_id)
-            raise
-        return RequestStream(accepted.prompt_tokens, queue, lambda: self._cancel(job_id))
-
-    def stats(self) -> EngineStats:
-        return self.engine.stats()
-
-    async def close(self, drain: bool) -> None:
-        if not drain:
-            self._streams.fail_all(SERVER_STOPPING)
-        await asyncio.to_thread(self.engine.close, drain)
-
-    def _cancel(self, job_id: int) -> None:
-        self._streams.close(job_id)
-        self.engine.cancel(job_id)
-
-    def _deliver(self, batch: EventBatch) -> None:
-        # Runs on the engine thread; everything else happens on the loop.
-        if not batch:
-            return
-        # A closed loop means the process is exiting and nobody is listening.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._streams.dispatch, batch)

@@ -20,6 +20,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import llama_grammar
 
+from locallab_gguf.engine.types import SamplingParams
 from locallab_gguf.errors import InvalidRequest
 
 # Laid out as llama.cpp's llama_token_data, so the array can be handed to the samplers as is.
@@ -39,6 +40,16 @@ def json_grammar(schema: Mapping[str, Any] | None) -> str:
             "use the JSON Schema subset of types, properties, required, items, enum and $ref "
             "to local definitions"
         ) from exc
+
+
+def grammar_of(params: SamplingParams) -> str | None:
+    """The GBNF grammar a request's output must match, if any."""
+    if params.grammar is not None:
+        return params.grammar
+    if params.json_output is not None:
+        schema = params.json_output.schema
+        return json_grammar(None if schema is None else json.loads(schema))
+    return None
 
 
 class GrammarSampler:

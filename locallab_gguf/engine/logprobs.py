@@ -14,9 +14,6 @@ import numpy.typing as npt
 
 from locallab_gguf.engine.types import TokenChoice, TokenLogprobs
 
-# OpenAI's API allows at most 20; more than a handful is rarely read and costs a piece each.
-MAX_TOP_LOGPROBS = 5
-
 
 class StepDistribution:
     """The model's log-probabilities over the vocabulary at one step of one request."""

@@ -8,7 +8,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from locallab_gguf.engine.grammar import GrammarSampler
+from locallab_gguf.engine.grammar import GrammarSampler, grammar_of
 from locallab_gguf.engine.types import SamplingParams
 from locallab_gguf.errors import InvalidRequest
 
@@ -56,9 +56,10 @@ class Sampler:
                     params.presence_penalty,
                 )
             )
-        if params.grammar is not None:
+        grammar = grammar_of(params)
+        if grammar is not None:
             # Kept out of the chain: it is asked about the chain's pick (see grammar.py).
-            self._grammar = GrammarSampler(params.grammar, vocab, n_vocab)
+            self._grammar = GrammarSampler(grammar, vocab, n_vocab)
         if params.temperature <= 0.0:
             add(llama_cpp.llama_sampler_init_greedy())
             return

@@ -19,6 +19,7 @@ batch when a step produced no event) and may `cancel` it by id at any time.
 from __future__ import annotations
 
 import collections
+import enum
 import logging
 import math
 import threading
@@ -28,18 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-import msgspec
 
 from locallab_gguf.engine.chat_template import ChatTemplate
 from locallab_gguf.engine.llama import LlamaModel
-from locallab_gguf.engine.logprobs import MAX_TOP_LOGPROBS, read_distribution
+from locallab_gguf.engine.logprobs import read_distribution
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
 from locallab_gguf.engine.types import (
+    MAX_TOP_LOGPROBS,
     Accepted,
+    EngineConfig,
     EngineInfo,
     EngineStats,
     Event,
+    EventBatch,
     Failed,
     Finished,
     FinishReason,
@@ -58,12 +61,8 @@ from locallab_gguf.errors import (
 
 log = logging.getLogger(__name__)
 
-EventBatch = list[tuple[int, Event]]
 Deliver = Callable[[EventBatch], None]
 
-# Without --ctx, each slot gets the model's trained context up to this many tokens: room for
-# long chats, while the KV cache of every slot together stays a modest part of memory.
-DEFAULT_CONTEXT_CAP = 4096
 # While other slots are generating, prompts get at most this many tokens of a step, so those
 # streams pause for one short chunk at a time rather than for a whole long prompt.
 MIXED_PROMPT_BUDGET = 128
@@ -76,20 +75,6 @@ PROMPT_CHUNK_PER_SLOT = 63
 THROUGHPUT_WINDOW_S = 10.0
 
 
-class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
-    n_ctx: int | None = None  # per slot; None: the model's trained context, capped
-    n_parallel: int = 8
-    n_batch: int = 512
-    n_threads: int
-    n_threads_batch: int
-    queue_size: int = 64
-    chat_template: str | None = None  # overrides the GGUF's own
-
-    def context_per_slot(self, n_ctx_train: int) -> int:
-        """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""
-        return self.n_ctx or min(n_ctx_train or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
-
-
 class _Slot:
     __slots__ = ("cached", "job", "last_used", "seq_id")
 
@@ -100,17 +85,27 @@ class _Slot:
         self.last_used = 0
 
 
+class JobPhase(enum.Enum):
+    """Where a request is in its life, as llama.cpp's server names a slot's state."""
+
+    QUEUED = "queued"  # waiting for a free slot
+    PROMPT = "prompt"  # in a slot, its prompt evaluated a chunk per step
+    GENERATING = "generating"  # its last sampled token waits to be decoded
+    ENDED = "ended"  # finished, failed or cancelled; the slot is free again
+
+
 class _Job:
     __slots__ = (
-        "batch_index",
         "cancelled",
         "completion_tokens",
         "id",
-        "last_token",
+        "logits_index",
         "logprobs",
         "max_tokens",
         "n_evaluated",
+        "next_token",
         "pending_logprobs",
+        "phase",
         "queue_seconds",
         "sampler",
         "slot",
@@ -135,10 +130,11 @@ class _Job:
         self.stops = stops
         self.sampler = sampler
         self.utf8 = Utf8Stream()
+        self.phase = JobPhase.QUEUED
         self.slot: _Slot | None = None
         self.n_evaluated = 0  # prompt tokens already in the slot's KV
-        self.last_token = -1  # sampled but not yet decoded; -1 while the prompt is evaluated
-        self.batch_index = -1  # where this job's logits are in the current batch, or -1
+        self.next_token = 0  # GENERATING: the sampled token the next step decodes
+        self.logits_index: int | None = None  # where its logits are in the step's batch
         self.completion_tokens = 0
         self.cancelled = False
         self.logprobs = logprobs  # None, or how many alternatives each token reports
@@ -364,6 +360,7 @@ class BatchEngine:
             keep = min(shared, len(job.tokens) - 1)
             self._truncate(slot, keep)
             job.slot = slot
+            job.phase = JobPhase.PROMPT
             job.n_evaluated = keep
             job.queue_seconds = now - job.submitted_at
             slot.job = job
@@ -385,60 +382,72 @@ class BatchEngine:
         active = [slot.job for slot in self._slots if slot.job is not None]
         if not active:
             return
-        batch = self._batch
-        n = 0
-        generating: list[_Job] = []
-        for job in active:
-            if job.last_token >= 0:
-                slot = job.slot
-                assert slot is not None
-                _put(batch, n, job.last_token, len(slot.cached), slot.seq_id, True)
-                job.batch_index = n
-                generating.append(job)
-                n += 1
-        budget = min(self.config.n_batch - n, MIXED_PROMPT_BUDGET if n else self.config.n_batch)
-        chunks: list[tuple[_Job, int]] = []
-        for job in active:
-            if job.last_token >= 0 or budget <= 0:
-                continue
-            slot = job.slot
-            assert slot is not None
-            start = job.n_evaluated
-            take = min(len(job.tokens) - start, budget, PROMPT_CHUNK_PER_SLOT)
-            last = len(job.tokens) - 1
-            for position in range(start, start + take):
-                _put(batch, n, job.tokens[position], position, slot.seq_id, position == last)
-                n += 1
-            job.batch_index = n - 1 if start + take - 1 == last else -1
-            chunks.append((job, take))
-            budget -= take
-        batch.n_tokens = n
-
-        status = llama_cpp.llama_decode(self._context, batch)
+        step = self._fill_batch(active)
+        status = llama_cpp.llama_decode(self._context, self._batch)
         if status != 0:
-            self._decode_failed(status, generating + [job for job, _ in chunks], events)
+            self._decode_failed(status, step.jobs(), events)
             return
         self._step += 1
-
-        sampled = list(generating)
-        for job in generating:
-            assert job.slot is not None
-            job.slot.cached.append(job.last_token)
-        for job, take in chunks:
-            assert job.slot is not None
-            job.slot.cached.extend(job.tokens[job.n_evaluated : job.n_evaluated + take])
-            job.n_evaluated += take
-            if job.batch_index >= 0:
-                sampled.append(job)
-
         produced = 0
-        for job in sampled:
+        for job in self._record_decoded(step):
             produced += self._sample(job, events)
         with self._lock:
-            self._prompt_tokens_evaluated += sum(take for _, take in chunks)
+            self._prompt_tokens_evaluated += step.prompt_tokens()
             self._completion_tokens_total += produced
             if produced:
                 self._recent.append((time.monotonic(), produced))
+
+    def _fill_batch(self, active: list[_Job]) -> _Step:
+        """One token of every generating job, then chunks of prompts in the room left."""
+        batch = self._batch
+        step = _Step()
+        for job in active:
+            if job.phase is JobPhase.GENERATING:
+                slot = job.slot
+                assert slot is not None
+                job.logits_index = step.n_tokens
+                _put(batch, step.n_tokens, job.next_token, len(slot.cached), slot.seq_id, True)
+                step.generating.append(job)
+                step.n_tokens += 1
+        budget = self.config.n_batch - step.n_tokens
+        if step.generating:
+            budget = min(budget, MIXED_PROMPT_BUDGET)
+        for job in active:
+            if job.phase is not JobPhase.PROMPT or budget <= 0:
+                continue
+            take = self._put_prompt_chunk(job, step, budget)
+            budget -= take
+        batch.n_tokens = step.n_tokens
+        return step
+
+    def _put_prompt_chunk(self, job: _Job, step: _Step, budget: int) -> int:
+        slot = job.slot
+        assert slot is not None
+        start = job.n_evaluated
+        take = min(len(job.tokens) - start, budget, PROMPT_CHUNK_PER_SLOT)
+        last = len(job.tokens) - 1
+        for position in range(start, start + take):
+            is_last = position == last
+            if is_last:
+                job.logits_index = step.n_tokens
+            _put(self._batch, step.n_tokens, job.tokens[position], position, slot.seq_id, is_last)
+            step.n_tokens += 1
+        step.chunks.append((job, take))
+        return take
+
+    def _record_decoded(self, step: _Step) -> list[_Job]:
+        """Note what each slot's KV now holds; returns the jobs whose logits are ready."""
+        ready = list(step.generating)
+        for job in step.generating:
+            assert job.slot is not None
+            job.slot.cached.append(job.next_token)
+        for job, take in step.chunks:
+            assert job.slot is not None
+            job.slot.cached.extend(job.tokens[job.n_evaluated : job.n_evaluated + take])
+            job.n_evaluated += take
+            if job.logits_index is not None:
+                ready.append(job)
+        return ready
 
     def _sample(self, job: _Job, events: EventBatch) -> int:
         """Sample the job's next token; returns how many completion tokens it produced."""
@@ -446,13 +455,15 @@ class BatchEngine:
         assert slot is not None
         # Read before the sampler runs: the model's own logits, untouched by temperature,
         # penalties or grammar.
+        index = job.logits_index
+        assert index is not None
+        job.logits_index = None
         distribution = (
             None
             if job.logprobs is None
-            else read_distribution(self._context, job.batch_index, self.model.n_vocab, job.logprobs)
+            else read_distribution(self._context, index, self.model.n_vocab, job.logprobs)
         )
-        token = job.sampler.sample(self._context, job.batch_index)
-        job.batch_index = -1
+        token = job.sampler.sample(self._context, index)
         is_eog = self._eog.get(token)
         if is_eog is None:
             is_eog = self._eog[token] = self.model.is_end_of_generation(token)
@@ -481,7 +492,8 @@ class BatchEngine:
             )
             self._finish(job, events, "length")
         else:
-            job.last_token = token
+            job.phase = JobPhase.GENERATING
+            job.next_token = token
         return 1
 
     def _decode_failed(self, status: int, jobs: list[_Job], events: EventBatch) -> None:
@@ -505,6 +517,7 @@ class BatchEngine:
 
     def _end(self, job: _Job, events: EventBatch, event: Event) -> None:
         events.append((job.id, event))
+        job.phase = JobPhase.ENDED
         slot = job.slot
         if slot is not None:
             slot.job = None
@@ -535,6 +548,23 @@ def open_batch_engine(
     except BaseException:
         model.close()
         raise
+
+
+class _Step:
+    """What one decode holds: a token of each generating job and chunks of prompts."""
+
+    __slots__ = ("chunks", "generating", "n_tokens")
+
+    def __init__(self) -> None:
+        self.generating: list[_Job] = []
+        self.chunks: list[tuple[_Job, int]] = []  # (job, prompt tokens of it in this batch)
+        self.n_tokens = 0
+
+    def jobs(self) -> list[_Job]:
+        return self.generating + [job for job, _ in self.chunks]
+
+    def prompt_tokens(self) -> int:
+        return sum(take for _, take in self.chunks)
 
 
 def _best_slot(idle: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:

@@ -13,10 +13,23 @@ import msgspec
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length"]
 
+# Without --ctx, each slot gets the model's trained context up to this many tokens: room for
+# long chats, while the KV cache of every slot together stays a modest part of memory.
+DEFAULT_CONTEXT_CAP = 4096
+# OpenAI's API allows at most 20; more than a handful is rarely read and costs a piece each.
+MAX_TOP_LOGPROBS = 5
+
 
 class ChatMessage(msgspec.Struct, frozen=True):
     role: Role
     content: str
+
+
+class JsonOutput(msgspec.Struct, frozen=True, kw_only=True):
+    """The output must be JSON: any JSON object (`schema` None), or JSON that `schema`, a JSON
+    Schema as JSON text, accepts. The engine turns it into a grammar."""
+
+    schema: str | None = None
 
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +47,7 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     # (token id, bias added to its logit); a bias of -inf bans the token.
     logit_bias: tuple[tuple[int, float], ...] = ()
     grammar: str | None = None  # GBNF: the output can only be text this grammar accepts
+    json_output: JsonOutput | None = None  # a grammar the engine derives (grammar stays None)
 
 
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +110,8 @@ class Failed(msgspec.Struct, frozen=True, tag=True):
 
 
 Event = TextDelta | Finished | Failed
+EventBatch = list[tuple[int, Event]]
+"""(request id, event) pairs: what one engine step produced."""
 
 
 class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,3 +138,17 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens_total: int
     requests_finished: int
     tokens_per_second: float
+
+
+class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
+    n_ctx: int | None = None  # per slot; None: the model's trained context, capped
+    n_parallel: int = 8
+    n_batch: int = 512
+    n_threads: int
+    n_threads_batch: int
+    queue_size: int = 64
+    chat_template: str | None = None  # overrides the GGUF's own
+
+    def context_per_slot(self, n_ctx_train: int) -> int:
+        """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""
+        return self.n_ctx or min(n_ctx_train or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)

@@ -16,7 +16,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from locallab_gguf.engine.scheduler import BatchEngine, EventBatch, open_batch_engine
+from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.types import EventBatch
 from locallab_gguf.engine.worker_protocol import (
     Cancel,
     Channel,

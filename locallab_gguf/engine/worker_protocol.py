@@ -14,8 +14,8 @@ import struct
 
 import msgspec
 
-from locallab_gguf.engine.scheduler import EngineConfig
 from locallab_gguf.engine.types import (
+    EngineConfig,
     EngineInfo,
     EngineStats,
     Event,
@@ -141,7 +141,12 @@ def error_to_wire(error: LocalLabError) -> WireError:
         return WireError(
             "Overloaded", str(error), queued=error.queued, retry_after=error.retry_after
         )
-    kind = type(error).__name__ if type(error).__name__ in _SIMPLE else "EngineFailure"
+    # A subclass crosses as its nearest class the other side rebuilds, so the HTTP status,
+    # decided by class hierarchy, is the same as when the engine runs on a thread.
+    kind = next(
+        (cls.__name__ for cls in type(error).__mro__ if cls.__name__ in _SIMPLE),
+        "EngineFailure",
+    )
     return WireError(kind, str(error))
 
 

@@ -1,0 +1,61 @@
+"""What the route handlers share: settings, model manager, hardware probe, metrics, and the
+one way a route starts a generation. The caller builds it (the CLI, or a test) and hands it
+to create_app."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar import Request
+
+from locallab_gguf.api.common.metered_stream import MeteredStream
+from locallab_gguf.api.common.request_log import record_of
+from locallab_gguf.engine.types import GenerationRequest
+from locallab_gguf.placement.hardware import HardwareProbe
+from locallab_gguf.serving.metrics import Metrics
+from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
+from locallab_gguf.settings import Settings
+
+
+class Services:
+    def __init__(
+        self,
+        settings: Settings,
+        manager: ModelManager,
+        hardware: HardwareProbe,
+        *,
+        initial_model: str | None = None,
+        engine_version: str = "unknown",
+    ) -> None:
+        """`hardware` reads GPUs and memory for /system/info (tests simulate them);
+        `initial_model` loads when the server starts; `engine_version` is llama-cpp-python's."""
+        self.settings = settings
+        self.manager = manager
+        self.hardware = hardware
+        self.initial_model = initial_model
+        self.engine_version = engine_version
+        self.metrics = Metrics(manager)
+        self.started_at = time.time()
+
+    async def generate(
+        self,
+        request: Request[Any, Any, Any],
+        model: ActiveModel,
+        generation: GenerationRequest,
+        user: str | None = None,
+    ) -> MeteredStream:
+        """Submit to the model's engine; the stream is counted in /metrics and the access log.
+
+        `user` is the end user an OpenAI client names; it goes into the access log.
+        """
+        record = record_of(request.scope)
+        if record is not None and user is not None:
+            record.user = user
+        submitted = time.monotonic()
+        stream = await model.engine.generate(generation)
+        return MeteredStream(stream, self.metrics, model.spec.id, submitted, record)
+
+    def new_tokens_default(self, model: ActiveModel) -> int:
+        # The server default never exceeds what fits beside a one-token prompt.
+        return min(self.settings.default_max_tokens, model.engine.info.context_length - 1)

@@ -1,0 +1,140 @@
+"""POST /models/load and /models/unload; GET /models/current, /models/available and
+/models/status/{id}."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+from litestar import Response, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery, JSONBody
+
+from locallab_gguf.api.common.services import Services
+from locallab_gguf.api.locallab.wire import (
+    AvailableModel,
+    AvailableModels,
+    LoadAccepted,
+    LoadRequest,
+    LoadResponse,
+    ModelDescription,
+    ModelStatusBody,
+    UnloadResponse,
+    body_of,
+)
+from locallab_gguf.errors import NoModelLoaded
+from locallab_gguf.models.catalog import model_rows
+from locallab_gguf.models.ids import HF_SCHEME
+from locallab_gguf.serving.model_manager import ActiveModel
+
+
+def describe(model: ActiveModel) -> ModelDescription:
+    info = model.engine.info
+    return ModelDescription(
+        id=model.spec.id,
+        name=model.spec.name,
+        file=str(model.path),
+        size_bytes=model.path.stat().st_size,
+        context_length=info.context_length,
+        n_gpu_layers=info.n_gpu_layers,
+        chat_template_source=info.chat_template_source,
+        parallel=info.parallel,
+    )
+
+
+def status_url(model_id: str) -> str:
+    return "/models/status/" + quote(model_id, safe="/:@")
+
+
+@post(
+    "/models/load",
+    status_code=200,
+    summary="Load a model, downloading it first if need be; answers once it serves, "
+    "or at once with 202 and a status URL when ?wait=false",
+)
+async def load_model(
+    data: JSONBody[LoadRequest],
+    services: NamedDependency[Services],
+    wait: FromQuery[bool] = True,
+) -> Response[LoadResponse | LoadAccepted]:
+    loading = services.manager.start_load(data.model_id)
+    if wait or loading.done():
+        # Shielded: a client that hangs up does not stop the load.
+        model = await asyncio.shield(loading)
+        loaded = LoadResponse(
+            status="success", message=f"model {model.spec.id!r} is loaded", model=describe(model)
+        )
+        return Response(loaded, status_code=200)
+    model_id = services.manager.loading_id or data.model_id
+    url = status_url(model_id)
+    accepted = LoadAccepted(
+        status="accepted",
+        message=f"model {model_id!r} is loading; GET {url} to follow it",
+        model_id=model_id,
+        status_url=url,
+    )
+    return Response(accepted, status_code=202, headers={"Location": url})
+
+
+@post("/models/unload", status_code=200, summary="Unload the model")
+async def unload_model(services: NamedDependency[Services]) -> UnloadResponse:
+    previous = await services.manager.unload()
+    message = (
+        f"model {previous.spec.id!r} is unloaded; requests in flight finish first"
+        if previous
+        else "no model was loaded"
+    )
+    return UnloadResponse(status="success", message=message)
+
+
+@get("/models/current", summary="The loaded model (404 when none)")
+async def current_model(services: NamedDependency[Services]) -> ModelDescription:
+    current = services.manager.current
+    if current is None:
+        # 404 rather than the 503 of generation endpoints: LocalLab clients rely on it.
+        raise NotFoundException(str(NoModelLoaded()))
+    return describe(current)
+
+
+@get("/models/available", summary="The models of the registry")
+async def available_models(services: NamedDependency[Services]) -> AvailableModels:
+    manager = services.manager
+    current = manager.current
+    # Off the event loop: it reads the disk, and the first look into the Hugging Face cache
+    # imports huggingface_hub.
+    rows = await asyncio.to_thread(model_rows, manager.registry, manager.files)
+    models = [
+        AvailableModel(
+            id=spec.id,
+            name=spec.name,
+            description=spec.description,
+            repo=spec.repo,
+            file=spec.file,
+            size_bytes=row.size_bytes,
+            is_local=row.local != "no",
+            is_loaded=current is not None and current.spec.id == spec.id,
+            is_default=row.is_default,
+        )
+        for spec, row in zip(manager.registry.models.values(), rows, strict=True)
+    ]
+    return AvailableModels(
+        models=models,
+        current_model=current.spec.id if current else None,
+        default_model=manager.registry.default,
+    )
+
+
+@get(
+    "/models/status/{model_id:path}",
+    summary="Where a model stands: downloading (bytes so far and in all), loading, loaded, "
+    "unloaded or failed",
+)
+async def model_status(
+    model_id: FromPath[str], services: NamedDependency[Services]
+) -> ModelStatusBody:
+    # A path parameter keeps its leading slash, and the router folds the '//' of hf://.
+    model_id = model_id.removeprefix("/")
+    if model_id.startswith("hf:/") and not model_id.startswith(HF_SCHEME):
+        model_id = HF_SCHEME + model_id.removeprefix("hf:/")
+    return body_of(services.manager.state_of(model_id), ModelStatusBody)

@@ -1,0 +1,174 @@
+"""GET /health and GET /system/info."""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import time
+from typing import Literal
+
+import msgspec
+from litestar import get
+from litestar.di import NamedDependency
+
+from locallab_gguf import __version__
+from locallab_gguf.api.common.access import PUBLIC, UNLIMITED
+from locallab_gguf.api.common.services import Services
+from locallab_gguf.api.locallab.models import describe
+from locallab_gguf.api.locallab.wire import (
+    Backend,
+    CpuBody,
+    EngineStatsBody,
+    GpuBody,
+    HealthResponse,
+    MemoryBody,
+    ModelDescription,
+    OffloadBody,
+    ThreadsBody,
+    body_of,
+)
+from locallab_gguf.placement.hardware import HardwareInfo, choose_threads
+from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
+from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.settings import Settings
+
+
+class Versions(msgspec.Struct):
+    locallab_gguf: str
+    llama_cpp_python: str
+    python: str
+
+
+class ModelState(msgspec.Struct):
+    status: str
+    loading: str | None
+    last_error: str | None
+    current: ModelDescription | None
+    engine: EngineStatsBody | None
+
+
+class Acceleration(msgspec.Struct, kw_only=True):
+    backend: Backend
+    gpu_offload_supported: bool
+    metal: bool
+    nvidia: Literal["ok", "no driver", "error"]
+    nvidia_detail: str
+    driver_version: str | None
+    cuda_driver_version: str | None
+    advice: str | None  # set when a GPU is here that this llama.cpp build cannot use
+
+
+class RequestCounts(msgspec.Struct):
+    total: int
+    by_status: dict[str, int]
+
+
+class SystemInfo(msgspec.Struct):
+    cpu: CpuBody
+    memory: MemoryBody
+    gpus: list[GpuBody]
+    acceleration: Acceleration
+    threads: ThreadsBody
+    offload: OffloadBody | None  # for the loaded model
+    model: ModelState
+    uptime_seconds: float
+    requests: RequestCounts
+    versions: Versions
+    # The flat keys of the original LocalLab server, for its clients.
+    cpu_usage: float
+    memory_usage: float
+    gpu_info: list[GpuBody]
+    active_model: str | None
+    uptime: float
+    request_count: int
+
+
+@get(
+    "/health",
+    summary="Liveness and model state; never rate limited, open without an API key",
+    opt={PUBLIC: True, UNLIMITED: True},
+)
+async def health(services: NamedDependency[Services]) -> HealthResponse:
+    manager = services.manager
+    current = manager.current
+    return HealthResponse(
+        status="healthy",
+        model=current.spec.id if current else None,
+        model_status=manager.status,
+    )
+
+
+@get("/system/info", summary="Hardware, model, load and versions")
+async def system_info(services: NamedDependency[Services]) -> SystemInfo:
+    hardware = await asyncio.to_thread(services.hardware.read)
+    manager = services.manager
+    current = manager.current
+    settings = services.settings
+    offload = (
+        await asyncio.to_thread(loaded_offload, settings, current, hardware) if current else None
+    )
+    uptime = time.time() - services.started_at
+    by_status = services.metrics.responses_by_status()
+    total = sum(by_status.values())
+    gpus = [body_of(gpu, GpuBody) for gpu in hardware.nvidia.gpus]
+    return SystemInfo(
+        cpu=body_of(hardware.cpu, CpuBody),
+        memory=body_of(hardware.memory, MemoryBody),
+        gpus=gpus,
+        acceleration=acceleration(hardware),
+        threads=body_of(choose_threads(settings.threads, settings.threads_batch), ThreadsBody),
+        offload=body_of(offload, OffloadBody) if offload else None,
+        model=ModelState(
+            status=manager.status,
+            loading=manager.loading_id,
+            last_error=manager.last_error,
+            current=describe(current) if current else None,
+            engine=body_of(current.engine.stats(), EngineStatsBody) if current else None,
+        ),
+        uptime_seconds=uptime,
+        requests=RequestCounts(
+            total=total,
+            by_status={str(status): n for status, n in sorted(by_status.items())},
+        ),
+        versions=Versions(
+            locallab_gguf=__version__,
+            llama_cpp_python=services.engine_version,
+            python=platform.python_version(),
+        ),
+        cpu_usage=hardware.cpu.usage_percent,
+        memory_usage=hardware.memory.used_percent,
+        gpu_info=gpus,
+        active_model=current.spec.id if current else None,
+        uptime=uptime,
+        request_count=total,
+    )
+
+
+def acceleration(hardware: HardwareInfo) -> Acceleration:
+    nvidia = hardware.nvidia
+    return Acceleration(
+        backend=hardware.backend,
+        gpu_offload_supported=hardware.gpu_offload_supported,
+        metal=hardware.metal,
+        nvidia=nvidia.status,
+        nvidia_detail=nvidia.detail,
+        driver_version=nvidia.driver_version,
+        cuda_driver_version=nvidia.cuda_driver_version,
+        advice=hardware.advice,
+    )
+
+
+def loaded_offload(
+    settings: Settings, model: ActiveModel, hardware: HardwareInfo
+) -> OffloadEstimate:
+    """What the loaded model's layers take where, from its GGUF header and the engine."""
+    info = model.engine.info
+    _, decided_by = gpu_layers_request(settings.gpu_layers, model.spec.n_gpu_layers)
+    return estimate_loaded(
+        model.path,
+        hardware,
+        gpu_layers=info.n_gpu_layers,
+        context_per_slot=info.context_length,
+        parallel=info.parallel,
+        decided_by=decided_by,
+    )

@@ -1,0 +1,272 @@
+"""The LocalLab API's request and response bodies.
+
+Requests ignore unknown fields (LocalLab clients send extras such as `do_sample`); their
+constraints live in the types, so a bad value is refused while decoding, naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from locallab_gguf.api.common.fields import INT32_MAX, NewTokens, Stop, UsageBody, stop_strings
+from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams
+
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+
+
+class SamplingFields(msgspec.Struct, kw_only=True):
+    """Options shared by /generate, /generate/batch and /chat."""
+
+    model_id: str | None = None
+    max_length: NewTokens | None = None
+    max_tokens: NewTokens | None = None  # an alias of max_length
+    temperature: Temperature = 0.7
+    top_p: TopP = 0.9
+    top_k: Annotated[int, Meta(ge=0, le=INT32_MAX, description="0 = no limit")] = 40
+    repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
+    seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None  # only its low 32 bits count
+    stop: Stop = None
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            repetition_penalty=self.repetition_penalty,
+            seed=self.seed,
+        )
+
+    def new_tokens(self, default: int) -> int:
+        if self.max_length is not None:
+            return self.max_length
+        return self.max_tokens if self.max_tokens is not None else default
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return stop_strings(self.stop)
+
+
+class GenerateRequest(SamplingFields, kw_only=True):
+    prompt: Annotated[str, Meta(min_length=1)]
+    stream: bool = False
+    system_prompt: str | None = None
+
+
+class BatchGenerateRequest(SamplingFields, kw_only=True):
+    prompts: Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(min_length=1, max_length=32)]
+    system_prompt: str | None = None
+
+
+class ChatMessageBody(msgspec.Struct, kw_only=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+    def to_engine(self) -> ChatMessage:
+        return ChatMessage(self.role, self.content)
+
+
+class ChatRequest(SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessageBody], Meta(min_length=1)]
+    stream: bool = False
+
+
+class LoadRequest(msgspec.Struct, kw_only=True):
+    model_id: Annotated[str, Meta(min_length=1)]
+
+
+class GenerateResponse(msgspec.Struct):
+    response: str
+    text: str  # the same string: LocalLab clients read either
+    model: str
+    finish_reason: FinishReason
+    usage: UsageBody
+
+
+class BatchGenerateResponse(msgspec.Struct):
+    responses: list[str]
+    usage: UsageBody
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+
+
+class ChatResponse(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageBody
+
+
+class ChatDelta(msgspec.Struct, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatStreamChoice(msgspec.Struct):
+    index: int
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+
+
+class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    id: str
+    object: Literal["chat.completion.chunk"]  # required, so omit_defaults keeps it
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: UsageBody | None = None  # on the last chunk only
+
+
+class ModelDescription(msgspec.Struct):
+    """What GET /models/current answers for the loaded model."""
+
+    id: str
+    name: str
+    file: str
+    size_bytes: int
+    context_length: int
+    n_gpu_layers: int
+    chat_template_source: Literal["gguf", "registry"] | None
+    parallel: int
+    is_loaded: bool = True
+
+
+class LoadResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+    model: ModelDescription
+
+
+class LoadAccepted(msgspec.Struct):
+    """POST /models/load?wait=false: the load runs on; `status_url` follows it."""
+
+    status: Literal["accepted"]
+    message: str
+    model_id: str
+    status_url: str
+
+
+class UnloadResponse(msgspec.Struct):
+    status: Literal["success"]
+    message: str
+
+
+class AvailableModel(msgspec.Struct):
+    id: str
+    name: str
+    description: str
+    repo: str
+    file: str
+    size_bytes: int | None
+    is_local: bool
+    is_loaded: bool
+    is_default: bool
+
+
+class AvailableModels(msgspec.Struct):
+    models: list[AvailableModel]
+    current_model: str | None
+    default_model: str
+
+
+class HealthResponse(msgspec.Struct):
+    status: Literal["healthy"]
+    model: str | None
+    model_status: str
+
+
+# The bodies of /system/info and /models/status. They restate the fields of the domain types
+# they are filled from (`body_of`), so renaming an internal field fails loudly in the tests
+# instead of silently changing the public JSON.
+
+Backend = Literal["cpu", "cuda", "metal"]
+
+
+class CpuBody(msgspec.Struct, kw_only=True):
+    model: str
+    physical_cores: int
+    logical_cores: int
+    instruction_sets: list[str]
+    usage_percent: float
+
+
+class MemoryBody(msgspec.Struct, kw_only=True):
+    total_bytes: int
+    available_bytes: int
+    used_percent: float
+
+
+class GpuBody(msgspec.Struct, kw_only=True):
+    index: int
+    name: str
+    uuid: str
+    total_memory_bytes: int
+    free_memory_bytes: int
+    driver_version: str
+    compute_capability: str
+    cuda_visible: bool
+
+
+class ThreadsBody(msgspec.Struct, kw_only=True):
+    generation: int
+    batch: int
+    generation_source: str
+    batch_source: str
+
+
+class OffloadBody(msgspec.Struct, kw_only=True):
+    backend: Backend
+    gpu_layers: int
+    total_layers: int
+    decided_by: Literal["auto", "setting", "registry"]
+    context_per_slot: int
+    parallel: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    vram_bytes: int
+    ram_bytes: int
+
+
+class EngineStatsBody(msgspec.Struct, kw_only=True):
+    slots_total: int
+    slots_busy: int
+    queue_depth: int
+    queue_capacity: int
+    context_size: int
+    context_used: int
+    prompt_tokens_total: int
+    prompt_tokens_evaluated: int
+    completion_tokens_total: int
+    requests_finished: int
+    tokens_per_second: float
+
+
+class ModelStatusBody(msgspec.Struct, kw_only=True):
+    """GET /models/status/{id}: where one model stands."""
+
+    model_id: str
+    status: Literal["downloading", "loading", "loaded", "unloaded", "failed"]
+    downloaded_bytes: int | None = None
+    total_bytes: int | None = None
+    error: str | None = None
+
+
+B = TypeVar("B", bound=msgspec.Struct)
+
+
+def body_of(value: msgspec.Struct, body: type[B]) -> B:
+    """The public body `body` filled from a domain Struct with the same fields."""
+    return msgspec.convert(msgspec.to_builtins(value), body)

@@ -1,0 +1,194 @@
+"""locallab-gguf serve | ...: flags -> Settings -> the work, and nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from locallab_gguf import __version__
+from locallab_gguf.errors import LocalLabError
+from locallab_gguf.log_format import configure_logging
+from locallab_gguf.openmp import tune_for_serving
+from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per Settings field, documented with its environment variable and default."""
+    for spec in flag_specs():
+        default = "" if spec.default in (None, ()) else f"; default: {spec.default}"
+        described = f"{spec.help} [env {env_name(spec.name)}{default}]"
+        if spec.kind is bool:
+            parser.add_argument(
+                spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=described
+            )
+        else:
+            parser.add_argument(
+                spec.flag,
+                dest=spec.name,
+                type=spec.kind,
+                choices=spec.choices,
+                action="append" if spec.repeated else "store",
+                help=described,
+                metavar=spec.flag[2:].replace("-", "_").upper() if spec.choices is None else None,
+            )
+
+
+# pull and models take only the settings that say where models are, under the names users
+# of other model tools know (--token, not --hf-token).
+_HUB_FLAGS = {
+    "models_file": "--models-file",
+    "cache_dir": "--cache-dir",
+    "hf_token": "--token",
+    "offline": "--offline",
+}
+
+
+def _add_hub_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    specs = {spec.name: spec for spec in flag_specs()}
+    for name in names:
+        spec, flag = specs[name], _HUB_FLAGS[name]
+        described = f"{spec.help} [env {env_name(name)}]"
+        if spec.kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, help=described
+            )
+        else:
+            metavar = flag[2:].replace("-", "_").upper()
+            parser.add_argument(flag, dest=name, help=described, metavar=metavar)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="locallab-gguf", description="Serve GGUF language models over the LocalLab REST API."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.set_defaults(**{spec.name: None for spec in flag_specs()})
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve a model over HTTP")
+    _add_settings_flags(serve)
+    pull = commands.add_parser(
+        "pull", help="download a model into the Hugging Face cache, verify it, print its path"
+    )
+    pull.add_argument(
+        "model_id",
+        nargs="?",
+        metavar="ID",
+        help="a registry id, owner/repo:file.gguf or hf://owner/repo/file.gguf "
+        "(default: the registry's default model)",
+    )
+    pull.add_argument("--revision", help="branch, tag or commit (default: the registry's, or main)")
+    _add_hub_flags(pull, list(_HUB_FLAGS))
+    models = commands.add_parser("models", help="list the registry's models and which are here")
+    _add_hub_flags(models, ["models_file", "cache_dir"])
+    system = commands.add_parser(
+        "system",
+        help="show CPU, memory, GPUs, threads, and the GPU offload serve would choose",
+        description="Takes serve's flags: it shows what serve would do with them.",
+    )
+    _add_settings_flags(system)
+    system.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_chat_parser(commands)
+    return parser
+
+
+def _add_chat_parser(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat",
+        help="chat with a model in the terminal",
+        description="Streams each reply and keeps the conversation. In the chat: /system TEXT, "
+        "/reset, /exit. Without --url, the model is started in this process.",
+    )
+    chat.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    chat.add_argument(
+        "--model",
+        metavar="ID",
+        help="with --url: the served model's id (default: the one it serves); without: the "
+        "model to start (default: the registry's)",
+    )
+    chat.add_argument(
+        "--api-key",
+        dest="chat_api_key",
+        metavar="KEY",
+        help="key for a server that requires one (default: LOCALLAB_API_KEY)",
+    )
+    chat.add_argument("--temperature", type=float, help="0 is greedy (default: the server's)")
+    chat.add_argument("--max-tokens", type=int, help="longest reply in tokens")
+    chat.add_argument("--system", help="system prompt to start with")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {name: getattr(args, name, None) for name in Settings.__struct_fields__}
+    return load_settings(os.environ, flags)
+
+
+def _chat(args: argparse.Namespace, settings: Settings) -> None:
+    from locallab_gguf.cli.chat import chat
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    if args.url is None:
+        # A server for one person at the terminal: one slot, nobody to rate-limit, and no
+        # log lines between the replies.
+        settings = msgspec.structs.replace(
+            settings, parallel=1, rate_limit=False, log_level="warning"
+        )
+    chat(
+        settings,
+        url=args.url,
+        model=args.model,
+        api_key=args.chat_api_key or os.environ.get("LOCALLAB_API_KEY"),
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        system=args.system,
+        read_line=input,
+        out=sys.stdout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        configure_logging(
+            # pull and models speak for themselves; a log line per HTTP request is noise there.
+            settings.log_level if args.command == "serve" else "warning",
+            settings.log_format,
+        )
+        if args.command == "serve":
+            tune_for_serving(os.environ)  # before the server imports llama.cpp
+            from locallab_gguf.cli.serve import serve
+
+            serve(settings)
+        elif args.command == "pull":
+            from locallab_gguf.cli.pull import pull
+
+            pull(
+                settings,
+                args.model_id,
+                revision=args.revision,
+                env=os.environ,
+                out=sys.stdout,
+                err=sys.stderr,
+            )
+        elif args.command == "models":
+            from locallab_gguf.cli.models import print_models
+
+            print_models(settings, os.environ, sys.stdout)
+        elif args.command == "system":
+            from locallab_gguf.cli.system import print_system_report
+
+            print_system_report(settings, sys.stdout, as_json=args.json)
+        elif args.command == "chat":
+            _chat(args, settings)
+    except LocalLabError as exc:
+        print(f"locallab-gguf: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C after a clean shutdown: exit as a shell expects
+        return 130
+    return 0

@@ -1,0 +1,305 @@
+"""An EngineClient whose engine runs in a supervised worker process.
+
+The worker owns llama.cpp; this side owns the HTTP requests. A reader thread turns the
+worker's messages into calls on the event loop. When the worker dies (a signal, an abort, the
+OOM killer), every request in flight ends with a Failed event naming what happened, the state
+becomes "restarting", and a new worker loads the same model. A worker that keeps dying while it
+loads is given up on: the state becomes "failed", with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import msgspec
+
+from locallab_gguf.engine.client import (
+    SERVER_STOPPING,
+    EngineState,
+    RequestStream,
+    StreamRouter,
+)
+from locallab_gguf.engine.types import EngineConfig, EngineInfo, EngineStats, GenerationRequest
+from locallab_gguf.engine.worker_protocol import (
+    Cancel,
+    Channel,
+    Events,
+    FromWorker,
+    LoadFailed,
+    Ready,
+    Start,
+    Stop,
+    Submit,
+    SubmitReply,
+    ToWorker,
+    error_from_wire,
+)
+from locallab_gguf.errors import EngineFailure, EngineRestarting, LocalLabError, ModelLoadFailed
+
+log = logging.getLogger(__name__)
+
+# A worker that dies this many times in a row before it is ready is not started again.
+MAX_LOAD_CRASHES = 3
+STOP_TIMEOUT_S = 60.0
+
+
+WORKER_COMMAND = (sys.executable, "-m", "locallab_gguf.engine.worker")
+
+
+class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):
+    model_path: str
+    config: EngineConfig
+    n_gpu_layers: int
+    log_level: str = "info"
+    log_format: str = "text"
+    # The program to run; it gets the two pipe descriptors as its last arguments.
+    command: tuple[str, ...] = WORKER_COMMAND
+
+
+class _Process:
+    """One worker process and the pipes to it."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        to_worker_read, to_worker_write = os.pipe()
+        from_worker_read, from_worker_write = os.pipe()
+        try:
+            self.popen = subprocess.Popen(
+                [*spec.command, str(to_worker_read), str(from_worker_write)],
+                pass_fds=(to_worker_read, from_worker_write),
+                # Its own session: a Ctrl-C in the terminal reaches the server only, which
+                # then drains and stops the worker in order.
+                start_new_session=True,
+            )
+        finally:
+            os.close(to_worker_read)
+            os.close(from_worker_write)
+        self.ready = False  # set once it has said Ready: only then is its death a crash
+        self.outbox = Channel(to_worker_write, ToWorker)  # type: ignore[arg-type]
+        self.inbox = Channel(from_worker_read, FromWorker)  # type: ignore[arg-type]
+        self.send(
+            Start(
+                model_path=spec.model_path,
+                config=spec.config,
+                n_gpu_layers=spec.n_gpu_layers,
+                log_level=spec.log_level,
+                log_format=spec.log_format,
+            )
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def send(self, message: ToWorker) -> None:
+        with contextlib.suppress(OSError):  # it died; the reader thread reports that
+            self.outbox.send(message)
+
+    def exit_reason(self) -> str:
+        code = self.popen.wait()
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            return f"the engine process was killed by {name}"
+        return f"the engine process exited with status {code}"
+
+    def close_pipes(self) -> None:
+        self.outbox.close()
+        self.inbox.close()
+
+
+class WorkerEngine:
+    """EngineClient over a worker process; build it with `await WorkerEngine.start(spec)`."""
+
+    def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
+        self._spec = spec
+        self._loop = loop
+        self._streams = StreamRouter()
+        self._submits: dict[int, asyncio.Future[SubmitReply]] = {}
+        self._process: _Process | None = None
+        self._ready: asyncio.Future[Ready] | None = None
+        self._state: EngineState = "restarting"
+        self._failure: str | None = None
+        self._stats: EngineStats | None = None
+        self._stopping = False
+        self._restarting: asyncio.Task[None] | None = None
+        self.info: EngineInfo
+        self.restarts = 0
+
+    @classmethod
+    async def start(cls, spec: WorkerSpec) -> WorkerEngine:
+        engine = cls(spec, asyncio.get_running_loop())
+        await engine._launch_until_ready()
+        return engine
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def failure(self) -> str | None:
+        return self._failure
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stats(self) -> EngineStats:
+        assert self._stats is not None
+        return self._stats
+
+    async def generate(self, request: GenerationRequest) -> RequestStream:
+        process = self._process
+        if self._state != "ready" or process is None:
+            if self._state == "failed":
+                raise EngineFailure(f"the engine has failed: {self._failure}")
+            raise EngineRestarting(self._failure or "the engine is starting")
+        job_id, queue = self._streams.open()
+        reply: asyncio.Future[SubmitReply] = self._loop.create_future()
+        self._submits[job_id] = reply
+        process.send(Submit(job_id=job_id, request=request))
+        try:
+            answer = await reply
+        except BaseException:
+            self._streams.close(job_id)
+            self._submits.pop(job_id, None)
+            process.send(Cancel(job_id=job_id))
+            raise
+        if answer.error is not None:
+            self._streams.close(job_id)
+            raise error_from_wire(answer.error)
+        return RequestStream(answer.prompt_tokens, queue, lambda: self._cancel(job_id, process))
+
+    async def close(self, drain: bool) -> None:
+        """Stop the worker: it finishes (drain) or cancels what is in flight, then exits."""
+        self._stopping = True
+        if self._restarting is not None:
+            self._restarting.cancel()
+        process = self._process
+        if process is None:
+            return
+        if not drain:
+            self._streams.fail_all(SERVER_STOPPING)
+        process.send(Stop(drain=drain))
+        try:
+            await asyncio.wait_for(asyncio.to_thread(process.popen.wait), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.error("the engine worker did not stop within %.0f s; killing it", STOP_TIMEOUT_S)
+            process.popen.kill()
+            await asyncio.to_thread(process.popen.wait)
+        self._streams.fail_all(SERVER_STOPPING)
+
+    def _cancel(self, job_id: int, process: _Process) -> None:
+        self._streams.close(job_id)
+        if process is self._process:
+            process.send(Cancel(job_id=job_id))
+
+    # -- starting and restarting ---------------------------------------------------------
+
+    async def _launch_until_ready(self) -> None:
+        crashes = 0
+        while True:
+            try:
+                await self._launch()
+                return
+            except _WorkerCrashed as crash:
+                crashes += 1
+                if crashes >= MAX_LOAD_CRASHES:
+                    reason = (
+                        f"{crash.reason} while loading {self._spec.model_path}, "
+                        f"{crashes} times in a row"
+                    )
+                    self._state, self._failure = "failed", reason
+                    raise ModelLoadFailed(reason) from None
+                log.warning("%s while loading; starting it again", crash.reason)
+                await asyncio.sleep(0.2 * crashes)
+
+    async def _launch(self) -> None:
+        self._ready = self._loop.create_future()
+        process = _Process(self._spec)
+        self._process = process
+        threading.Thread(
+            target=self._read, args=(process,), name=f"engine-worker-{process.pid}", daemon=True
+        ).start()
+        started = time.monotonic()
+        ready = await self._ready
+        self.info = ready.info
+        self._stats = ready.stats
+        self._state, self._failure = "ready", None
+        log.info("engine worker %d ready in %.1f s", process.pid, time.monotonic() - started)
+
+    def _read(self, process: _Process) -> None:
+        """The reader thread: worker messages -> the event loop, until the pipe closes."""
+        deliver = self._loop.call_soon_threadsafe
+        try:
+            while True:
+                message: FromWorker = process.inbox.receive()  # type: ignore[assignment]
+                deliver(self._on_message, process, message)
+        except (EOFError, OSError):
+            reason = process.exit_reason()
+            process.close_pipes()
+            with contextlib.suppress(RuntimeError):  # the loop is gone: the server exited
+                deliver(self._on_exit, process, reason)
+
+    def _on_message(self, process: _Process, message: FromWorker) -> None:
+        if process is not self._process:
+            return
+        if isinstance(message, Events):
+            self._stats = message.stats
+            if message.events:
+                self._streams.dispatch(message.events)
+        elif isinstance(message, SubmitReply):
+            self._stats = message.stats
+            reply = self._submits.pop(message.job_id, None)
+            if reply is not None and not reply.done():
+                reply.set_result(message)
+        elif isinstance(message, Ready):
+            process.ready = True
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_result(message)
+        elif isinstance(message, LoadFailed) and self._ready and not self._ready.done():
+            self._ready.set_exception(error_from_wire(message.error))
+
+    def _on_exit(self, process: _Process, reason: str) -> None:
+        if process is not self._process:
+            return
+        if not process.ready:
+            # It died while loading. A clean refusal (LoadFailed) has already settled the
+            # future; anything else is a crash.
+            if self._ready is not None and not self._ready.done():
+                self._ready.set_exception(_WorkerCrashed(reason))
+            return
+        if self._stopping:
+            return
+        self._process = None
+        lost = self._streams.fail_all(f"{reason}; the request was lost. Retry it.")
+        for reply in self._submits.values():
+            if not reply.done():
+                reply.set_exception(EngineFailure(f"{reason}; the request was not taken"))
+        self._submits.clear()
+        log.error("%s; %d requests in flight failed; restarting it", reason, lost)
+        self._state, self._failure = "restarting", reason
+        self.restarts += 1
+        self._restarting = self._loop.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        try:
+            await self._launch_until_ready()
+        except LocalLabError as exc:
+            self._state, self._failure = "failed", str(exc)
+            log.error("the engine could not be restarted: %s", exc)
+
+
+class _WorkerCrashed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -1,0 +1,76 @@
+"""Runs the batching engine on a thread of this process (--engine-isolation thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from locallab_gguf.engine.client import (
+    SERVER_STOPPING,
+    EngineState,
+    RequestStream,
+    StreamRouter,
+)
+from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.types import EngineConfig, EngineStats, EventBatch, GenerationRequest
+
+
+class LocalEngine:
+    """An EngineClient over a BatchEngine running on a thread of this process."""
+
+    state: EngineState = "ready"
+    failure: str | None = None
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        make_engine: Callable[[Callable[[EventBatch], None]], BatchEngine],
+    ) -> None:
+        self._loop = loop
+        self._streams = StreamRouter()
+        self.engine = make_engine(self._deliver)
+        self.info = self.engine.info
+
+    async def generate(self, request: GenerationRequest) -> RequestStream:
+        job_id, queue = self._streams.open()
+        try:
+            # Tokenizing a long prompt takes a while; keep it off the event loop.
+            accepted = await asyncio.to_thread(self.engine.submit, job_id, request)
+        except BaseException:
+            self._streams.close(job_id)
+            raise
+        return RequestStream(accepted.prompt_tokens, queue, lambda: self._cancel(job_id))
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def close(self, drain: bool) -> None:
+        if not drain:
+            self._streams.fail_all(SERVER_STOPPING)
+        await asyncio.to_thread(self.engine.close, drain)
+
+    def _cancel(self, job_id: int) -> None:
+        self._streams.close(job_id)
+        self.engine.cancel(job_id)
+
+    def _deliver(self, batch: EventBatch) -> None:
+        # Runs on the engine thread; everything else happens on the loop.
+        if not batch:
+            return
+        # A closed loop means the process is exiting and nobody is listening.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._streams.dispatch, batch)
+
+
+async def open_local_engine(path: Path, config: EngineConfig, n_gpu_layers: int) -> LocalEngine:
+    """Load the model and start its engine thread, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+
+    def load() -> LocalEngine:
+        return LocalEngine(
+            loop, lambda deliver: open_batch_engine(path, n_gpu_layers, config, deliver)
+        )
+
+    return await asyncio.to_thread(load)

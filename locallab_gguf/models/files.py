@@ -1,0 +1,152 @@
+"""Resolve a ModelSpec to a verified GGUF file on this machine, downloading it if need be.
+
+Sources, in order: a Python package that ships the file (no network ever), the Hugging Face
+cache, then the hub itself (`download`). Every file is checked against its sha256
+before it is used: the registry's when it gives one, else the hub's (a large file's blob in
+the cache is named by its sha256). A cached file that fails the check is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import re
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from locallab_gguf.errors import ChecksumMismatch, ModelUnavailable
+from locallab_gguf.models.hub_access import HubAccess, hub_access
+from locallab_gguf.models.progress import ProgressCallback
+from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.settings import Settings
+
+_HASH_CHUNK = 8 * 1024 * 1024
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _ignore_progress(done: int, total: int | None) -> None:
+    pass
+
+
+class ModelFiles:
+    """Finds and fetches model files; remembers which files it has verified (by size, mtime)."""
+
+    def __init__(self, cache_dir: str | None = None, *, access: HubAccess | None = None) -> None:
+        self.cache_dir = cache_dir
+        self.access = access or HubAccess()
+        self._verified: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+
+    def local_path(self, spec: ModelSpec) -> Path | None:
+        """Where the file already is, without touching the network; None if nowhere."""
+        packaged = packaged_path(spec)
+        if packaged is not None:
+            return packaged
+        return self._cached_path(spec)
+
+    def resolve(self, spec: ModelSpec) -> Path:
+        """The verified local file; never downloads."""
+        path = self.local_path(spec)
+        if path is None:
+            raise ModelUnavailable(
+                f"{spec.repo}/{spec.file} (model {spec.id!r}) is not on this machine; "
+                f"download it with `locallab-gguf pull {spec.id}`"
+            )
+        return self._verified_file(spec, path)
+
+    def fetch(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
+        """The verified local file, downloaded first when it is not here.
+
+        Blocking: run it in a thread. `on_progress` hears the bytes as they arrive; an
+        exception it raises stops the download.
+        """
+        path = self.local_path(spec)
+        if path is None:
+            # Imported here: huggingface_hub is slow to import, and local files never need it.
+            from locallab_gguf.models.download import download
+
+            path = download(spec, self.access, self.cache_dir, on_progress or _ignore_progress)
+        return self._verified_file(spec, path)
+
+    def is_packaged(self, spec: ModelSpec, path: Path) -> bool:
+        return path == packaged_path(spec)
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            known = self._verified.get(key)
+        if known is not None:
+            return known
+        digest = file_sha256(path)
+        with self._lock:
+            self._verified[key] = digest
+        return digest
+
+    def expected_sha256(self, spec: ModelSpec, path: Path) -> tuple[str, str] | None:
+        """The sha256 `path` must have, and who says so; None when nobody does."""
+        if spec.sha256 is not None:
+            return spec.sha256, "the registry"
+        from_hub = None if self.is_packaged(spec, path) else hub_sha256(path)
+        return (from_hub, "the hub") if from_hub is not None else None
+
+    def _verified_file(self, spec: ModelSpec, path: Path) -> Path:
+        expectation = self.expected_sha256(spec, path)
+        if expectation is None:
+            return path
+        expected, expected_by = expectation
+        packaged = self.is_packaged(spec, path)
+        actual = self.sha256(path)
+        if actual != expected:
+            if not packaged:
+                from locallab_gguf.models.download import remove_cached
+
+                remove_cached(path)
+            raise ChecksumMismatch(
+                str(path), expected, actual, expected_by=expected_by, removed=not packaged
+            )
+        return path
+
+    def _cached_path(self, spec: ModelSpec) -> Path | None:
+        # Imported here: huggingface_hub is slow to import, and packaged files never need it.
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision
+        )
+        return Path(found) if isinstance(found, str) else None
+
+
+def hub_sha256(cached: Path) -> str | None:
+    """The sha256 the hub gave for a cached file: large (LFS) files' blobs are named by it."""
+    blob = cached.resolve().name
+    return blob if _SHA256.fullmatch(blob) else None
+
+
+def packaged_path(spec: ModelSpec) -> Path | None:
+    if spec.package is None:
+        return None
+    # find_spec locates the package without importing (running) it.
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    for directory in found.submodule_search_locations:
+        candidate = Path(directory) / spec.file
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_files(settings: Settings, env: Mapping[str, str]) -> ModelFiles:
+    """The model files of this process: --cache-dir, reaching the hub as settings and the
+    Hugging Face variables in `env` say (read once, here)."""
+    return ModelFiles(settings.cache_dir, access=hub_access(settings, env))

@@ -1,0 +1,132 @@
+"""Model ids: a registry id, or any GGUF file on the Hugging Face hub.
+
+    smollm2-135m-instruct                      an id of models.toml
+    owner/repo:file.gguf                       a file of a hub repository (branch main)
+    owner/repo@revision:path/to/file.gguf      at a branch, tag or commit
+    hf://owner/repo/path/to/file.gguf          the same, as a URL
+    hf://owner/repo@revision/file.gguf
+
+Both hub forms name one model: its id is the first form, so a load by either is the same.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
+from locallab_gguf.models.registry import ModelSpec, Registry
+
+HF_SCHEME = "hf://"
+DEFAULT_REVISION = "main"
+HUB_ID_FORMS = "owner/repo:file.gguf or hf://owner/repo/file.gguf"
+
+# The hub's own rules for user and repository names, loosely: no spaces, no leading dot.
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}"
+_REPO = re.compile(rf"{_NAME}/{_NAME}")
+_REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
+
+
+class HubFile(msgspec.Struct, frozen=True):
+    repo: str
+    file: str
+    revision: str = DEFAULT_REVISION
+
+    @property
+    def model_id(self) -> str:
+        at = "" if self.revision == DEFAULT_REVISION else f"@{self.revision}"
+        return f"{self.repo}{at}:{self.file}"
+
+
+def is_hub_id(model_id: str) -> bool:
+    """Whether an id is meant as a hub file (registry ids have neither '/' nor ':')."""
+    return model_id.startswith(HF_SCHEME) or "/" in model_id or ":" in model_id
+
+
+def parse_hub_id(model_id: str) -> HubFile:
+    if model_id.startswith(HF_SCHEME):
+        owner, _, rest = model_id[len(HF_SCHEME) :].partition("/")
+        name, _, file = rest.partition("/")
+        repo_part = f"{owner}/{name}"
+    else:
+        repo_part, _, file = model_id.partition(":")
+    repo, _, revision = repo_part.partition("@")
+    if "@" in repo_part and not revision:
+        raise _invalid(model_id, "the revision after '@' is empty")
+    hub_file = HubFile(repo=repo, file=file, revision=revision or DEFAULT_REVISION)
+    _check(model_id, hub_file)
+    return hub_file
+
+
+def _check(model_id: str, hub_file: HubFile) -> None:
+    if not _REPO.fullmatch(hub_file.repo):
+        raise _invalid(model_id, f"{hub_file.repo!r} is not a repository name (owner/name)")
+    if not _REVISION.fullmatch(hub_file.revision) or ".." in hub_file.revision:
+        raise _invalid(model_id, f"{hub_file.revision!r} is not a branch, tag or commit")
+    parts = hub_file.file.split("/")
+    if not hub_file.file.lower().endswith(".gguf"):
+        raise _invalid(model_id, "the file must be a .gguf file")
+    if any(part in ("", ".", "..") for part in parts) or "\\" in hub_file.file:
+        raise _invalid(model_id, f"{hub_file.file!r} is not a file path inside the repository")
+
+
+def _invalid(model_id: str, reason: str) -> InvalidModelId:
+    return InvalidModelId(f"model id {model_id!r}: {reason}; name a hub file as {HUB_ID_FORMS}")
+
+
+def hub_spec(hub_file: HubFile) -> ModelSpec:
+    """A ModelSpec for a hub file that the registry does not describe."""
+    return ModelSpec(
+        id=hub_file.model_id,
+        name=hub_file.file.rsplit("/", 1)[-1],
+        description=f"{hub_file.repo} on the Hugging Face hub",
+        repo=hub_file.repo,
+        file=hub_file.file,
+        revision=hub_file.revision,
+    )
+
+
+def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -> ModelSpec:
+    """The spec a model id names: registry ids first, then hub files.
+
+    A hub id of a file the registry describes gets the registry's entry, so its checksum,
+    package and settings apply whichever way the model is named.
+    """
+    known = registry.models.get(model_id)
+    if known is not None:
+        return known
+    if not is_hub_id(model_id):
+        hint = f", or name a GGUF file on the hub as {HUB_ID_FORMS}" if allow_custom else ""
+        raise ModelNotFound(
+            f"model {model_id!r} is not in {registry.source}; "
+            f"known models: {', '.join(sorted(registry.models))}{hint}"
+        )
+    hub_file = parse_hub_id(model_id)
+    for spec in registry.models.values():
+        if (spec.repo, spec.file, spec.revision) == (
+            hub_file.repo,
+            hub_file.file,
+            hub_file.revision,
+        ):
+            return spec
+    if not allow_custom:
+        known_ids = ", ".join(sorted(registry.models))
+        raise CustomModelsRefused(
+            f"this server serves only the models of its registry ({known_ids}); "
+            f"{model_id!r} is not one of them. Ask its operator to add it to models.toml "
+            "or to allow hub ids (--custom-models)."
+        )
+    return hub_spec(hub_file)
+
+
+def with_revision(spec: ModelSpec, revision: str) -> ModelSpec:
+    """The same model at another branch, tag or commit (what `pull --revision` asks for)."""
+    if revision == spec.revision:
+        return spec
+    hub_file = HubFile(repo=spec.repo, file=spec.file, revision=revision)
+    _check(f"{spec.id} at revision {revision}", hub_file)
+    # Another revision is another file: the registry's checksum and package no longer apply.
+    return msgspec.structs.replace(
+        spec, id=hub_file.model_id, revision=revision, sha256=None, size_bytes=None, package=None
+    )

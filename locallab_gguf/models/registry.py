@@ -1,0 +1,103 @@
+"""models.toml -> typed ModelSpec entries."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from locallab_gguf.errors import ConfigError, ModelNotFound
+
+Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+NonEmpty = Annotated[str, Meta(min_length=1)]
+GpuLayers = Literal["auto"] | Annotated[int, Meta(ge=-1)]
+
+
+class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """One model of the registry; `id` is the key of its table."""
+
+    id: str = ""
+    name: NonEmpty
+    description: str = ""
+    repo: NonEmpty
+    file: Annotated[str, Meta(pattern=r"(?i)\.gguf$")]
+    revision: NonEmpty = "main"
+    sha256: Sha256 | None = None
+    size_bytes: Annotated[int, Meta(gt=0)] | None = None
+    package: NonEmpty | None = None
+    context_length: Annotated[int, Meta(ge=16)] | None = None
+    chat_template: NonEmpty | None = None
+    n_gpu_layers: GpuLayers = "auto"
+
+
+class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
+    default: str
+    models: dict[str, dict[str, object]]
+
+
+class Registry(msgspec.Struct, frozen=True):
+    default: str
+    models: dict[str, ModelSpec]
+    source: str
+
+    def get(self, model_id: str) -> ModelSpec:
+        spec = self.models.get(model_id)
+        if spec is None:
+            known = ", ".join(sorted(self.models))
+            raise ModelNotFound(
+                f"model {model_id!r} is not in {self.source}; known models: {known}"
+            )
+        return spec
+
+
+def default_models_file() -> Path:
+    """The registry beside the source tree, or the copy packed into the wheel."""
+    package_dir = Path(__file__).resolve().parent.parent  # locallab_gguf/
+    beside_source = package_dir.parent / "models.toml"
+    return beside_source if beside_source.is_file() else package_dir / "models.toml"
+
+
+def load_registry_file(models_file: str | None) -> Registry:
+    """The registry at `models_file` (the --models-file setting), else the bundled one."""
+    return load_registry(Path(models_file) if models_file else default_models_file())
+
+
+def load_registry(path: Path) -> Registry:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the model registry {path}: {exc.strerror}") from exc
+    return parse_registry(text, source=str(path))
+
+
+def parse_registry(text: str, source: str) -> Registry:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source} is not valid TOML: {exc}") from exc
+    try:
+        document = msgspec.convert(raw, _RegistryFile)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+
+    models: dict[str, ModelSpec] = {}
+    for model_id, table in document.models.items():
+        # Converting entry by entry lets the message name the entry as well as the field.
+        try:
+            spec = msgspec.convert(table, ModelSpec)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: model {model_id!r}: {exc}") from exc
+        if "id" in table:
+            raise ConfigError(
+                f"{source}: model {model_id!r}: the id is the table's key; remove `id`"
+            )
+        models[model_id] = msgspec.structs.replace(spec, id=model_id)
+
+    if document.default not in models:
+        raise ConfigError(
+            f"{source}: default = {document.default!r} names no [models.{document.default}] table"
+        )
+    return Registry(default=document.default, models=models, source=source)

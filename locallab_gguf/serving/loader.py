@@ -1,0 +1,96 @@
+"""How a model becomes a running engine: its engine config, its offload plan, then the load."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.engine.launch import open_engine
+from locallab_gguf.engine.types import EngineConfig
+from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
+from locallab_gguf.placement.hardware import HardwareInfo, HardwareProbe, choose_threads
+from locallab_gguf.placement.offload import OffloadPlan, ensure_fits, plan_model_file
+from locallab_gguf.serving.model_manager import EngineOpener
+from locallab_gguf.settings import Settings
+from locallab_gguf.sizes import human_bytes
+
+log = logging.getLogger(__name__)
+
+
+def load_settings_registry(settings: Settings) -> Registry:
+    return load_registry_file(settings.models_file)
+
+
+def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
+    threads = choose_threads(settings.threads, settings.threads_batch)
+    return EngineConfig(
+        n_ctx=settings.ctx,
+        n_parallel=settings.parallel,
+        n_threads=threads.generation,
+        n_threads_batch=threads.batch,
+        queue_size=settings.queue_size,
+        chat_template=spec.chat_template,
+    )
+
+
+def offload_plan(
+    settings: Settings, spec: ModelSpec, path: Path, hardware: HardwareInfo
+) -> OffloadPlan:
+    """GPU layers for `spec` on this hardware: --gpu-layers, else the registry's, else auto."""
+    return plan_model_file(
+        path,
+        hardware,
+        engine_config(settings, spec),
+        setting=settings.gpu_layers,
+        registry=spec.n_gpu_layers,
+    )
+
+
+def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) -> EngineOpener:
+    """Plan the offload, refuse a model that cannot fit (ModelTooLarge), then load it.
+
+    `probe` reads GPUs and memory (default: this machine's, as llama.cpp's build can use
+    them); tests pass one with simulated readings.
+    """
+    if probe is None:
+        from locallab_gguf.engine.llama import supports_gpu_offload
+
+        probe = HardwareProbe(supports_gpu_offload())
+    hardware_probe = probe
+
+    async def open_planned(spec: ModelSpec, path: Path) -> EngineClient:
+        def plan() -> OffloadPlan:
+            return offload_plan(settings, spec, path, hardware_probe.read())
+
+        planned = await asyncio.to_thread(plan)
+        log_offload_plan(spec.id, planned)
+        ensure_fits(spec.id, planned)
+        config = engine_config(settings, spec)
+        return await open_engine(
+            path,
+            config,
+            planned.estimate.gpu_layers,
+            settings.engine_isolation,
+            settings.log_level,
+            settings.log_format,
+        )
+
+    return open_planned
+
+
+def log_offload_plan(model_id: str, plan: OffloadPlan) -> None:
+    estimate = plan.estimate
+    log.info(
+        "model %s: %d of %d layers on the GPU (%s: %s); estimated VRAM %s, RAM %s",
+        model_id,
+        estimate.gpu_layers,
+        estimate.total_layers,
+        estimate.decided_by,
+        plan.reason,
+        human_bytes(estimate.vram_bytes),
+        human_bytes(estimate.ram_bytes),
+    )
+    if plan.warning:
+        log.warning("model %s: %s", model_id, plan.warning)
