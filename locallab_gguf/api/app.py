@@ -28,6 +28,7 @@ from locallab_gguf.api.locallab.models import (
     unload_model,
 )
 from locallab_gguf.api.locallab.system import health, system_info
+from locallab_gguf.api.ollama.routes import ollama_router
 from locallab_gguf.api.openai.routes import openai_router
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.ratelimit import Clock
@@ -48,6 +49,7 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     system_info,
     metrics,
     openai_router,
+    ollama_router,
 ]
 
 

@@ -157,12 +157,31 @@ class WorkerEngine:
         assert self._stats is not None
         return self._stats
 
-    async def generate(self, request: GenerationRequest) -> RequestStream:
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        process = self._ready_process()
+        job_id, _ = self._streams.open()
+        self._streams.close(job_id)  # the id only names the reply; no events will come
+        reply: asyncio.Future[SubmitReply] = self._loop.create_future()
+        self._submits[job_id] = reply
+        process.send(Submit(job_id=job_id, request=request, count_only=True))
+        try:
+            answer = await reply
+        finally:
+            self._submits.pop(job_id, None)
+        if answer.error is not None:
+            raise error_from_wire(answer.error)
+        return answer.prompt_tokens
+
+    def _ready_process(self) -> _Process:
         process = self._process
         if self._state != "ready" or process is None:
             if self._state == "failed":
                 raise EngineFailure(f"the engine has failed: {self._failure}")
             raise EngineRestarting(self._failure or "the engine is starting")
+        return process
+
+    async def generate(self, request: GenerationRequest) -> RequestStream:
+        process = self._ready_process()
         job_id, queue = self._streams.open()
         reply: asyncio.Future[SubmitReply] = self._loop.create_future()
         self._submits[job_id] = reply

@@ -254,6 +254,10 @@ class BatchEngine:
             self._wake.notify()
         return Accepted(prompt_tokens=len(tokens))
 
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The request's prompt length in tokens, as `submit` would count it; queues nothing."""
+        return len(self._prompt_tokens(request))
+
     def cancel(self, job_id: int) -> None:
         job = self._jobs.get(job_id)
         if job is not None:
@@ -512,7 +516,12 @@ class BatchEngine:
         if held:
             events.append((job.id, TextDelta(text=held, logprobs=job.take_logprobs())))
         usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=job.completion_tokens)
-        finished = Finished(finish_reason=reason, usage=usage, queue_seconds=job.queue_seconds)
+        finished = Finished(
+            finish_reason=reason,
+            usage=usage,
+            queue_seconds=job.queue_seconds,
+            stop_sequence=job.stops.matched,
+        )
         self._end(job, events, finished)
 
     def _end(self, job: _Job, events: EventBatch, event: Event) -> None:

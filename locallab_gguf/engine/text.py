@@ -31,6 +31,7 @@ class StopMatcher:
         self._stops = tuple(s for s in stops if s)
         self._longest = max((len(s) for s in self._stops), default=0)
         self._held = ""
+        self.matched: str | None = None  # the stop string that was reached, once one is
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was reached)."""
@@ -41,7 +42,7 @@ class StopMatcher:
         for stop in self._stops:
             at = window.find(stop)
             if at != -1 and (first == -1 or at < first):
-                first = at
+                first, self.matched = at, stop
         if first != -1:
             self._held = ""
             return window[:first], True

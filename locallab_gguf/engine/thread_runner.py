@@ -43,6 +43,9 @@ class LocalEngine:
             raise
         return RequestStream(accepted.prompt_tokens, queue, lambda: self._cancel(job_id))
 
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return await asyncio.to_thread(self.engine.count_prompt_tokens, request)
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 

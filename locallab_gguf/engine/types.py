@@ -101,6 +101,7 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
     finish_reason: FinishReason
     usage: Usage
     queue_seconds: float = 0.0  # from submission until a slot took the request
+    stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
 class Failed(msgspec.Struct, frozen=True, tag=True):

@@ -97,10 +97,13 @@ class Worker:
 
     def _submit(self, engine: BatchEngine, message: Submit) -> None:
         try:
-            accepted = engine.submit(message.job_id, message.request)
+            if message.count_only:
+                prompt_tokens = engine.count_prompt_tokens(message.request)
+            else:
+                prompt_tokens = engine.submit(message.job_id, message.request).prompt_tokens
             reply = SubmitReply(
                 job_id=message.job_id,
-                prompt_tokens=accepted.prompt_tokens,
+                prompt_tokens=prompt_tokens,
                 error=None,
                 stats=engine.stats(),
             )

@@ -42,6 +42,8 @@ class Start(msgspec.Struct, frozen=True, tag=True):
 class Submit(msgspec.Struct, frozen=True, tag=True):
     job_id: int
     request: GenerationRequest
+    # Only count the prompt's tokens: the reply carries the count and nothing is queued.
+    count_only: bool = False
 
 
 class Cancel(msgspec.Struct, frozen=True, tag=True):

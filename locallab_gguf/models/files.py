@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from locallab_gguf.errors import ChecksumMismatch, ModelUnavailable
+from locallab_gguf.errors import ChecksumMismatch, InvalidRequest, ModelUnavailable
 from locallab_gguf.models.hub_access import HubAccess, hub_access
 from locallab_gguf.models.progress import ProgressCallback
 from locallab_gguf.models.registry import ModelSpec
@@ -68,6 +68,22 @@ class ModelFiles:
 
             path = download(spec, self.access, self.cache_dir, on_progress or _ignore_progress)
         return self._verified_file(spec, path)
+
+    def remove_cached(self, spec: ModelSpec) -> bool:
+        """Delete the model's copy in the cache; False when there is none. A model that ships
+        inside a Python package is not the cache's to delete: InvalidRequest says so."""
+        if packaged_path(spec) is not None:
+            raise InvalidRequest(
+                f"model {spec.id!r} ships inside the Python package {spec.package!r}; "
+                f"uninstall that package to remove it"
+            )
+        path = self._cached_path(spec)
+        if path is None:
+            return False
+        from locallab_gguf.models.download import remove_cached
+
+        remove_cached(path)
+        return True
 
     def is_packaged(self, spec: ModelSpec, path: Path) -> bool:
         return path == packaged_path(spec)

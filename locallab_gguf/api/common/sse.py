@@ -81,14 +81,14 @@ async def _hang_up(receive: Receive) -> None:
 
 
 class EventStream(Stream):
-    """A text/event-stream response.
+    """A streamed response: text/event-stream unless told otherwise (Ollama's NDJSON).
 
     Litestar 2.25 lets a handler's JSON media type override the one a Stream names, so a
     handler that answers either JSON or a stream must pin the stream's own.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        super().__init__(chunks, media_type="text/event-stream", headers=SSE_HEADERS)
+    def __init__(self, chunks: AsyncIterator[bytes], media_type: str = "text/event-stream") -> None:
+        super().__init__(chunks, media_type=media_type, headers=SSE_HEADERS)
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
         kwargs["media_type"] = self.media_type

@@ -28,9 +28,7 @@ from locallab_gguf.api.locallab.wire import (
     body_of,
 )
 from locallab_gguf.placement.hardware import HardwareInfo, choose_threads
-from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
-from locallab_gguf.serving.model_manager import ActiveModel
-from locallab_gguf.settings import Settings
+from locallab_gguf.serving.footprint import loaded_footprint
 
 
 class Versions(msgspec.Struct):
@@ -105,7 +103,7 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
     current = manager.current
     settings = services.settings
     offload = (
-        await asyncio.to_thread(loaded_offload, settings, current, hardware) if current else None
+        await asyncio.to_thread(loaded_footprint, settings, current, hardware) if current else None
     )
     uptime = time.time() - services.started_at
     by_status = services.metrics.responses_by_status()
@@ -155,20 +153,4 @@ def acceleration(hardware: HardwareInfo) -> Acceleration:
         driver_version=nvidia.driver_version,
         cuda_driver_version=nvidia.cuda_driver_version,
         advice=hardware.advice,
-    )
-
-
-def loaded_offload(
-    settings: Settings, model: ActiveModel, hardware: HardwareInfo
-) -> OffloadEstimate:
-    """What the loaded model's layers take where, from its GGUF header and the engine."""
-    info = model.engine.info
-    _, decided_by = gpu_layers_request(settings.gpu_layers, model.spec.n_gpu_layers)
-    return estimate_loaded(
-        model.path,
-        hardware,
-        gpu_layers=info.n_gpu_layers,
-        context_per_slot=info.context_length,
-        parallel=info.parallel,
-        decided_by=decided_by,
     )

@@ -1,0 +1,173 @@
+"""Ollama's requests -> the engine's: names, options, formats and prompts."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import msgspec
+
+from locallab_gguf.api.common.fields import stop_strings
+from locallab_gguf.api.ollama.wire import (
+    ChatRequest,
+    GenerateRequest,
+    KeepAlive,
+    OllamaRequest,
+    Options,
+)
+from locallab_gguf.engine.types import ChatMessage, GenerationRequest, JsonOutput, SamplingParams
+from locallab_gguf.errors import UnsupportedParameter
+
+LATEST = ":latest"
+_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def model_id_of(name: str) -> str:
+    """Ollama names models `name:tag`; a registry id is `name`, served as `name:latest`."""
+    return name.removesuffix(LATEST)
+
+
+def ollama_name(model_id: str) -> str:
+    # Hub ids (owner/repo:file.gguf) already hold a colon; they are shown as they are.
+    return model_id if ":" in model_id else model_id + LATEST
+
+
+def keep_alive_seconds(value: KeepAlive) -> float | None:
+    """Ollama's keep_alive in seconds (negative: forever); None when not given."""
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise UnsupportedParameter("keep_alive", "must be a finite number of seconds")
+        return float(value)
+    text = value.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    parts = list(_DURATION.finditer(body))
+    if not body or "".join(part.group(0) for part in parts) != body:
+        raise UnsupportedParameter(
+            "keep_alive", f"{value!r} is not a duration; write it like 30s, 5m, 1h30m, or seconds"
+        )
+    seconds = sum(float(part["value"]) * _UNIT_SECONDS[part["unit"]] for part in parts)
+    return sign * seconds
+
+
+def refuse_unsupported(data: OllamaRequest) -> None:
+    """Refuse, by name, what this server cannot do, rather than quietly ignore it."""
+    keep_alive_seconds(data.keep_alive)  # a malformed duration is a 400 before anything runs
+    if data.think not in (None, False):
+        raise UnsupportedParameter(
+            "think", f"{data.model} does not support thinking; leave think unset or false"
+        )
+    if data.tools:
+        raise UnsupportedParameter(
+            "tools", f"{data.model} does not support tools here; use /v1/chat/completions"
+        )
+    if isinstance(data, GenerateRequest):
+        if data.images:
+            raise UnsupportedParameter("images", "this server has no vision models yet")
+        if data.suffix:
+            raise UnsupportedParameter("suffix", "fill-in-the-middle is not supported")
+        if data.template:
+            raise UnsupportedParameter(
+                "template", "a Go template cannot replace the model's chat template here"
+            )
+        if data.context:
+            raise UnsupportedParameter(
+                "context", "the deprecated context token list is not supported; send messages"
+            )
+    if isinstance(data, ChatRequest):
+        for index, message in enumerate(data.messages):
+            if message.images:
+                raise UnsupportedParameter(
+                    f"messages[{index}].images", "this server has no vision models yet"
+                )
+            if message.role == "tool" or message.tool_calls:
+                raise UnsupportedParameter(
+                    f"messages[{index}]", "tool calls are not supported on /api/chat here"
+                )
+
+
+def is_load_only(data: GenerateRequest | ChatRequest) -> bool:
+    """Ollama's preload idiom: a request naming only the model loads it and answers at once."""
+    if isinstance(data, GenerateRequest):
+        return not data.prompt and not data.system
+    return not data.messages
+
+
+def generation_of(
+    data: GenerateRequest | ChatRequest,
+    *,
+    has_chat_template: bool,
+    context_length: int,
+) -> GenerationRequest:
+    options = data.options or Options()
+    if isinstance(data, ChatRequest):
+        messages: tuple[ChatMessage, ...] | None = tuple(
+            ChatMessage(message.role, message.content)  # type: ignore[arg-type]
+            for message in data.messages
+        )
+        prompt = None
+    elif data.raw or not has_chat_template:
+        # A base model's template is the prompt itself: Ollama sends it as written.
+        messages, prompt = None, data.prompt
+    else:
+        turns = [ChatMessage("system", data.system)] if data.system else []
+        messages, prompt = (*turns, ChatMessage("user", data.prompt)), None
+    return GenerationRequest(
+        prompt=prompt,
+        messages=messages,
+        max_tokens=_new_tokens(options.num_predict, context_length),
+        sampling=_sampling(options, data.format, context_length),
+        stop=stop_strings(options.stop),
+    )
+
+
+def _new_tokens(num_predict: int | None, context_length: int) -> int:
+    # -1 (Ollama's default) and -2 both run until the model stops or the context is full.
+    if num_predict is None or num_predict < 0:
+        return context_length - 1
+    if num_predict == 0:
+        raise UnsupportedParameter("options.num_predict", "must be at least 1, or -1")
+    return num_predict
+
+
+def _sampling(
+    options: Options, output_format: str | dict[str, object] | None, context_length: int
+) -> SamplingParams:
+    """Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9, repeat_penalty 1.1 over the
+    last 64 tokens."""
+    last_n = 64 if options.repeat_last_n is None else options.repeat_last_n
+    return SamplingParams(
+        temperature=0.8 if options.temperature is None else options.temperature,
+        top_p=0.9 if options.top_p is None else options.top_p,
+        top_k=40 if options.top_k is None else options.top_k,
+        min_p=options.min_p or 0.0,
+        repetition_penalty=1.1 if options.repeat_penalty is None else options.repeat_penalty,
+        presence_penalty=options.presence_penalty or 0.0,
+        frequency_penalty=options.frequency_penalty or 0.0,
+        penalty_last_n=context_length if last_n < 0 else last_n,
+        seed=options.seed if options.seed is not None and options.seed >= 0 else None,
+        json_output=_json_output(output_format),
+    )
+
+
+def _json_output(output_format: str | dict[str, object] | None) -> JsonOutput | None:
+    if output_format == "json":
+        return JsonOutput()
+    if isinstance(output_format, dict):
+        return JsonOutput(schema=msgspec.json.encode(output_format).decode())
+    return None

@@ -1,0 +1,437 @@
+"""Ollama's API under /api: generate, chat, tags, show, ps, pull, delete, version.
+
+Streams are NDJSON (one JSON object per line), the last one `done: true` with Ollama's counts
+and durations in nanoseconds; `stream: false` answers that last object with the whole text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, Router, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+
+from locallab_gguf import __version__
+from locallab_gguf.api.common.services import Services
+from locallab_gguf.api.common.sse import EventSource, EventStream, unless_client_leaves
+from locallab_gguf.api.ollama.errors import OLLAMA_EXCEPTION_HANDLERS
+from locallab_gguf.api.ollama.requests import (
+    generation_of,
+    is_load_only,
+    model_id_of,
+    ollama_name,
+    refuse_unsupported,
+)
+from locallab_gguf.api.ollama.wire import (
+    AssistantMessage,
+    ChatChunk,
+    ChatRequest,
+    DoneReason,
+    ErrorBody,
+    GenerateChunk,
+    GenerateRequest,
+    ListedModel,
+    ModelDetails,
+    ModelRequest,
+    PsResponse,
+    PullProgress,
+    RunningModel,
+    ShowResponse,
+    TagsResponse,
+    Timings,
+    VersionResponse,
+)
+from locallab_gguf.engine.types import Failed, Finished, TextDelta
+from locallab_gguf.errors import EngineFailure, LoadCancelled, ModelNotFound, UnsupportedParameter
+from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
+from locallab_gguf.serving.footprint import loaded_footprint
+from locallab_gguf.serving.model_manager import ActiveModel
+
+NDJSON = "application/x-ndjson"
+# What /api/ps shows for a model that stays until it is unloaded.
+NEVER_EXPIRES = "2318-01-01T00:00:00Z"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _line(body: msgspec.Struct) -> bytes:
+    return msgspec.json.encode(body) + b"\n"
+
+
+class _Clock:
+    """Ollama's durations: from the request's arrival, to the first token, to the end."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic_ns()
+        self.first: int | None = None
+
+    def mark_first(self) -> None:
+        if self.first is None:
+            self.first = time.monotonic_ns()
+
+    def timings(self, finished: Finished) -> Timings:
+        now = time.monotonic_ns()
+        first = self.first or now
+        return Timings(
+            total_duration=now - self.started,
+            load_duration=0,
+            prompt_eval_count=finished.usage.prompt_tokens,
+            prompt_eval_duration=first - self.started,
+            eval_count=finished.usage.completion_tokens,
+            eval_duration=now - first,
+        )
+
+
+def _done_reason(finished: Finished) -> DoneReason:
+    return "length" if finished.finish_reason == "length" else "stop"
+
+
+def _generate_chunk(model_id: str, text: str, finished: Finished | None, clock: _Clock) -> bytes:
+    if finished is None:
+        return _line(GenerateChunk(model=model_id, created_at=_now(), response=text, done=False))
+    body = GenerateChunk(
+        model=model_id,
+        created_at=_now(),
+        response=text,
+        done=True,
+        done_reason=_done_reason(finished),
+        **msgspec.structs.asdict(clock.timings(finished)),
+    )
+    return _line(body)
+
+
+def _chat_chunk(model_id: str, text: str, finished: Finished | None, clock: _Clock) -> bytes:
+    message = AssistantMessage(content=text)
+    if finished is None:
+        return _line(ChatChunk(model=model_id, created_at=_now(), message=message, done=False))
+    body = ChatChunk(
+        model=model_id,
+        created_at=_now(),
+        message=message,
+        done=True,
+        done_reason=_done_reason(finished),
+        **msgspec.structs.asdict(clock.timings(finished)),
+    )
+    return _line(body)
+
+
+ChunkOf = Callable[[str, str, Finished | None, _Clock], bytes]
+
+
+async def _ndjson(
+    stream: EventSource, model_id: str, chunk_of: ChunkOf, clock: _Clock
+) -> AsyncIterator[bytes]:
+    try:
+        async for first in stream:
+            lines = []
+            for event in (first, *stream.drain_ready()):
+                clock.mark_first()
+                if isinstance(event, TextDelta):
+                    if event.text:
+                        lines.append(chunk_of(model_id, event.text, None, clock))
+                elif isinstance(event, Finished):
+                    lines.append(chunk_of(model_id, "", event, clock))
+                else:
+                    lines.append(_line(ErrorBody(error=event.detail)))
+            yield b"".join(lines)
+    finally:
+        stream.cancel()  # the client hung up or we are shutting down: free the slot
+
+
+async def _whole(
+    request: Request[Any, Any, Any], stream: EventSource, clock: _Clock
+) -> tuple[str, Finished]:
+    async def collect() -> tuple[str, Finished]:
+        parts: list[str] = []
+        try:
+            async for event in stream:
+                clock.mark_first()
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                elif isinstance(event, Finished):
+                    return "".join(parts), event
+                elif isinstance(event, Failed):
+                    raise EngineFailure(f"generation failed: {event.detail}")
+        finally:
+            stream.cancel()
+        raise EngineFailure("generation ended without finishing")
+
+    return await unless_client_leaves(request.receive, collect())
+
+
+def _loaded_answer(model: ActiveModel, chat: bool) -> Response[Any]:
+    created = _now()
+    name = model.spec.id
+    if chat:
+        body: msgspec.Struct = ChatChunk(
+            model=name,
+            created_at=created,
+            message=AssistantMessage(content=""),
+            done=True,
+            done_reason="load",
+        )
+    else:
+        body = GenerateChunk(
+            model=name, created_at=created, response="", done=True, done_reason="load"
+        )
+    return Response(body)
+
+
+async def _answer(
+    data: GenerateRequest | ChatRequest,
+    services: Services,
+    request: Request[Any, Any, Any],
+    chunk_of: ChunkOf,
+) -> Response[Any] | EventStream:
+    clock = _Clock()
+    refuse_unsupported(data)
+    model = services.manager.active(model_id_of(data.model))
+    chat = isinstance(data, ChatRequest)
+    if is_load_only(data):
+        return _loaded_answer(model, chat)
+    info = model.engine.info
+    generation = generation_of(
+        data,
+        has_chat_template=info.chat_template_source is not None,
+        context_length=info.context_length,
+    )
+    stream = await services.generate(request, model, generation)
+    if data.stream:
+        return EventStream(_ndjson(stream, model.spec.id, chunk_of, clock), media_type=NDJSON)
+    text, finished = await _whole(request, stream, clock)
+    return Response(msgspec.json.decode(chunk_of(model.spec.id, text, finished, clock)))
+
+
+@post("/generate", status_code=200, summary="Ollama: complete a prompt (NDJSON by default)")
+async def generate(
+    data: JSONBody[GenerateRequest],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
+) -> Response[Any] | EventStream:
+    return await _answer(data, services, request, _generate_chunk)
+
+
+@post("/chat", status_code=200, summary="Ollama: answer a conversation (NDJSON by default)")
+async def chat(
+    data: JSONBody[ChatRequest],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
+) -> Response[Any] | EventStream:
+    return await _answer(data, services, request, _chat_chunk)
+
+
+def _details(facts: GgufFacts) -> ModelDetails:
+    return ModelDetails(
+        family=facts.architecture,
+        families=[facts.architecture],
+        parameter_size=facts.parameter_size,
+        quantization_level=facts.quantization,
+    )
+
+
+def _modified_at(path: Path) -> str:
+    stamp = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    return stamp.isoformat().replace("+00:00", "Z")
+
+
+def _digest(services: Services, spec: ModelSpec, path: Path) -> str:
+    expected = services.manager.files.expected_sha256(spec, path)
+    # Without a known digest the file is hashed once per version (ModelFiles remembers it).
+    return expected[0] if expected is not None else services.manager.files.sha256(path)
+
+
+def _local_models(services: Services) -> list[ListedModel]:
+    manager = services.manager
+    listed = []
+    for spec in manager.registry.models.values():
+        path = manager.files.local_path(spec)
+        if path is None:
+            continue
+        facts = gguf_facts(path)
+        listed.append(
+            ListedModel(
+                name=ollama_name(spec.id),
+                model=ollama_name(spec.id),
+                modified_at=_modified_at(path),
+                size=facts.file_size,
+                digest=_digest(services, spec, path),
+                details=_details(facts),
+            )
+        )
+    return listed
+
+
+@get("/tags", summary="Ollama: the models on this machine")
+async def tags(services: NamedDependency[Services]) -> TagsResponse:
+    return TagsResponse(models=await asyncio.to_thread(_local_models, services))
+
+
+def _named(data: ModelRequest) -> str:
+    name = data.model_name()
+    if not name:
+        raise UnsupportedParameter("model", "name the model")
+    return name
+
+
+def _local_spec(services: Services, name: str) -> tuple[ModelSpec, Path]:
+    manager = services.manager
+    try:
+        spec = manager.spec_for(model_id_of(name))
+    except ModelNotFound:
+        raise ModelNotFound(f"model {name!r} not found") from None
+    path = manager.files.local_path(spec)
+    if path is None:
+        raise ModelNotFound(f"model {name!r} not found; pull it first with /api/pull")
+    return spec, path
+
+
+def _show(services: Services, name: str) -> ShowResponse:
+    spec, path = _local_spec(services, name)
+    facts = gguf_facts(path)
+    arch = facts.architecture
+    template = spec.chat_template or facts.chat_template or ""
+    info: dict[str, Any] = {
+        "general.architecture": arch,
+        "general.name": facts.name,
+        "general.parameter_count": facts.parameter_count,
+        f"{arch}.context_length": facts.context_length,
+        f"{arch}.embedding_length": facts.embedding_length,
+        f"{arch}.block_count": facts.block_count,
+    }
+    parameters = f"num_ctx {services.settings.ctx or facts.context_length}"
+    modelfile = f"FROM {path}\nTEMPLATE {msgspec.json.encode(template).decode()}\n"
+    return ShowResponse(
+        modelfile=modelfile,
+        parameters=parameters,
+        template=template,
+        details=_details(facts),
+        model_info=info,
+        capabilities=["completion"],
+        modified_at=_modified_at(path),
+    )
+
+
+@post("/show", status_code=200, summary="Ollama: what a model is, from its GGUF header")
+async def show(data: JSONBody[ModelRequest], services: NamedDependency[Services]) -> ShowResponse:
+    return await asyncio.to_thread(_show, services, _named(data))
+
+
+def _running(services: Services) -> list[RunningModel]:
+    current = services.manager.current
+    if current is None:
+        return []
+    footprint = loaded_footprint(services.settings, current, services.hardware.read())
+    return [
+        RunningModel(
+            name=ollama_name(current.spec.id),
+            model=ollama_name(current.spec.id),
+            size=footprint.ram_bytes + footprint.vram_bytes,
+            digest=_digest(services, current.spec, current.path),
+            details=_details(gguf_facts(current.path)),
+            expires_at=NEVER_EXPIRES,
+            size_vram=footprint.vram_bytes,
+            context_length=current.engine.info.context_length,
+        )
+    ]
+
+
+@get("/ps", summary="Ollama: the models loaded now")
+async def ps(services: NamedDependency[Services]) -> PsResponse:
+    return PsResponse(models=await asyncio.to_thread(_running, services))
+
+
+async def _pull_progress(services: Services, spec: ModelSpec) -> AsyncIterator[PullProgress]:
+    """Ollama's pull statuses, with byte counts while the file downloads."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[PullProgress] = asyncio.Queue()
+    left = False
+    digest = f"sha256:{spec.sha256}" if spec.sha256 else spec.file
+    label = f"pulling {(spec.sha256 or spec.file)[:12]}"
+
+    def on_bytes(done: int, total: int | None) -> None:
+        if left:  # raising is the only way to stop hf_hub_download between two chunks
+            raise LoadCancelled(f"the pull of {spec.id!r} stopped: the client left")
+        progress = PullProgress(status=label, digest=digest, total=total, completed=done)
+        loop.call_soon_threadsafe(queue.put_nowait, progress)
+
+    yield PullProgress(status="pulling manifest")
+    fetch = asyncio.ensure_future(asyncio.to_thread(services.manager.files.fetch, spec, on_bytes))
+    try:
+        while not fetch.done():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({fetch, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                yield getter.result()
+            else:
+                getter.cancel()
+        while not queue.empty():
+            yield queue.get_nowait()
+        path = fetch.result()
+    finally:
+        left = True  # read by on_bytes, in the download's thread
+        if not fetch.done():
+            with contextlib.suppress(Exception):
+                await fetch
+    size = path.stat().st_size
+    yield PullProgress(status=label, digest=digest, total=size, completed=size)
+    yield PullProgress(status="verifying sha256 digest")
+    yield PullProgress(status="writing manifest")
+    yield PullProgress(status="success")
+
+
+@post("/pull", status_code=200, summary="Ollama: download a model, with progress")
+async def pull(
+    data: JSONBody[ModelRequest], services: NamedDependency[Services]
+) -> Response[Any] | EventStream:
+    spec = services.manager.spec_for(model_id_of(_named(data)))
+    progress = _pull_progress(services, spec)
+    if not data.stream:
+        steps = [step async for step in progress]
+        return Response(steps[-1])
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            async for step in progress:
+                yield _line(step)
+        except Exception as exc:  # the stream has started: the error is its last line
+            yield _line(ErrorBody(error=str(exc)))
+
+    return EventStream(lines(), media_type=NDJSON)
+
+
+@delete("/delete", status_code=200, summary="Ollama: remove a model's downloaded file")
+async def remove(
+    data: JSONBody[ModelRequest], services: NamedDependency[Services]
+) -> Response[Any]:
+    name = _named(data)
+    manager = services.manager
+    try:
+        spec = manager.spec_for(model_id_of(name))
+    except ModelNotFound:
+        raise ModelNotFound(f"model {name!r} not found") from None
+    if not await asyncio.to_thread(manager.files.remove_cached, spec):
+        raise ModelNotFound(f"model {name!r} not found")
+    return Response(content=b"", status_code=200)
+
+
+@get("/version", summary="Ollama: the server's version")
+async def version() -> VersionResponse:
+    return VersionResponse(version=__version__)
+
+
+ollama_router = Router(
+    path="/api",
+    route_handlers=[generate, chat, tags, show, ps, pull, remove, version],
+    exception_handlers=OLLAMA_EXCEPTION_HANDLERS,
+)

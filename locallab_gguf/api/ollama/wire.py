@@ -1,0 +1,202 @@
+"""The request and response bodies of Ollama's API under /api.
+
+Ollama's clients send fields this server does not use (`options` it does not know, `context`),
+and Ollama itself ignores unknown options, so requests ignore unknown fields; the fields this
+server cannot honour (`images`, `suffix`, `template`) are refused by name when set.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from locallab_gguf.api.common.fields import INT32_MAX
+
+OllamaRole = Literal["system", "user", "assistant", "tool"]
+DoneReason = Literal["stop", "length", "load", "unload"]
+# Ollama's keep_alive: a duration ("5m", "1h30m", "10s"), a number of seconds, or negative.
+KeepAlive = str | float | None
+
+
+class Options(msgspec.Struct, kw_only=True):
+    """The model options this server honours; Ollama ignores the ones it does not know."""
+
+    temperature: Annotated[float, Meta(ge=0.0, le=100.0)] | None = None
+    top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    top_k: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
+    min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    # -1: until the model stops or the context is full (Ollama's default); -2: fill the context.
+    num_predict: Annotated[int, Meta(ge=-2, le=INT32_MAX)] | None = None
+    stop: list[str] | str | None = None
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    repeat_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
+    repeat_last_n: Annotated[int, Meta(ge=-1, le=INT32_MAX)] | None = None
+    presence_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
+    # The context is fixed when a model loads; a request's num_ctx is not a reason to reload.
+    num_ctx: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
+
+
+class OllamaRequest(msgspec.Struct, kw_only=True):
+    """What /api/generate and /api/chat share."""
+
+    model: Annotated[str, Meta(min_length=1)]
+    stream: bool = True
+    format: Literal["json", ""] | dict[str, Any] | None = None
+    options: Options | None = None
+    keep_alive: KeepAlive = None
+    think: bool | Literal["high", "medium", "low"] | None = None
+    tools: list[Any] | None = None
+
+
+class GenerateRequest(OllamaRequest, kw_only=True):
+    prompt: str = ""
+    system: str | None = None
+    raw: bool = False
+    images: list[str] | None = None
+    suffix: str | None = None
+    template: str | None = None
+    context: list[int] | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: OllamaRole
+    content: str = ""
+    images: list[str] | None = None
+    thinking: str | None = None
+    tool_calls: list[Any] | None = None
+    tool_name: str | None = None
+
+
+class ChatRequest(OllamaRequest, kw_only=True):
+    messages: list[ChatMessage] = []
+
+
+class Timings(msgspec.Struct, kw_only=True):
+    """The counts and durations (nanoseconds) on a final chunk."""
+
+    total_duration: int
+    load_duration: int
+    prompt_eval_count: int
+    prompt_eval_duration: int
+    eval_count: int
+    eval_duration: int
+
+
+class GenerateChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    created_at: str
+    response: str
+    done: bool
+    done_reason: DoneReason | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    model: str
+    created_at: str
+    message: AssistantMessage
+    done: bool
+    done_reason: DoneReason | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    prompt_eval_duration: int | None = None
+    eval_count: int | None = None
+    eval_duration: int | None = None
+
+
+class ModelDetails(msgspec.Struct, kw_only=True):
+    parent_model: str = ""
+    format: Literal["gguf"] = "gguf"
+    family: str
+    families: list[str]
+    parameter_size: str
+    quantization_level: str
+
+
+class ListedModel(msgspec.Struct, kw_only=True):
+    """An entry of /api/tags."""
+
+    name: str
+    model: str
+    modified_at: str
+    size: int
+    digest: str
+    details: ModelDetails
+
+
+class TagsResponse(msgspec.Struct):
+    models: list[ListedModel]
+
+
+class RunningModel(msgspec.Struct, kw_only=True):
+    """An entry of /api/ps."""
+
+    name: str
+    model: str
+    size: int
+    digest: str
+    details: ModelDetails
+    expires_at: str
+    size_vram: int
+    context_length: int
+
+
+class PsResponse(msgspec.Struct):
+    models: list[RunningModel]
+
+
+class ModelRequest(msgspec.Struct, kw_only=True):
+    """/api/show, /api/pull, /api/delete: the model by `model` (or the older `name`)."""
+
+    model: str | None = None
+    name: str | None = None
+    stream: bool = True
+    insecure: bool = False
+    verbose: bool = False
+
+    def model_name(self) -> str | None:
+        return self.model or self.name
+
+
+class ShowResponse(msgspec.Struct, kw_only=True):
+    modelfile: str
+    parameters: str
+    template: str
+    details: ModelDetails
+    model_info: dict[str, Any]
+    capabilities: list[str]
+    modified_at: str
+    license: str = ""
+
+
+class PullProgress(msgspec.Struct, kw_only=True, omit_defaults=True):
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+class StatusResponse(msgspec.Struct):
+    status: str
+
+
+class VersionResponse(msgspec.Struct):
+    version: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: str

@@ -1,0 +1,24 @@
+"""What a loaded model takes, where: weights and KV cache in RAM and VRAM."""
+
+from __future__ import annotations
+
+from locallab_gguf.placement.hardware import HardwareInfo
+from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
+from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.settings import Settings
+
+
+def loaded_footprint(
+    settings: Settings, model: ActiveModel, hardware: HardwareInfo
+) -> OffloadEstimate:
+    """What the loaded model's layers take where, from its GGUF header and the engine."""
+    info = model.engine.info
+    _, decided_by = gpu_layers_request(settings.gpu_layers, model.spec.n_gpu_layers)
+    return estimate_loaded(
+        model.path,
+        hardware,
+        gpu_layers=info.n_gpu_layers,
+        context_per_slot=info.context_length,
+        parallel=info.parallel,
+        decided_by=decided_by,
+    )
