@@ -103,9 +103,7 @@ def test_num_predict_bounds_the_answer(server: RunningServer) -> None:
 def test_chat_answers_in_the_message_and_streams_the_same_reply(server: RunningServer) -> None:
     messages = [{"role": "user", "content": "Name the capital of France."}]
     greedy = {"temperature": 0}
-    whole = client(server).chat(
-        model=NAME, messages=messages, format=FORCED_FORMAT, options=greedy
-    )
+    whole = client(server).chat(model=NAME, messages=messages, format=FORCED_FORMAT, options=greedy)
     assert whole.message.role == "assistant"
     assert json.loads(whole.message.content) == FORCED
     parts = list(
