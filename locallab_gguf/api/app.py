@@ -14,6 +14,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from locallab_gguf import __version__
+from locallab_gguf.api.anthropic.routes import anthropic_router
 from locallab_gguf.api.common.access import AccessControl
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
@@ -50,6 +51,7 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     metrics,
     openai_router,
     ollama_router,
+    anthropic_router,
 ]
 
 

@@ -159,6 +159,8 @@ class ModelManager:
         current = self.current
         if model_id is not None and (current is None or current.spec.id != model_id):
             spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
+            if self.loading is not None and self.loading.spec.id == spec.id:
+                raise ModelLoading(spec.id)
             if current is None or current.spec.id != spec.id:
                 raise ModelNotActive(
                     f"model {spec.id!r} is not loaded"

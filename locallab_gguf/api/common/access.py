@@ -48,6 +48,16 @@ def rate_limit_headers(limit: int, remaining: int, reset: int, policy: str) -> d
     }
 
 
+def credential(headers: Headers) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, or Anthropic's
+    `x-api-key: <key>` (its SDKs send that instead), as an Authorization value."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        return authorization
+    api_key = headers.get("x-api-key")
+    return None if api_key is None else f"Bearer {api_key}"
+
+
 def bearer_challenge(*, key_sent: bool) -> str:
     # RFC 6750: a rejected token is "invalid_token"; a missing one gets the bare challenge.
     realm = 'Bearer realm="locallab-gguf"'
@@ -73,7 +83,7 @@ class ClientIdentity:
     def _identify(self, scope: Scope) -> str:
         headers = Headers.from_scope(scope)
         # Only a key the server accepts names a client; any other would buy a fresh budget.
-        key = self.keys.identify(headers.get("authorization"))
+        key = self.keys.identify(credential(headers))
         if key is not None:
             return f"key:{key}"
         client = scope.get("client")
@@ -128,7 +138,7 @@ class ApiKeyMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if scope.get("method") != "OPTIONS":
-            self.keys.authenticate(Headers.from_scope(scope).get("authorization"))
+            self.keys.authenticate(credential(Headers.from_scope(scope)))
         await next_app(scope, receive, send)
 
 
@@ -154,7 +164,7 @@ class AccessControl:
             CORSConfig(
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type"],
+                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
                 expose_headers=EXPOSED_HEADERS,
             )
             if settings.cors_origins

@@ -114,8 +114,10 @@ async def event_stream(
     stream: EventSource,
     encode: Callable[[Event], bytes | None],
     failure: Callable[[Failed], bytes] = encode_failure,
+    done: bytes = DONE,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events ending with `data: [DONE]`; a failure is sent as `failure` says.
+    """Server-sent events ending with `done` (`data: [DONE]`, unless the surface ends its
+    streams otherwise); a failure is sent as `failure` says.
 
     Events that are already waiting go out in one write, so a slow reader costs fewer
     writes rather than falling further behind.
@@ -132,7 +134,8 @@ async def event_stream(
                     chunk.append(encoded)
             if chunk:
                 yield b"".join(chunk)
-        yield DONE
+        if done:
+            yield done
     finally:
         stream.cancel()  # the client hung up or we are shutting down: free the slot
 
@@ -156,13 +159,14 @@ async def chunked_stream(
     stream: EventSource,
     chunks: ChunkEncoder,
     failure: Callable[[Failed], bytes] = encode_failure,
+    done: bytes = DONE,
 ) -> AsyncIterator[bytes]:
-    """The whole event stream of a streamed answer, ending with `data: [DONE]`."""
+    """The whole stream of a streamed answer: the encoder's opening, its chunks, `done`."""
     try:
         opening = chunks.opening()
         if opening:
             yield opening
-        async for data in event_stream(stream, chunks.encode, failure):
+        async for data in event_stream(stream, chunks.encode, failure, done):
             yield data
     finally:
         stream.cancel()

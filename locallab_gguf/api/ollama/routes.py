@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,12 @@ from litestar.params import JSONBody
 
 from locallab_gguf import __version__
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import EventSource, EventStream, unless_client_leaves
+from locallab_gguf.api.common.sse import (
+    EventSource,
+    EventStream,
+    chunked_stream,
+    unless_client_leaves,
+)
 from locallab_gguf.api.ollama.errors import OLLAMA_EXCEPTION_HANDLERS
 from locallab_gguf.api.ollama.requests import (
     generation_of,
@@ -49,7 +54,7 @@ from locallab_gguf.api.ollama.wire import (
     Timings,
     VersionResponse,
 )
-from locallab_gguf.engine.types import Failed, Finished, TextDelta
+from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
 from locallab_gguf.errors import EngineFailure, LoadCancelled, ModelNotFound, UnsupportedParameter
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
@@ -97,56 +102,49 @@ def _done_reason(finished: Finished) -> DoneReason:
     return "length" if finished.finish_reason == "length" else "stop"
 
 
-def _generate_chunk(model_id: str, text: str, finished: Finished | None, clock: _Clock) -> bytes:
-    if finished is None:
-        return _line(GenerateChunk(model=model_id, created_at=_now(), response=text, done=False))
-    body = GenerateChunk(
-        model=model_id,
-        created_at=_now(),
-        response=text,
-        done=True,
-        done_reason=_done_reason(finished),
-        **msgspec.structs.asdict(clock.timings(finished)),
-    )
-    return _line(body)
+class _Lines:
+    """Ollama's NDJSON answer: a line per text piece, then the `done` line with the counts."""
+
+    def __init__(self, model_id: str, clock: _Clock, *, chat: bool) -> None:
+        self.model_id = model_id
+        self.clock = clock
+        self.chat = chat
+
+    def opening(self) -> bytes:
+        return b""
+
+    def encode(self, event: Event) -> bytes | None:
+        self.clock.mark_first()
+        if isinstance(event, TextDelta):
+            return _line(self.body(event.text, None)) if event.text else None
+        if isinstance(event, Finished):
+            return _line(self.body("", event))
+        return None
+
+    def body(self, text: str, finished: Finished | None) -> msgspec.Struct:
+        counts: dict[str, Any] = {}
+        if finished is not None:
+            counts = msgspec.structs.asdict(self.clock.timings(finished))
+            counts["done_reason"] = _done_reason(finished)
+        if self.chat:
+            return ChatChunk(
+                model=self.model_id,
+                created_at=_now(),
+                message=AssistantMessage(content=text),
+                done=finished is not None,
+                **counts,
+            )
+        return GenerateChunk(
+            model=self.model_id,
+            created_at=_now(),
+            response=text,
+            done=finished is not None,
+            **counts,
+        )
 
 
-def _chat_chunk(model_id: str, text: str, finished: Finished | None, clock: _Clock) -> bytes:
-    message = AssistantMessage(content=text)
-    if finished is None:
-        return _line(ChatChunk(model=model_id, created_at=_now(), message=message, done=False))
-    body = ChatChunk(
-        model=model_id,
-        created_at=_now(),
-        message=message,
-        done=True,
-        done_reason=_done_reason(finished),
-        **msgspec.structs.asdict(clock.timings(finished)),
-    )
-    return _line(body)
-
-
-ChunkOf = Callable[[str, str, Finished | None, _Clock], bytes]
-
-
-async def _ndjson(
-    stream: EventSource, model_id: str, chunk_of: ChunkOf, clock: _Clock
-) -> AsyncIterator[bytes]:
-    try:
-        async for first in stream:
-            lines = []
-            for event in (first, *stream.drain_ready()):
-                clock.mark_first()
-                if isinstance(event, TextDelta):
-                    if event.text:
-                        lines.append(chunk_of(model_id, event.text, None, clock))
-                elif isinstance(event, Finished):
-                    lines.append(chunk_of(model_id, "", event, clock))
-                else:
-                    lines.append(_line(ErrorBody(error=event.detail)))
-            yield b"".join(lines)
-    finally:
-        stream.cancel()  # the client hung up or we are shutting down: free the slot
+def _failure_line(event: Failed) -> bytes:
+    return _line(ErrorBody(error=event.detail))
 
 
 async def _whole(
@@ -192,7 +190,6 @@ async def _answer(
     data: GenerateRequest | ChatRequest,
     services: Services,
     request: Request[Any, Any, Any],
-    chunk_of: ChunkOf,
 ) -> Response[Any] | EventStream:
     clock = _Clock()
     refuse_unsupported(data)
@@ -207,10 +204,12 @@ async def _answer(
         context_length=info.context_length,
     )
     stream = await services.generate(request, model, generation)
+    lines = _Lines(model.spec.id, clock, chat=chat)
     if data.stream:
-        return EventStream(_ndjson(stream, model.spec.id, chunk_of, clock), media_type=NDJSON)
+        body = chunked_stream(stream, lines, _failure_line, done=b"")
+        return EventStream(body, media_type=NDJSON)
     text, finished = await _whole(request, stream, clock)
-    return Response(msgspec.json.decode(chunk_of(model.spec.id, text, finished, clock)))
+    return Response(lines.body(text, finished))
 
 
 @post("/generate", status_code=200, summary="Ollama: complete a prompt (NDJSON by default)")
@@ -219,7 +218,7 @@ async def generate(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> Response[Any] | EventStream:
-    return await _answer(data, services, request, _generate_chunk)
+    return await _answer(data, services, request)
 
 
 @post("/chat", status_code=200, summary="Ollama: answer a conversation (NDJSON by default)")
@@ -228,7 +227,7 @@ async def chat(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> Response[Any] | EventStream:
-    return await _answer(data, services, request, _chat_chunk)
+    return await _answer(data, services, request)
 
 
 def _details(facts: GgufFacts) -> ModelDetails:
