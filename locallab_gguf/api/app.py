@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 
 from locallab_gguf import __version__
 from locallab_gguf.api.common.access import AccessControl
+from locallab_gguf.api.common.body import BoundedRequest
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
 from locallab_gguf.api.common.request_log import RequestObserver
@@ -88,6 +89,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
         dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
+        request_class=BoundedRequest,
         before_send=[observer.observe_unrouted],
         # The observer is outermost: it sees the requests the limits and key check refuse.
         middleware=[observer, *access.middleware],
