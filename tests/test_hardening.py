@@ -11,102 +11,27 @@ import asyncio
 import contextlib
 import json
 import logging
-import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.log_format import RepeatFilter, TextFormatter
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.loader import local_engine_opener
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
-from tests.servers import RunningServer, free_port, wait_until
+from tests.servers import RunningServer, wait_until
+from tests.subprocess_server import Served, serve
 from tests.test_models import two_model_registry
 
-CLI = Path(sys.executable).parent / "locallab-gguf"
 KEY = "test-key-hardening"
 FORGED = "2026-11-29 12:00:00,000 INFO locallab_gguf.access: client=ip:6.6.6.6 FORGED"
-
-
-class Served:
-    def __init__(self, port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = process
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def connect(self) -> socket.socket:
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=60)
-        return sock
-
-    def wait_for_log(self, condition: Callable[[str], bool], timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while not condition(output := self.output()):
-            assert time.monotonic() < deadline, output[-3000:]
-            time.sleep(0.05)
-        return output
-
-
-@contextlib.contextmanager
-def serve(tmp_path: Path, *flags: str, open_files: int | None = None) -> Iterator[Served]:
-    port = free_port()
-    log = tmp_path / f"serve-{port}.log"
-
-    def limit_open_files() -> None:
-        if open_files is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
-
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [
-                str(CLI),
-                "serve",
-                "--port",
-                str(port),
-                "--threads",
-                "2",
-                "--ctx",
-                "256",
-                "--parallel",
-                "2",
-                "--no-rate-limit",
-                *flags,
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit_open_files,
-        )
-    served = Served(port, process, log)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, served.output()
-            with contextlib.suppress(httpx.TransportError, ValueError):
-                health = httpx.get(f"{served.url}/health", timeout=5).json()
-                if health["model_status"] == "loaded":
-                    break
-            assert time.monotonic() < deadline, served.output()
-            time.sleep(0.1)
-        yield served
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -342,3 +267,33 @@ def test_loading_the_loaded_model_answers_200_while_another_load_runs(
         gate.set()
         loader.join()
     assert switching[0].status_code == 200
+
+
+def _record(message: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord("asyncio", level, __file__, 1, message, None, None)
+
+
+def test_a_repeated_error_is_written_once_per_interval_with_the_count_left_out() -> None:
+    now = [0.0]
+    repeats = RepeatFilter(10.0, clock=lambda: now[0])
+    assert repeats.filter(_record("socket.accept() out of system resource"))
+    for _ in range(5):
+        now[0] += 1
+        assert not repeats.filter(_record("socket.accept() out of system resource"))
+    assert repeats.filter(_record("another error"))  # each message has its own interval
+    assert repeats.filter(_record("access line", logging.INFO))  # info lines are never held
+    assert repeats.filter(_record("access line", logging.INFO))
+    now[0] = 12.0
+    again = _record("socket.accept() out of system resource")
+    assert repeats.filter(again)
+    assert again.getMessage() == (
+        "socket.accept() out of system resource [5 more like this in the 12 s before, not logged]"
+    )
+
+
+def test_text_log_lines_escape_what_could_forge_a_line() -> None:
+    record = _record("path=%s", logging.INFO)
+    record.args = ("/nope\n" + FORGED + "\x1b[31m\x00\u202e",)
+    line = TextFormatter().format(record)
+    assert "\n" not in line
+    assert line.endswith("path=/nope\\n" + FORGED + "\\x1b[31m\\x00\\u202e")

@@ -18,6 +18,7 @@ from locallab_gguf.api.common.access import AccessControl
 from locallab_gguf.api.common.body import BoundedRequest
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
+from locallab_gguf.api.common.openapi import render_plugins
 from locallab_gguf.api.common.request_log import RequestObserver
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.generation import chat, generate, generate_batch
@@ -102,6 +103,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
             version=__version__,
             description="The LocalLab REST API over GGUF models.",
             path="/schema",
+            render_plugins=render_plugins(),
         ),
         # Logging is the CLI's to configure, once, for the whole process.
         logging_config=None,
