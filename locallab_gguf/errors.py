@@ -33,6 +33,8 @@
     ├── ModelTooLarge            the model needs more memory than is free; refused before loading
     ├── ModelLoadFailed          llama.cpp refused to load the file
     ├── EngineFailure            generation failed inside the engine
+    ├── ClientDisconnected       the client hung up before its answer was ready
+    ├── RequestTimedOut          the client took too long to send its request
     ├── ServerUnreachable        `chat --url` finds no server at that address
     └── ServerRefused            `chat`: the server answered with an error (its message)
 
@@ -262,6 +264,17 @@ class ModelLoadFailed(LocalLabError):
 
 
 class EngineFailure(LocalLabError):
+    pass
+
+
+class ClientDisconnected(LocalLabError):
+    """Nobody is left to read the answer; the status only tells the logs and metrics."""
+
+    def __init__(self, what: str = "the client disconnected before the answer was ready") -> None:
+        super().__init__(what)
+
+
+class RequestTimedOut(LocalLabError):
     pass
 
 

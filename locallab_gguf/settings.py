@@ -99,6 +99,27 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     max_body_bytes: Annotated[
         Positive, Meta(description="largest request body accepted (413 above it)")
     ] = 1024 * 1024
+    header_timeout: Annotated[
+        Annotated[float, Meta(gt=0)],
+        Meta(
+            description="seconds a client has to send a request's headers, from its first "
+            "byte (or from connecting); a slower one is answered 408 and cut off"
+        ),
+    ] = 10.0
+    body_timeout: Annotated[
+        Annotated[float, Meta(gt=0)],
+        Meta(
+            description="seconds a client has to send a request's whole body once its headers "
+            "are in; a slower one is answered 408 and cut off"
+        ),
+    ] = 30.0
+    max_connections: Annotated[
+        Positive,
+        Meta(
+            description="open client connections at most; a connection beyond them is "
+            "answered 503 at once and closed"
+        ),
+    ] = 1000
     engine_isolation: Annotated[
         Literal["process", "thread"],
         Meta(
@@ -123,6 +144,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "either way every request gets one access line"
         ),
     ] = "text"
+    log_repeat_interval: Annotated[
+        Annotated[float, Meta(ge=0)],
+        Meta(
+            description="seconds in which a warning or error repeated word for word is logged "
+            "once; its next line says how many were left out (0 logs every one)"
+        ),
+    ] = 10.0
     rate_limit: Annotated[
         bool, Meta(description="limit requests per client; --no-rate-limit serves without limits")
     ] = True

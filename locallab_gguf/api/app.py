@@ -16,8 +16,10 @@ from litestar.openapi import OpenAPIConfig
 from locallab_gguf import __version__
 from locallab_gguf.api.anthropic.routes import anthropic_router
 from locallab_gguf.api.common.access import AccessControl
+from locallab_gguf.api.common.body import BoundedRequest
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
+from locallab_gguf.api.common.openapi import render_plugins
 from locallab_gguf.api.common.request_log import RequestObserver
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.generation import chat, generate, generate_batch
@@ -92,6 +94,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
         dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
+        request_class=BoundedRequest,
         before_send=[observer.observe_unrouted],
         # The observer is outermost: it sees the requests the limits and key check refuse.
         middleware=[observer, *access.middleware],
@@ -104,6 +107,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
             version=__version__,
             description="The LocalLab REST API over GGUF models.",
             path="/schema",
+            render_plugins=render_plugins(),
         ),
         # Logging is the CLI's to configure, once, for the whole process.
         logging_config=None,

@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # pull and models speak for themselves; a log line per HTTP request is noise there.
             settings.log_level if args.command == "serve" else "warning",
             settings.log_format,
+            settings.log_repeat_interval,
         )
         if args.command == "serve":
             tune_for_serving(os.environ)  # before the server imports llama.cpp

@@ -15,6 +15,7 @@ import uvicorn
 
 from locallab_gguf.api.app import create_app
 from locallab_gguf.api.common.services import Services
+from locallab_gguf.cli.http_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
 from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.models.files import model_files
@@ -73,13 +74,25 @@ class DrainingServer(uvicorn.Server):
                 stopper.cancel()
 
 
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout=settings.header_timeout,
+        body_timeout=settings.body_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
 def serve(settings: Settings) -> None:
     app = build_app(settings)
     manager: ModelManager = app.state["services"].manager
+    limits = connection_limits(settings)
+    ensure_descriptors(limits)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        # h11 with read deadlines and a connection cap (uvicorn has neither).
+        http=guarded_protocol(limits),
         log_level=settings.log_level,
         # uvicorn's lines go through the process's handlers (--log-format); the access lines
         # are the app's own, which name the client as the rate limit does.

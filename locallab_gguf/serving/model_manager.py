@@ -186,18 +186,19 @@ class ModelManager:
     def start_load(self, model_id: str) -> asyncio.Future[ActiveModel]:
         """Begin loading a model; the future is done once it serves, or failed.
 
-        Raises at once, before anything starts, for an unknown id or a load already running.
+        Raises at once, before anything starts, for an unknown id or a load already running
+        (unless the model asked for already serves: then there is nothing to do).
         """
         spec = self.spec_for(model_id)
+        if self.current is not None and self.current.spec.id == spec.id:
+            loaded: asyncio.Future[ActiveModel] = asyncio.get_running_loop().create_future()
+            loaded.set_result(self.current)
+            return loaded
         if self.loading is not None:
             raise LoadInProgress(
                 f"model {self.loading.spec.id!r} is being loaded; wait for it to finish "
                 f"(GET /models/status/{self.loading.spec.id}), then retry"
             )
-        if self.current is not None and self.current.spec.id == spec.id:
-            loaded: asyncio.Future[ActiveModel] = asyncio.get_running_loop().create_future()
-            loaded.set_result(self.current)
-            return loaded
         progress = LoadProgress(spec)
         self.loading = progress
         task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")

@@ -15,6 +15,7 @@ from litestar.types import ExceptionHandlersMap
 
 from locallab_gguf.api.common.access import bearer_challenge, rate_limit_headers
 from locallab_gguf.errors import (
+    ClientDisconnected,
     ConfigError,
     CustomModelsRefused,
     EngineFailure,
@@ -39,6 +40,7 @@ from locallab_gguf.errors import (
     PromptTooLong,
     RateLimited,
     RateLimitStoreUnavailable,
+    RequestTimedOut,
 )
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,12 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     HubAccessDenied: 403,
     ModelNotFound: 404,
     HubNotFound: 404,
+    RequestTimedOut: 408,
     LoadInProgress: 409,
     PromptTooLong: 413,
     RateLimited: 429,
+    # nginx's "client closed request": nobody reads it, but logs and metrics tell it from a 500.
+    ClientDisconnected: 499,
     ConfigError: 500,
     ModelUnavailable: 500,
     ModelLoadFailed: 500,

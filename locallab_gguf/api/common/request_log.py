@@ -7,10 +7,17 @@ reach middleware; the app's `before_send` hook `observe_unrouted` records those.
 
 Generation routes add their token counts to the request's `RequestRecord` (see
 `metered_stream.py`), which lives in the ASGI scope's state for the request's lifetime.
+
+A client that hangs up while its body is being read is a 499 (nginx's "client closed
+request"), and one the server cut off for sending its body too slowly (see `cli/http_guard.py`,
+which marks the scope with READ_TIMED_OUT) a 408: neither is a server error. In the text
+format, a value with a space, quote, `=` or anything unprintable is written as a JSON string,
+so a client-supplied value cannot pose as another field.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -19,15 +26,17 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from locallab_gguf.api.common.errors import status_of
-from locallab_gguf.errors import LocalLabError
+from locallab_gguf.errors import ClientDisconnected, LocalLabError, RequestTimedOut
 from locallab_gguf.serving.metrics import UNMATCHED_ROUTE, Metrics
 
 access_log = logging.getLogger("locallab_gguf.access")
 
 RECORD_KEY = "locallab_gguf.request_record"
+# Set in a request's scope state by the HTTP server when it cut off a body sent too slowly.
+READ_TIMED_OUT = "locallab_gguf.read_timed_out"
 
 ClientOf = Callable[[Scope], str]
 
@@ -105,8 +114,22 @@ class RequestObserver(ASGIMiddleware):
                 record.status = message["status"]
             await send(message)
 
+        body_read = False
+
+        async def receive_observed() -> ReceiveMessage:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] == "http.request":
+                body_read = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect" and not body_read:
+                # Litestar would answer a body cut short with a 500.
+                if scope["state"].get(READ_TIMED_OUT):
+                    raise RequestTimedOut("the request body did not arrive in time")
+                raise ClientDisconnected("the client disconnected while sending its request")
+            return message
+
         try:
-            await next_app(scope, receive, send_observed)
+            await next_app(scope, receive_observed, send_observed)
         except Exception as exc:
             # The exception handlers, outside every middleware, answer it with this status.
             record.status = _status_for(exc)
@@ -132,9 +155,21 @@ class RequestObserver(ASGIMiddleware):
         self.metrics.record_response(record.route, record.method, record.status, seconds)
         fields = record.fields(seconds)
         access_log.info(
-            " ".join(f"{name}={value}" for name, value in fields.items() if value is not None),
+            " ".join(
+                f"{name}={_logfmt(value)}" for name, value in fields.items() if value is not None
+            ),
             extra={"fields": fields},
         )
+
+
+def _logfmt(value: object) -> str:
+    text = str(value)
+    if text and text.isprintable() and not any(char in text for char in _NEEDS_QUOTES):
+        return text
+    return json.dumps(text)
+
+
+_NEEDS_QUOTES = frozenset(' "=\\')
 
 
 def _status_for(exc: Exception) -> int:

@@ -13,7 +13,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import Receive
 
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
-from locallab_gguf.errors import EngineFailure
+from locallab_gguf.errors import ClientDisconnected, EngineFailure
 
 T = TypeVar("T")
 
@@ -67,7 +67,7 @@ async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            raise EngineFailure("the client disconnected before the answer was ready")
+            raise ClientDisconnected()
         return task.result()
     finally:
         for pending in (task, watcher):

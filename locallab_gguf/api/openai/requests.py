@@ -24,7 +24,7 @@ from locallab_gguf.engine.types import (
     Role,
     SamplingParams,
 )
-from locallab_gguf.errors import ModelNotServed, UnsupportedParameter
+from locallab_gguf.errors import InvalidRequest, ModelNotServed, UnsupportedParameter
 from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
 
 # OpenAI: "-100 should result in a ban ... of the relevant token".
@@ -64,9 +64,9 @@ def completion_generation(data: CompletionRequest, default_max_tokens: int) -> G
     _refuse_common(data)
     if data.echo:
         _refuse("echo", "repeating the prompt in the answer is not supported; leave echo out")
-    if data.best_of not in (None, 1):
+    if not _accepted(data.best_of, 1):
         _refuse("best_of", "one candidate is generated per request; leave best_of out")
-    if data.suffix not in (None, ""):
+    if not _accepted(data.suffix, ""):
         _refuse("suffix", "inserting text before a suffix is not supported; leave suffix out")
     return GenerationRequest(
         prompt=_single_prompt(data.prompt),
@@ -85,27 +85,32 @@ def _refuse(param: str, message: str) -> NoReturn:
     raise UnsupportedParameter(param, message)
 
 
+def _accepted(value: Any, *allowed: Any) -> bool:
+    """Null, or one of `allowed` exactly (0 is not false), as the schema's `only` says."""
+    return value is None or any(type(value) is type(each) and value == each for each in allowed)
+
+
 def _refuse_common(data: OpenAIRequest) -> None:
-    if data.n not in (None, 1):
+    if not _accepted(data.n, 1):
         _refuse("n", "one choice is generated per request; send n = 1 and make more requests")
     if data.stream_options is not None and not data.stream:
         _refuse("stream_options", "only applies to streamed requests; send stream: true")
-    if data.service_tier not in (None, "auto", "default"):
+    if not _accepted(data.service_tier, "auto", "default"):
         _refuse("service_tier", "this server has one tier; send auto or leave it out")
-    if data.store not in (None, False):
+    if not _accepted(data.store, False):
         _refuse("store", "this server stores no completions; leave store out")
     if data.metadata is not None:
         _refuse("metadata", "metadata belongs to stored completions, which are not supported")
 
 
 def _refuse_chat_only(data: ChatCompletionRequest) -> None:
-    if data.tools or data.functions:
-        name = "tools" if data.tools else "functions"
-        _refuse(name, "tool and function calling are not supported; leave them out")
+    for name, value in (("tools", data.tools), ("functions", data.functions)):
+        if not _accepted(value, []):
+            _refuse(name, "tool and function calling are not supported; leave them out")
     for name, value in (("tool_choice", data.tool_choice), ("function_call", data.function_call)):
-        if value not in (None, "none"):
+        if not _accepted(value, "none"):
             _refuse(name, "tool and function calling are not supported; leave it out")
-    if data.modalities not in (None, ["text"]):
+    if not _accepted(data.modalities, ["text"]):
         _refuse("modalities", "only text output is supported")
     # parallel_tool_calls is accepted: without tools it has nothing to govern.
     for name, value in (
@@ -158,10 +163,12 @@ def _text_content(where: str, content: Any) -> str:
 
 
 def _single_prompt(prompt: str | list[Any]) -> str:
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
     if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidRequest("prompt: the prompt is empty; send some text to complete")
         return prompt
-    if len(prompt) == 1 and isinstance(prompt[0], str):
-        return prompt[0]
     if prompt and all(isinstance(item, str) for item in prompt):
         _refuse("prompt", "one prompt per request is supported; send one request per prompt")
     _refuse("prompt", "token-id prompts are not supported; send the prompt as a string")

@@ -8,7 +8,7 @@ them as null, which is accepted.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
@@ -16,9 +16,26 @@ from msgspec import Meta
 from locallab_gguf.api.common.fields import INT32_MAX, NewTokens, Stop, UsageBody
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason
 
-# A field of OpenAI's API that this server does not implement: accepted only when null (or,
-# for a few, a value that asks for nothing: n = 1, store = false, ...).
-Unsupported = Any
+
+def only(*values: Any) -> Meta:
+    """The schema of a field accepted only as null or one of `values` (a value that asks for
+    nothing: n = 1, store = false, ...). Decoding lets anything through, so that the handler
+    can refuse the rest by name; the schema says what it accepts."""
+    return Meta(extra_json_schema={"enum": [None, *values]})
+
+
+def _only_with(field: str, needs: str, value: Any) -> dict[str, Any]:
+    """A schema rule: `field` may be set only when `needs` is `value`."""
+    return {
+        "anyOf": [
+            {"properties": {field: {"type": "null"}}},
+            {"properties": {needs: {"const": value}}, "required": [needs]},
+        ]
+    }
+
+
+# A field of OpenAI's API that this server does not implement: accepted only when null.
+Unsupported = Annotated[Any, only()]
 
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 TokenId = Annotated[
@@ -35,6 +52,11 @@ class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fields /v1/chat/completions and /v1/completions share."""
 
+    # Rules between fields, for the OpenAPI document (api/common/openapi.py).
+    json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
+        _only_with("stream_options", "stream", True),
+    )
+
     model: Annotated[str, Meta(min_length=1)]
     max_tokens: NewTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
@@ -44,14 +66,20 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     # token id -> bias; -100 bans the token, 100 all but forces it.
-    logit_bias: dict[TokenId, Annotated[float, Meta(ge=-100.0, le=100.0)]] | None = None
+    logit_bias: (
+        Annotated[
+            dict[TokenId, Annotated[float, Meta(ge=-100.0, le=100.0)]],
+            Meta(extra_json_schema={"propertyNames": {"pattern": r"^-?[0-9]+$"}}),
+        ]
+        | None
+    ) = None
     user: str | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Meta(ge=1)] | None = None
-    service_tier: Unsupported = None
+    n: Annotated[Annotated[int, Meta(ge=1)] | None, only(1)] = None
+    service_tier: Annotated[Any, only("auto", "default")] = None
     metadata: Unsupported = None
-    store: Unsupported = None
+    store: Annotated[Any, only(False)] = None
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -61,9 +89,24 @@ class ContentPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
+# Decoded leniently (a tool message, a null content, an image part) to be refused by name.
+_ACCEPTED_ROLES = {"enum": ["system", "developer", "user", "assistant"]}
+_TEXT_PART = {
+    "required": ["type", "text"],
+    "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
+}
+_WITH_CONTENT = {"required": ["role", "content"]}
+
+
 class ChatMessageBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    role: Annotated[
+        Literal["system", "developer", "user", "assistant", "tool", "function"],
+        Meta(extra_json_schema={"allOf": [_ACCEPTED_ROLES]}),
+    ]
+    content: Annotated[
+        str | list[Annotated[ContentPart, Meta(extra_json_schema=_TEXT_PART)]] | None,
+        Meta(extra_json_schema={"not": {"type": "null"}}),
+    ] = None
     name: Unsupported = None
     tool_calls: Unsupported = None
     tool_call_id: Unsupported = None
@@ -99,31 +142,44 @@ ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
 class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True):
-    messages: Annotated[list[ChatMessageBody], Meta(min_length=1)]
+    json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
+        *OpenAIRequest.json_schema_rules,
+        _only_with("top_logprobs", "logprobs", True),
+    )
+
+    messages: Annotated[
+        list[Annotated[ChatMessageBody, Meta(extra_json_schema=_WITH_CONTENT)]], Meta(min_length=1)
+    ]
     max_completion_tokens: NewTokens | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: Unsupported = None
-    tool_choice: Unsupported = None
-    parallel_tool_calls: Unsupported = None
-    functions: Unsupported = None
-    function_call: Unsupported = None
+    tools: Annotated[Any, only([])] = None
+    tool_choice: Annotated[Any, only("none")] = None
+    parallel_tool_calls: Any = None  # without tools it has nothing to govern
+    functions: Annotated[Any, only([])] = None
+    function_call: Annotated[Any, only("none")] = None
     audio: Unsupported = None
-    modalities: Unsupported = None
+    modalities: Annotated[Any, only(["text"])] = None
     prediction: Unsupported = None
     reasoning_effort: Unsupported = None
     web_search_options: Unsupported = None
     verbosity: Unsupported = None
 
 
+_PROMPT_TEXT = {"type": "string", "minLength": 1}
+_ONE_PROMPT = {
+    "anyOf": [_PROMPT_TEXT, {"type": "array", "items": _PROMPT_TEXT, "minItems": 1, "maxItems": 1}]
+}
+
+
 class CompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True):
     # A string, or a list holding one string; lists of token ids are refused by name.
-    prompt: str | list[Any]
+    prompt: Annotated[str | list[Any], Meta(extra_json_schema={"allOf": [_ONE_PROMPT]})]
     logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
-    echo: bool | None = None
-    best_of: Unsupported = None
-    suffix: Unsupported = None
+    echo: Annotated[bool | None, only(False)] = None
+    best_of: Annotated[Any, only(1)] = None
+    suffix: Annotated[Any, only("")] = None
 
 
 class OpenAIModel(msgspec.Struct, kw_only=True):
