@@ -216,26 +216,24 @@ def test_a_seed_repeats_a_sample_and_every_supported_field_is_accepted(
     assert sample(7) == sample(7)
 
 
-def answer_tokens(reply: Any) -> list[str]:
-    return [token.token for token in reply.choices[0].logprobs.content]
-
-
 def test_logit_bias_bans_a_token(client: openai.OpenAI, reference: Reference) -> None:
-    def answer(**bias: int) -> list[str]:
-        return answer_tokens(
-            client.chat.completions.create(
-                model=DEFAULT_ID, messages=QUESTION, temperature=0, logprobs=True, logit_bias=bias
-            )
+    def answer(logit_bias: dict[str, int]) -> list[str]:
+        reply = client.chat.completions.create(
+            model=DEFAULT_ID, messages=QUESTION, temperature=0, logprobs=True, logit_bias=logit_bias
         )
+        logprobs = reply.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        return [token.token for token in logprobs.content]
 
-    free = answer()
-    # A token from the middle of the greedy answer; before it, banning it changes nothing.
+    free = answer({})
+    # A token from the second half of this machine's greedy answer; before it, banning it
+    # changes nothing.
     at, banned = next(
         (at, token_id)
         for at in range(len(free) // 2, len(free))
-        if (token_id := reference.token_id(free[at])) is not None and free[at] not in free[:at]
+        if free[at] not in free[:at] and (token_id := reference.token_id(free[at])) is not None
     )
-    biased = answer(**{str(banned): -100})
+    biased = answer({str(banned): -100})
     assert biased[:at] == free[:at]
     assert free[at] not in biased
 
