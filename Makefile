@@ -27,6 +27,18 @@ CPU_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS
 else
 CPU_CMAKE_ARGS := -DGGML_NATIVE=ON
 endif
+# LLAMA_CPU=baseline (BACKEND=cpu, x86-64) builds for any AVX2 CPU instead: no AVX-512, no
+# AMX. Greedy output depends on the kernels a build picks, so running the tests against both
+# builds shows they do not lean on one CPU's arithmetic.
+LLAMA_CPU ?= native
+ifeq ($(LLAMA_CPU),baseline)
+ifneq ($(BACKEND)-$(UNAME_M),cpu-x86_64)
+$(error LLAMA_CPU=baseline is an x86-64 CPU build; it needs BACKEND=cpu on x86-64)
+endif
+CPU_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else ifneq ($(LLAMA_CPU),native)
+$(error LLAMA_CPU is native or baseline, not '$(LLAMA_CPU)')
+endif
 ifeq ($(BACKEND),cuda)
 LLAMA_CMAKE_ARGS ?= $(CPU_CMAKE_ARGS) -DGGML_CUDA=on
 else ifeq ($(BACKEND),metal)

@@ -21,6 +21,7 @@ from locallab_gguf.serving.loader import local_engine_opener
 from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
 from locallab_gguf.settings import Settings
 from tests.local_hub import LocalHub
+from tests.reference import Reference
 from tests.servers import RunningServer, app_of, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
@@ -37,6 +38,14 @@ def registry() -> Registry:
 @pytest.fixture(scope="session")
 def model_path(registry: Registry) -> Path:
     return ModelFiles().resolve(registry.get(DEFAULT_ID))
+
+
+@pytest.fixture(scope="session")
+def reference(model_path: Path) -> Iterator[Reference]:
+    """llama-cpp-python's own greedy answers on this machine: what model text is checked
+    against (tests/reference.py says why never a literal)."""
+    with Reference.open(model_path, TEST_SETTINGS) as opened:
+        yield opened
 
 
 ServerFactory = Callable[..., RunningServer]

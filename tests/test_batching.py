@@ -11,7 +11,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import TEST_SETTINGS, ServerFactory, sse_events
+from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
+from tests.reference import Reference, across_pieces
 from tests.servers import RunningServer
 
 PROMPTS = [
@@ -154,36 +155,60 @@ def test_next_chat_turn_reuses_the_first_turns_kv_and_gives_the_same_text(
 
 
 def test_stop_string_split_across_tokens(server: RunningServer) -> None:
-    base = {"prompt": "Once upon a time", "max_length": 40, "temperature": 0}
-    full = server.client.post("/generate", json=base).json()["response"]
-    stop = "w Hav"  # spans the tokens " New" and " Haven"
-    assert stop in full
-    with server.client.stream(
-        "POST", "/generate", json={**base, "stop": stop, "stream": True}
-    ) as reply:
+    base = {"prompt": "Once upon a time", "max_length": 40, "temperature": 0, "stream": True}
+    with server.client.stream("POST", "/generate", json=base) as reply:
+        whole_pieces = sse_events(reply.iter_lines())[:-1]
+    full = "".join(whole_pieces)
+    # The end of one token's text and the start of the next, as this machine generates them.
+    stop = across_pieces(whole_pieces)
+    with server.client.stream("POST", "/generate", json={**base, "stop": stop}) as reply:
         pieces = sse_events(reply.iter_lines())[:-1]
     assert "".join(pieces) == full[: full.index(stop)]
-    assert not any("w" in piece and "Hav" in piece for piece in pieces)
 
 
 @pytest.mark.parametrize(
-    ("prompt", "expected"),
+    ("prompt", "forced"),
     # Chinese text uses full-width punctuation; that is the point here.
-    [("Emoji party: 🐉🐉🐉🐉🐉🐉", "🐉"), ("中文：你好，世界。我们", "美国")],  # noqa: RUF001
+    [("Emoji party: 🐉🐉🐉🐉🐉🐉", "🐉🐉🐉"), ("中文：你好，世界。我们", "美国")],  # noqa: RUF001
 )
 def test_multibyte_characters_split_across_tokens_stream_whole(
-    server: RunningServer, prompt: str, expected: str
+    server: RunningServer, reference: Reference, prompt: str, forced: str
 ) -> None:
+    # Free text: what this machine's model writes after the prompt, streamed and not.
     body = {"prompt": prompt, "max_length": 30, "temperature": 0}
     whole = server.client.post("/generate", json=body).json()["response"]
     with server.client.stream("POST", "/generate", json={**body, "stream": True}) as reply:
         pieces = sse_events(reply.iter_lines())[:-1]
-    assert expected in whole
+    assert whole == reference.complete(prompt, 30).text
     assert "\ufffd" not in whole
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == whole
-    # Fewer events than tokens: the bytes of one character arrived in several tokens.
-    assert len(pieces) < 30
+
+    # Forced text: a grammar (a JSON string matching a pattern) allows only `forced`. No token
+    # of the vocabulary holds a whole one of these characters, so each arrives in several.
+    chat = {
+        "model": DEFAULT_ID,
+        "messages": [{"role": "user", "content": prompt}],
+        "temperature": 0,
+        "max_tokens": 30,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "forced",
+                "schema": {"type": "string", "pattern": f"^{forced}$"},
+            },
+        },
+    }
+    with server.client.stream("POST", "/v1/chat/completions", json=chat) as reply:
+        chunks = [json.loads(event) for event in sse_events(reply.iter_lines())[:-1]]
+    texts = [c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]]
+    texts = [text for text in texts if text]
+    assert json.loads("".join(texts)) == forced
+    assert all("\ufffd" not in text for text in texts)
+    # Fewer pieces than tokens: the bytes of one character arrived in several tokens.
+    assert len(texts) < chunks[-1]["usage"]["completion_tokens"]
 
 
 def test_batch_endpoint_decodes_its_prompts_together(eight_slot_server: RunningServer) -> None:

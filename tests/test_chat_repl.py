@@ -12,11 +12,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DEFAULT_ID
+from tests.reference import Answer, Reference
 from tests.servers import RunningServer
 
 CLI = str(Path(sys.executable).parent / "locallab-gguf")
 QUESTION = "What is the capital of France? Answer in one sentence."
-ANSWER = "The capital of France is Paris."
 PROMPT = "you> "
 RATE = r"\[(\d+) tokens in [\d.]+ s, [\d.]+ tokens/s\]"
 
@@ -27,6 +27,17 @@ def spawn(*args: str, timeout: float = 60) -> pexpect.spawn:
     )
     child.setwinsize(40, 200)  # long lines stay whole, so the text can be matched
     return child
+
+
+@pytest.fixture(scope="module")
+def answer(reference: Reference) -> Answer:
+    """The greedy answer to QUESTION on this machine."""
+    return reference.chat([{"role": "user", "content": QUESTION}])
+
+
+def on_terminal(text: str) -> str:
+    """`text` as the pseudo-terminal shows it: each newline becomes CR LF."""
+    return text.replace("\n", "\r\n")
 
 
 @pytest.fixture
@@ -56,11 +67,11 @@ def ask(child: pexpect.spawn, line: str) -> int:
     return tokens
 
 
-def test_replies_stream_and_show_their_speed(chat: pexpect.spawn) -> None:
+def test_replies_stream_and_show_their_speed(chat: pexpect.spawn, answer: Answer) -> None:
     chat.sendline(QUESTION)
-    chat.expect_exact(ANSWER)
+    chat.expect_exact(on_terminal(answer.text))
     chat.expect(RATE)
-    assert chat.match.group(1) == "7"
+    assert chat.match.group(1) == str(answer.completion_tokens)
     chat.expect_exact(PROMPT)
     chat.sendline("/exit")
     chat.expect(pexpect.EOF)
@@ -68,14 +79,16 @@ def test_replies_stream_and_show_their_speed(chat: pexpect.spawn) -> None:
     assert chat.exitstatus == 0
 
 
-def test_the_conversation_is_kept_until_reset(chat: pexpect.spawn, server: RunningServer) -> None:
+def test_the_conversation_is_kept_until_reset(
+    chat: pexpect.spawn, server: RunningServer, answer: Answer
+) -> None:
     start = prompt_tokens_so_far(server)
     ask(chat, QUESTION)
     first = prompt_tokens_so_far(server) - start
-    assert first == 42
+    assert first == answer.prompt_tokens
     ask(chat, "And of Italy?")
     second = prompt_tokens_so_far(server) - start - first
-    assert second > first + 7  # the first question and answer came along
+    assert second > first + answer.completion_tokens  # the first question and answer came along
     chat.sendline("/reset")
     chat.expect_exact("(conversation cleared)")
     chat.expect_exact(PROMPT)
@@ -84,7 +97,7 @@ def test_the_conversation_is_kept_until_reset(chat: pexpect.spawn, server: Runni
 
 
 def test_system_prompt_commands_and_end_of_input(
-    chat: pexpect.spawn, server: RunningServer
+    chat: pexpect.spawn, server: RunningServer, answer: Answer
 ) -> None:
     chat.sendline("/system You are a pirate. Answer like one.")
     chat.expect_exact("(system prompt set)")
@@ -92,7 +105,7 @@ def test_system_prompt_commands_and_end_of_input(
     start = prompt_tokens_so_far(server)
     ask(chat, QUESTION)
     with_pirate = prompt_tokens_so_far(server) - start
-    assert with_pirate != 42  # the model's default system prompt was replaced
+    assert with_pirate != answer.prompt_tokens  # the model's default system prompt was replaced
     chat.sendline("/nonsense")
     chat.expect_exact("unknown command /nonsense")
     chat.expect_exact(PROMPT)
@@ -122,12 +135,12 @@ def test_a_wrong_model_id_gets_the_servers_answer(server: RunningServer) -> None
 
 
 @pytest.mark.slow
-def test_without_a_url_the_model_starts_in_process() -> None:
+def test_without_a_url_the_model_starts_in_process(answer: Answer) -> None:
     child = spawn("--temperature", "0", timeout=180)
     child.expect(f"Chatting with {DEFAULT_ID} at http://127.0.0.1:")
     child.expect_exact(PROMPT)
     child.sendline(QUESTION)
-    child.expect_exact(ANSWER)
+    child.expect_exact(on_terminal(answer.text))
     child.expect(RATE)
     child.expect_exact(PROMPT)
     child.sendline("/exit")

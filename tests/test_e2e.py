@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from tests.conftest import DEFAULT_ID, sse_events
+from tests.reference import Reference
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -66,24 +67,17 @@ def served(tmp_path: Path) -> Iterator[Served]:
                 process.wait()
 
 
-def test_serve_answers_the_locallab_api(served: Served) -> None:
+def test_serve_answers_the_locallab_api(served: Served, reference: Reference) -> None:
     url = served.url
     health = httpx.get(f"{url}/health").json()
     assert health == {"status": "healthy", "model": DEFAULT_ID, "model_status": "loaded"}
+    question = [
+        {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
+    ]
     chat = httpx.post(
-        f"{url}/chat",
-        json={
-            "messages": [
-                {
-                    "role": "user",
-                    "content": "What is the capital of France? Answer in one sentence.",
-                }
-            ],
-            "temperature": 0,
-        },
-        timeout=60,
+        f"{url}/chat", json={"messages": question, "temperature": 0}, timeout=60
     ).json()
-    assert chat["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    assert chat["choices"][0]["message"]["content"] == reference.chat(question).text
     current = httpx.get(f"{url}/models/current").json()
     assert current["context_length"] == 1024  # LOCALLAB_CTX reached the engine
     assert current["parallel"] == 2

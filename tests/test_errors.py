@@ -108,7 +108,9 @@ def test_wrong_method_is_405_with_detail(server: RunningServer) -> None:
 def test_the_largest_seed_is_served(server: RunningServer) -> None:
     reply = server.client.post("/generate", json={**OK, "seed": 2**63 - 1, "temperature": 0.8})
     assert reply.status_code == 200, reply.text
-    assert reply.json()["usage"]["completion_tokens"] == 4
+    body = reply.json()
+    # Sampled: the model may end its answer even sooner.
+    assert body["usage"]["completion_tokens"] == 4 or body["finish_reason"] == "stop"
 
 
 def test_a_failure_outside_the_error_table_is_500_with_detail_and_logged(

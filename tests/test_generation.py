@@ -3,71 +3,45 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-from llama_cpp import Llama
 
 from tests.conftest import DEFAULT_ID, sse_events
+from tests.reference import Reference, word_inside
 from tests.servers import RunningServer
 
 PROMPT = "Once upon a time"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
-@pytest.fixture(scope="module")
-def bare_llama(model_path: Path) -> Iterator[Llama]:
-    """llama-cpp-python's own high-level API: the reference our answers must equal.
-
-    Configured as the server configures llama.cpp (flash attention on): the attention kernel
-    changes the last bits of the logits, and greedy decoding amplifies any difference.
-    """
-    llama = Llama(
-        str(model_path),
-        n_ctx=1024,
-        n_threads=2,
-        n_threads_batch=2,
-        flash_attn=True,
-        verbose=False,
-    )
-    yield llama
-    llama.close()
-
-
 def test_greedy_generate_equals_bare_llama_cpp_python(
-    server: RunningServer, bare_llama: Llama
+    server: RunningServer, reference: Reference
 ) -> None:
-    expected = bare_llama.create_completion(PROMPT, max_tokens=48, temperature=0)
+    expected = reference.complete(PROMPT, max_tokens=48)
     reply = server.client.post(
         "/generate", json={"prompt": PROMPT, "max_length": 48, "temperature": 0}
     )
     assert reply.status_code == 200
     body = reply.json()
-    assert body["response"] == expected["choices"][0]["text"]
+    assert body["response"] == expected.text
     assert body["text"] == body["response"]
     assert body["model"] == DEFAULT_ID
-    assert body["finish_reason"] == "length"
-    assert body["usage"] == expected["usage"]
+    assert body["finish_reason"] == expected.finish_reason
+    assert body["usage"] == expected.usage
 
 
 def test_greedy_chat_equals_create_chat_completion(
-    server: RunningServer, bare_llama: Llama
+    server: RunningServer, reference: Reference
 ) -> None:
-    expected = bare_llama.create_chat_completion(QUESTION, max_tokens=64, temperature=0)
+    expected = reference.chat(QUESTION)
     reply = server.client.post("/chat", json={"messages": QUESTION, "temperature": 0})
     assert reply.status_code == 200
     body = reply.json()
     assert body["object"] == "chat.completion"
     assert body["id"].startswith("chatcmpl-")
     choice = body["choices"][0]
-    assert choice["message"] == {
-        "role": "assistant",
-        "content": expected["choices"][0]["message"]["content"],
-    }
-    assert choice["message"]["content"] == "The capital of France is Paris."
-    assert choice["finish_reason"] == "stop"
-    assert body["usage"] == {"prompt_tokens": 42, "completion_tokens": 7, "total_tokens": 49}
+    assert choice["message"] == {"role": "assistant", "content": expected.text}
+    assert choice["finish_reason"] == expected.finish_reason
+    # prompt_tokens is the tokenizer's count of the prompt as llama-cpp-python renders it.
+    assert body["usage"] == expected.usage
 
 
 def test_streamed_text_concatenates_to_the_whole_answer(server: RunningServer) -> None:
@@ -105,20 +79,20 @@ def test_chat_stream_sends_role_then_content_then_finish_with_usage(server: Runn
 def test_stop_string_ends_the_answer_and_is_not_returned(server: RunningServer) -> None:
     base = {"prompt": PROMPT, "max_length": 48, "temperature": 0}
     full = server.client.post("/generate", json=base).json()["response"]
-    cut = server.client.post("/generate", json={**base, "stop": ["skyscrapers"]}).json()
-    assert "skyscrapers" in full
-    assert cut["response"] == full[: full.index("skyscrapers")]
+    stop = word_inside(full)
+    cut = server.client.post("/generate", json={**base, "stop": [stop]}).json()
+    assert cut["response"] == full[: full.index(stop)]
     assert cut["finish_reason"] == "stop"
 
 
-def test_max_tokens_is_an_alias_of_max_length(server: RunningServer) -> None:
+def test_max_tokens_is_an_alias_of_max_length(server: RunningServer, reference: Reference) -> None:
     reply = server.client.post(
         "/generate", json={"prompt": PROMPT, "max_tokens": 5, "temperature": 0}
     ).json()
-    assert reply["usage"]["completion_tokens"] == 5
+    assert reply["usage"]["completion_tokens"] == reference.complete(PROMPT, 5).completion_tokens
 
 
-def test_locallab_client_extras_are_ignored(server: RunningServer) -> None:
+def test_locallab_client_extras_are_ignored(server: RunningServer, reference: Reference) -> None:
     reply = server.client.post(
         "/generate",
         json={
@@ -132,7 +106,10 @@ def test_locallab_client_extras_are_ignored(server: RunningServer) -> None:
         },
     )
     assert reply.status_code == 200
-    assert reply.json()["usage"]["completion_tokens"] == 8
+    assert (
+        reply.json()["usage"]["completion_tokens"]
+        == reference.complete(PROMPT, 8).completion_tokens
+    )
 
 
 def test_model_id_may_name_the_loaded_model(server: RunningServer) -> None:
@@ -151,7 +128,9 @@ def test_seeded_sampling_repeats(server: RunningServer) -> None:
     assert first != other
 
 
-def test_system_prompt_answers_through_the_chat_template(server: RunningServer) -> None:
+def test_system_prompt_answers_through_the_chat_template(
+    server: RunningServer, reference: Reference
+) -> None:
     with_system = server.client.post(
         "/generate",
         json={
@@ -162,7 +141,7 @@ def test_system_prompt_answers_through_the_chat_template(server: RunningServer) 
     ).json()
     # That system prompt is what SmolLM2's template inserts by default, so the answer
     # matches the plain chat answer.
-    assert with_system["response"] == "The capital of France is Paris."
+    assert with_system["response"] == reference.chat(QUESTION).text
 
 
 def test_batch_answers_each_prompt_in_order(server: RunningServer) -> None:

@@ -25,6 +25,7 @@ from locallab_gguf.models.registry import Registry
 from locallab_gguf.serving.loader import local_engine_opener
 from locallab_gguf.serving.model_manager import ModelManager
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
+from tests.reference import Reference
 from tests.servers import RunningServer, app_of, free_port, serving
 
 CLI = str(Path(sys.executable).parent / "locallab-gguf")
@@ -90,14 +91,17 @@ def one(
 
 
 def test_a_generation_is_counted_timed_and_logged(
-    guarded: RunningServer, access_log: Captured
+    guarded: RunningServer, access_log: Captured, reference: Reference
 ) -> None:
     before = scrape(guarded)
     with openai.OpenAI(base_url=guarded.url + "/v1", api_key=KEY, max_retries=0) as client:
         reply = client.chat.completions.create(
             model=DEFAULT_ID, messages=QUESTION, temperature=0, user="alice"
         )
-    assert reply.usage is not None and reply.usage.completion_tokens == 7
+    assert reply.usage is not None
+    usage = (reply.usage.prompt_tokens, reply.usage.completion_tokens)
+    expected = reference.chat(QUESTION)
+    assert usage == (expected.prompt_tokens, expected.completion_tokens)
     after = scrape(guarded)
 
     def grew(name: str, **labels: str) -> float:
@@ -107,9 +111,10 @@ def test_a_generation_is_counted_timed_and_logged(
     assert grew("locallab_http_requests_total", method="POST", status="200", **route) == 1
     assert grew("locallab_http_request_duration_seconds_count", **route) == 1
     model = {"model": DEFAULT_ID}
-    assert grew("locallab_prompt_tokens_total", **model) == 42
-    assert grew("locallab_generation_tokens_total", **model) == 7
-    assert grew("locallab_generations_total", outcome="stop", **model) == 1
+    assert grew("locallab_prompt_tokens_total", **model) == usage[0]
+    assert grew("locallab_generation_tokens_total", **model) == usage[1]
+    outcome = reply.choices[0].finish_reason
+    assert grew("locallab_generations_total", outcome=outcome, **model) == 1
     for histogram in (
         "locallab_time_to_first_token_seconds",
         "locallab_time_per_output_token_seconds",
@@ -131,7 +136,7 @@ def test_a_generation_is_counted_timed_and_logged(
     client_name = ApiKeys([KEY]).identify(f"Bearer {KEY}")
     assert line["client"] == f"key:{client_name}"
     assert (line["method"], line["status"]) == ("POST", 200)
-    assert (line["prompt_tokens"], line["completion_tokens"]) == (42, 7)
+    assert (line["prompt_tokens"], line["completion_tokens"]) == usage
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] > 0
     assert line["user"] == "alice"
     assert all(KEY not in record.getMessage() for record in access_log.records)

@@ -23,6 +23,7 @@ from locallab_gguf.models.registry import ModelSpec, Registry, parse_registry
 from locallab_gguf.serving.loader import local_engine_opener
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.local_hub import LocalHub
+from tests.reference import Reference
 from tests.servers import RunningServer, free_port, wait_until
 
 HUB_REPO = "test-owner/SmolLM2-GGUF"
@@ -88,7 +89,11 @@ def assert_serves_the_default(server: RunningServer) -> None:
 
 @pytest.mark.slow
 def test_a_load_downloads_with_progress_while_the_old_model_serves(
-    make_server: ServerFactory, hub: LocalHub, model_path: Path, tmp_path: Path
+    make_server: ServerFactory,
+    hub: LocalHub,
+    model_path: Path,
+    tmp_path: Path,
+    reference: Reference,
 ) -> None:
     hub.add(HUB_REPO, SMOL_FILE, model_path)
     hub.hold_after = 30_000_000  # the body stops there until the test releases it
@@ -133,11 +138,16 @@ def test_a_load_downloads_with_progress_while_the_old_model_serves(
     assert server.client.get("/health").json()["model"] == "smollm2-hub"
     chat = server.client.post("/chat", json=FRANCE).json()
     assert chat["model"] == "smollm2-hub"
-    assert chat["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    # The same file as the packaged model: the same answer.
+    assert chat["choices"][0]["message"]["content"] == reference.chat(FRANCE["messages"]).text
 
 
 def test_serve_with_a_hub_id_downloads_it_at_start_and_answers(
-    make_server: ServerFactory, hub: LocalHub, model_path: Path, tmp_path: Path
+    make_server: ServerFactory,
+    hub: LocalHub,
+    model_path: Path,
+    tmp_path: Path,
+    reference: Reference,
 ) -> None:
     hub.add(CUSTOM_REPO, SMOL_FILE, model_path)
     server = make_server(
@@ -149,7 +159,8 @@ def test_serve_with_a_hub_id_downloads_it_at_start_and_answers(
     assert status_of(server, CUSTOM_ID)["status"] == "loaded"
     assert status_of(server, f"hf://{CUSTOM_REPO}/{SMOL_FILE}")["model_id"] == CUSTOM_ID
     chat = server.client.post("/chat", json={**FRANCE, "model_id": CUSTOM_ID}).json()
-    assert chat["choices"][0]["message"]["content"] == "The capital of France is Paris."
+    # The same file as the packaged model: the same answer.
+    assert chat["choices"][0]["message"]["content"] == reference.chat(FRANCE["messages"]).text
     # Loading it again by its other name is a no-op: it is the same model.
     again = server.client.post("/models/load", json={"model_id": f"hf://{CUSTOM_REPO}/{SMOL_FILE}"})
     assert again.status_code == 200 and again.json()["model"]["id"] == CUSTOM_ID

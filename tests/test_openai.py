@@ -5,35 +5,25 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from llama_cpp import Llama
 
 from tests.conftest import DEFAULT_ID, sse_events
+from tests.reference import Reference, word_inside
 from tests.servers import RunningServer
 
 QUESTION: list[Any] = [
     {"role": "user", "content": "What is the capital of France? Answer in one sentence."}
 ]
-ANSWER = "The capital of France is Paris."
 
 
 @pytest.fixture(scope="module")
 def client(server: RunningServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def vocab(model_path: Path) -> Iterator[Llama]:
-    """The model's tokenizer alone, to name token ids in logit_bias."""
-    llama = Llama(str(model_path), vocab_only=True, verbose=False)
-    yield llama
-    llama.close()
 
 
 def refusal(error: openai.APIStatusError) -> dict[str, Any]:
@@ -55,25 +45,26 @@ def test_models_lists_the_loaded_model(client: openai.OpenAI) -> None:
 
 
 def test_greedy_chat_completion_answers_like_the_chat_endpoint(
-    client: openai.OpenAI, server: RunningServer
+    client: openai.OpenAI, server: RunningServer, reference: Reference
 ) -> None:
+    expected = reference.chat(QUESTION)
     reply = client.chat.completions.create(model=DEFAULT_ID, messages=QUESTION, temperature=0)
     assert reply.object == "chat.completion"
     assert reply.id.startswith("chatcmpl-")
     assert reply.model == DEFAULT_ID
     [choice] = reply.choices
     assert choice.message.role == "assistant"
-    assert choice.message.content == ANSWER
-    assert choice.finish_reason == "stop"
+    assert choice.message.content == expected.text
+    assert choice.finish_reason == expected.finish_reason
     assert choice.logprobs is None
     assert reply.usage is not None
-    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (42, 7)
-    assert reply.usage.total_tokens == 49
+    assert reply.usage.model_dump() == expected.usage
     local = server.client.post("/chat", json={"messages": QUESTION, "temperature": 0}).json()
     assert local["choices"][0]["message"]["content"] == choice.message.content
 
 
 def test_streamed_chat_sends_role_content_finish_and_usage(client: openai.OpenAI) -> None:
+    whole = client.chat.completions.create(model=DEFAULT_ID, messages=QUESTION, temperature=0)
     chunks = list(
         client.chat.completions.create(
             model=DEFAULT_ID,
@@ -87,19 +78,20 @@ def test_streamed_chat_sends_role_content_finish_and_usage(client: openai.OpenAI
     assert len({chunk.id for chunk in chunks}) == 1
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
-    assert text == ANSWER
+    assert text == whole.choices[0].message.content
     finishes = [
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
-    assert finishes == ["stop"]
+    assert finishes == [whole.choices[0].finish_reason]
     *content, usage_chunk = chunks
     assert usage_chunk.choices == []
-    assert usage_chunk.usage is not None and usage_chunk.usage.completion_tokens == 7
+    assert usage_chunk.usage == whole.usage
     assert all(chunk.usage is None for chunk in content)
 
 
 def test_stream_ends_with_done_and_has_no_usage_unless_asked(server: RunningServer) -> None:
     body = {"model": DEFAULT_ID, "messages": QUESTION, "temperature": 0, "stream": True}
+    whole = server.client.post("/v1/chat/completions", json={**body, "stream": False}).json()
     with server.client.stream("POST", "/v1/chat/completions", json=body) as reply:
         assert reply.status_code == 200
         assert reply.headers["content-type"].startswith("text/event-stream")
@@ -107,7 +99,7 @@ def test_stream_ends_with_done_and_has_no_usage_unless_asked(server: RunningServ
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
     assert all(chunk["usage"] is None for chunk in chunks)
-    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"][0]["finish_reason"] == whole["choices"][0]["finish_reason"]
 
 
 def test_completions_whole_and_streamed_agree_with_generate(
@@ -118,11 +110,12 @@ def test_completions_whole_and_streamed_agree_with_generate(
     assert whole.object == "text_completion"
     assert whole.id.startswith("cmpl-")
     [choice] = whole.choices
-    assert choice.finish_reason == "length"
-    assert whole.usage is not None and whole.usage.completion_tokens == 24
     local = server.client.post(
         "/generate", json={"prompt": prompt, "max_length": 24, "temperature": 0}
     ).json()
+    assert choice.finish_reason == local["finish_reason"]
+    assert whole.usage is not None
+    assert whole.usage.model_dump() == local["usage"]
     assert choice.text == local["response"]
     streamed = list(
         client.completions.create(
@@ -142,19 +135,25 @@ def test_completions_whole_and_streamed_agree_with_generate(
 
 
 def test_max_completion_tokens_and_stop_end_the_answer(client: openai.OpenAI) -> None:
+    full = client.chat.completions.create(model=DEFAULT_ID, messages=QUESTION, temperature=0)
+    text = full.choices[0].message.content or ""
+    assert full.usage is not None
+    limit = max(1, full.usage.completion_tokens // 2)  # fewer tokens than the whole answer
     short = client.chat.completions.create(
-        model=DEFAULT_ID, messages=QUESTION, temperature=0, max_completion_tokens=3
+        model=DEFAULT_ID, messages=QUESTION, temperature=0, max_completion_tokens=limit
     )
     assert short.choices[0].finish_reason == "length"
-    assert short.usage is not None and short.usage.completion_tokens == 3
+    assert short.usage is not None and short.usage.completion_tokens == limit
+    assert text.startswith(short.choices[0].message.content or "")
     legacy = client.chat.completions.create(
-        model=DEFAULT_ID, messages=QUESTION, temperature=0, max_tokens=3
+        model=DEFAULT_ID, messages=QUESTION, temperature=0, max_tokens=limit
     )
     assert legacy.choices[0].message.content == short.choices[0].message.content
+    stop = word_inside(text)  # a stop string cut from this machine's answer
     stopped = client.chat.completions.create(
-        model=DEFAULT_ID, messages=QUESTION, temperature=0, stop=[" Paris", "London"]
+        model=DEFAULT_ID, messages=QUESTION, temperature=0, stop=[stop, "%%%%"]
     )
-    assert stopped.choices[0].message.content == "The capital of France is"
+    assert stopped.choices[0].message.content == text[: text.index(stop)]
     assert stopped.choices[0].finish_reason == "stop"
 
 
@@ -163,7 +162,9 @@ def test_any_int64_seed_is_accepted_and_a_larger_one_refused(client: openai.Open
         done = client.completions.create(
             model=DEFAULT_ID, prompt="The sky is", max_tokens=2, seed=seed
         )
-        assert done.usage is not None and done.usage.completion_tokens == 2
+        assert done.usage is not None
+        # Sampled: the model may end its answer even sooner.
+        assert done.usage.completion_tokens == 2 or done.choices[0].finish_reason == "stop"
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(model=DEFAULT_ID, prompt="The sky is", max_tokens=2, seed=2**63)
     assert "seed" in str(refused.value)
@@ -215,38 +216,60 @@ def test_a_seed_repeats_a_sample_and_every_supported_field_is_accepted(
     assert sample(7) == sample(7)
 
 
-def test_logit_bias_bans_a_token(client: openai.OpenAI, vocab: Llama) -> None:
-    [paris] = vocab.tokenize(b" Paris", add_bos=False)
-    reply = client.chat.completions.create(
-        model=DEFAULT_ID, messages=QUESTION, temperature=0, logit_bias={str(paris): -100}
+def test_logit_bias_bans_a_token(client: openai.OpenAI, reference: Reference) -> None:
+    def answer(logit_bias: dict[str, int]) -> list[str]:
+        reply = client.chat.completions.create(
+            model=DEFAULT_ID, messages=QUESTION, temperature=0, logprobs=True, logit_bias=logit_bias
+        )
+        logprobs = reply.choices[0].logprobs
+        assert logprobs is not None and logprobs.content is not None
+        return [token.token for token in logprobs.content]
+
+    free = answer({})
+    # A token from the second half of this machine's greedy answer; before it, banning it
+    # changes nothing.
+    at, banned = next(
+        (at, token_id)
+        for at in range(len(free) // 2, len(free))
+        if free[at] not in free[:at] and (token_id := reference.token_id(free[at])) is not None
     )
-    content = reply.choices[0].message.content
-    assert content is not None and content.startswith("The capital of France is")
-    assert " Paris" not in content
+    biased = answer({str(banned): -100})
+    assert biased[:at] == free[:at]
+    assert free[at] not in biased
 
 
-def test_json_object_format_gives_json(client: openai.OpenAI) -> None:
+def test_json_object_format_gives_json(client: openai.OpenAI, reference: Reference) -> None:
+    messages: list[Any] = [
+        {
+            "role": "user",
+            "content": "Give the name and country of the capital of France as a JSON object.",
+        }
+    ]
     reply = client.chat.completions.create(
         model=DEFAULT_ID,
-        messages=[
-            {
-                "role": "user",
-                "content": "Give the name and country of the capital of France as a JSON object.",
-            }
-        ],
+        messages=messages,
         temperature=0,
         max_tokens=200,
         response_format={"type": "json_object"},
     )
-    assert reply.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+    content = reply.choices[0].message.content or ""
+    # llama-cpp-python's own json_object answer on this machine: the same JSON grammar.
+    expected = reference.chat(messages, 200, json_object=True)
+    assert (content, reply.choices[0].finish_reason) == (expected.text, expected.finish_reason)
+    assert content.startswith("{")
+    # Whether the model closes the object within 200 tokens depends on the CPU's arithmetic
+    # (some machines repeat keys to the end); test_json_schema_format_gives_json_that_follows_
+    # the_schema bounds the answer and always parses it.
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
 
 
 def test_json_schema_format_gives_json_that_follows_the_schema(client: openai.OpenAI) -> None:
+    # Bounded, so the answer ends within max_tokens whatever the model would ramble.
     schema = {
         "type": "object",
         "properties": {
-            "city": {"type": "string"},
+            "city": {"type": "string", "maxLength": 30},
             "country": {"type": "string", "enum": ["France", "Germany", "Italy"]},
             "population": {"type": "integer"},
         },
@@ -257,12 +280,13 @@ def test_json_schema_format_gives_json_that_follows_the_schema(client: openai.Op
         model=DEFAULT_ID,
         messages=[{"role": "user", "content": "Give the capital of France as JSON."}],
         temperature=0,
-        max_tokens=120,
+        max_tokens=400,
         response_format={
             "type": "json_schema",
             "json_schema": {"name": "capital", "schema": schema, "strict": True},
         },
     )
+    assert reply.choices[0].finish_reason == "stop"
     answer = json.loads(reply.choices[0].message.content or "")
     assert set(answer) == {"city", "country", "population"}
     assert isinstance(answer["city"], str)
@@ -278,7 +302,7 @@ def test_chat_logprobs_cover_the_answer_token_by_token(client: openai.OpenAI) ->
     assert choice.logprobs is not None and choice.logprobs.content is not None
     tokens = choice.logprobs.content
     assert "".join(token.token for token in tokens) == choice.message.content
-    assert len(tokens) == 7
+    assert reply.usage is not None and len(tokens) == reply.usage.completion_tokens
     for token in tokens:
         assert token.logprob <= 0.0
         assert bytes(token.bytes or []) == token.token.encode()

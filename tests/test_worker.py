@@ -17,6 +17,7 @@ from locallab_gguf.engine.process_runner import WorkerEngine, WorkerSpec
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.loader import engine_config
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
+from tests.reference import Reference
 from tests.servers import RunningServer, wait_until
 
 WORKER_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, engine_isolation="process")
@@ -66,14 +67,14 @@ def crashing_after_first_start(tmp_path: Path) -> tuple[str, ...]:
     return (sys.executable, str(script))
 
 
-def test_engine_runs_in_a_worker_process(make_server: ServerFactory) -> None:
+def test_engine_runs_in_a_worker_process(make_server: ServerFactory, reference: Reference) -> None:
     server = make_server(WORKER_SETTINGS)
     pid = worker_pid(server)
     assert pid != os.getpid()
     assert psutil.Process(pid).ppid() == os.getpid()
     reply = server.client.post("/generate", json={**LONG, "max_length": 8})
     assert reply.status_code == 200
-    assert reply.json()["usage"]["completion_tokens"] == 8
+    assert reply.json()["response"] == reference.complete(LONG["prompt"], 8).text
 
 
 def test_a_crash_mid_stream_ends_it_with_an_error_and_the_server_recovers(
