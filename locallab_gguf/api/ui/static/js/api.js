@@ -79,18 +79,27 @@ async function failureOf(response, keySent) {
     );
   }
   if (status === 503) {
+    const seconds = retrySeconds(response.headers.get("Retry-After"));
+    const when = seconds === null ? "shortly" : `in ${seconds} s`;
     return new ApiError(
       "unavailable",
-      `The server cannot answer right now: ${message} Try again shortly.`,
-      { status },
+      `The server cannot answer right now: ${sentence(message)} Try again ${when}.`,
+      { status, retryAfter: seconds },
     );
   }
   if (status === 404 && /model/i.test(message)) {
-    return new ApiError("model", `${message} Load it with the button beside the model picker.`, {
-      status,
-    });
+    const said = sentence(message);
+    return new ApiError(
+      "model",
+      `${said[0].toUpperCase()}${said.slice(1)} Load it with the button beside the model picker.`,
+      { status },
+    );
   }
   return new ApiError("server", `The server answered ${status}: ${message}`, { status });
+}
+
+function sentence(text) {
+  return /[.!?]$/.test(text.trim()) ? text.trim() : `${text.trim()}.`;
 }
 
 async function serverMessage(response) {
