@@ -122,7 +122,7 @@ def test_loading_the_page_costs_no_request_of_the_rate_limit(make_server: Server
     assert server.client.get("/models/available").status_code == 429  # the API still counts
 
 
-def test_every_page_file_ships_in_the_package_index() -> None:
+def test_the_server_serves_every_file_of_the_static_folder() -> None:
     shipped = load_assets()
     on_disk = {
         str(path.relative_to(STATIC))
