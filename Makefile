@@ -59,7 +59,7 @@ LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
 INSTALL_STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test redis-server lint imports typecheck pytest bench clean
+.PHONY: serve test install install-test redis-server chromium lint imports typecheck pytest bench clean
 
 serve: $(INSTALL_STAMP)
 	$(BIN)/locallab-gguf serve --host $(HOST) --port $(PORT)
@@ -118,7 +118,19 @@ redis-server:
 			echo "The tests need redis-server on PATH (e.g. brew install redis)." >&2; exit 1; \
 		fi; }
 
-pytest: $(TEST_STAMP) redis-server
+# The chat page is tested in a real headless browser: Debian's Chromium, driven by Playwright
+# (pointed at the system browser: Playwright's own browser builds need the internet).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if command -v apt-get >/dev/null 2>&1; then \
+			echo "Installing chromium (Debian package) for the chat page tests."; \
+			$(SUDO) apt-get update -q && \
+			$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "The chat page tests need chromium on PATH." >&2; exit 1; \
+		fi; }
+
+pytest: $(TEST_STAMP) redis-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(TEST_STAMP)

@@ -206,6 +206,13 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             extra={"flag": "cors-origin"},
         ),
     ] = ()
+    ui: Annotated[
+        bool,
+        Meta(
+            description="serve the chat page at /; --no-ui serves the API alone (the page calls "
+            "the same API as any client, so keys and rate limits apply to it)"
+        ),
+    ] = True
 
 
 class FlagSpec(msgspec.Struct, frozen=True):

@@ -33,6 +33,7 @@ from locallab_gguf.api.locallab.models import (
 from locallab_gguf.api.locallab.system import health, system_info
 from locallab_gguf.api.ollama.routes import ollama_router
 from locallab_gguf.api.openai.routes import openai_router
+from locallab_gguf.api.ui.routes import ui_router
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.ratelimit import Clock
 from locallab_gguf.settings import Settings
@@ -90,7 +91,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
         await access.close()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, ui_router()] if settings.ui else ROUTES,
         dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
