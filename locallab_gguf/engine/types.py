@@ -103,10 +103,16 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
     queue_seconds: float = 0.0  # from submission until a slot took the request
 
 
+FailureCause = Literal["engine", "request"]
+
+
 class Failed(msgspec.Struct, frozen=True, tag=True):
-    """The request ended without finishing; `detail` says why."""
+    """The request ended without finishing; `detail` says why. `cause` "request": its own
+    parameters made it impossible to go on (an answer the client must change, a 400 where the
+    status is not sent yet); "engine": the engine failed it."""
 
     detail: str
+    cause: FailureCause = "engine"
 
 
 Event = TextDelta | Finished | Failed

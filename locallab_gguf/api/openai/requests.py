@@ -158,8 +158,17 @@ def _text_content(where: str, content: Any) -> str:
 
 
 def _single_prompt(prompt: str | list[Any]) -> str:
+    text = _prompt_text(prompt)
+    if not text:
+        _refuse("prompt", "the prompt is empty; send at least one character")
+    return text
+
+
+def _prompt_text(prompt: str | list[Any]) -> str:
     if isinstance(prompt, str):
         return prompt
+    if not prompt:
+        return ""
     if len(prompt) == 1 and isinstance(prompt[0], str):
         return prompt[0]
     if prompt and all(isinstance(item, str) for item in prompt):
