@@ -12,6 +12,16 @@ from locallab_gguf.engine.grammar import GrammarSampler, grammar_of
 from locallab_gguf.engine.types import SamplingParams
 from locallab_gguf.errors import InvalidRequest
 
+# Below this temperature a request samples greedily. At 0.001 a token whose logit is 0.01
+# under the top one has probability e^-10 (1 in 22,000), so sampling is greedy in all but
+# name; far below it, logits divided by the temperature overflow float32 (at 1e-38 every logit
+# becomes +-inf and the sampler picks whatever is first: garbage, or a token the grammar
+# forbids).
+GREEDY_BELOW_TEMPERATURE = 1e-3
+# llama.cpp's samplers take a 32-bit seed, and read 0xFFFFFFFF as "pick one at random".
+_SEEDS = 0xFFFFFFFF  # seeds 0 .. 0xFFFFFFFE
+_MASK64 = (1 << 64) - 1
+
 
 class Sampler:
     """One request's chain; `sample` picks a token and records it (penalties, RNG state).
@@ -36,7 +46,7 @@ class Sampler:
             raise
         # Plain greedy needs nothing from the chain but the largest logit.
         self._argmax_only = (
-            params.temperature <= 0.0
+            params.temperature < GREEDY_BELOW_TEMPERATURE
             and not params.logit_bias
             and self._penalties is None
             and self._grammar is None
@@ -60,7 +70,7 @@ class Sampler:
         if grammar is not None:
             # Kept out of the chain: it is asked about the chain's pick (see grammar.py).
             self._grammar = GrammarSampler(grammar, vocab, n_vocab)
-        if params.temperature <= 0.0:
+        if params.temperature < GREEDY_BELOW_TEMPERATURE:
             add(llama_cpp.llama_sampler_init_greedy())
             return
         if params.top_k > 0:
@@ -70,7 +80,7 @@ class Sampler:
         if params.min_p > 0.0:
             add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
         add(llama_cpp.llama_sampler_init_temp(params.temperature))
-        seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else params.seed & 0xFFFFFFFF
+        seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else llama_seed(params.seed)
         add(llama_cpp.llama_sampler_init_dist(seed))
 
     def _add(self, sampler: Any) -> Any:
@@ -101,6 +111,22 @@ class Sampler:
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)  # frees the samplers it holds too
             self._chain = None
+
+
+def llama_seed(seed: int) -> int:
+    """A request's seed (any 64-bit integer) as a seed llama.cpp keeps: 0 to 0xFFFFFFFE.
+
+    Seeds in that range are used as they are; any other (negative, or 0xFFFFFFFF and above,
+    which llama.cpp would read as "random" or cut to its low 32 bits) is mixed with all of its
+    bits into that range, so it repeats its own sample every time.
+    """
+    if 0 <= seed < _SEEDS:
+        return seed
+    # splitmix64's finalizer: every input bit moves about half of the output bits.
+    mixed = seed & _MASK64
+    mixed = ((mixed ^ (mixed >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (mixed ^ (mixed >> 31)) % _SEEDS
 
 
 def _check_logit_bias(biases: Sequence[tuple[int, float]], n_vocab: int) -> None:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import logging
 import math
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import llama_cpp
 
@@ -62,6 +63,7 @@ from locallab_gguf.errors import (
 log = logging.getLogger(__name__)
 
 Deliver = Callable[[EventBatch], None]
+T = TypeVar("T")
 
 # While other slots are generating, prompts get at most this many tokens of a step, so those
 # streams pause for one short chunk at a time rather than for a whole long prompt.
@@ -220,6 +222,9 @@ class BatchEngine:
     def submit(self, job_id: int, request: GenerationRequest) -> Accepted:
         """Tokenize and check the request, then queue it; raises when it cannot be served."""
         tokens = self._prompt_tokens(request)
+        if not tokens:
+            # The first token is sampled from the logits of the prompt's last token.
+            raise InvalidRequest("the prompt is empty (0 tokens); send at least one character")
         if len(tokens) >= self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
         if request.max_tokens > self.n_ctx:
@@ -339,11 +344,12 @@ class BatchEngine:
                 admitted = self._admit_locked()
             events: EventBatch = []
             for job in admitted:
-                job.sampler.remember_prompt(job.tokens)
+                remember = functools.partial(job.sampler.remember_prompt, job.tokens)
+                self._guarded(job, events, "reading its prompt", remember)
             try:
                 self._drop_cancelled(events)
                 self._step_once(events)
-            except Exception as exc:  # a bug must end the requests, never hang them
+            except Exception as exc:  # a bug outside any one request must not hang them all
                 log.exception("engine step failed")
                 self._fail_active(events, f"the engine failed: {exc}")
             # Every step reports, even without events: a worker process sends its stats along.
@@ -386,15 +392,36 @@ class BatchEngine:
         active = [slot.job for slot in self._slots if slot.job is not None]
         if not active:
             return
-        step = self._fill_batch(active)
-        status = llama_cpp.llama_decode(self._context, self._batch)
-        if status != 0:
-            self._decode_failed(status, step.jobs(), events)
-            return
         self._step += 1
+        # A decode that fails is retried with half of its requests at a time, down to one: a
+        # request whose own decode fails ends alone, and the others advance in this same step.
+        groups = [active]
+        while groups:
+            group = groups.pop()
+            step = self._fill_batch(group)
+            status = llama_cpp.llama_decode(self._context, self._batch)
+            if status == 0:
+                self._step_decoded(step, events)
+                continue
+            jobs = step.jobs()
+            self._undo_decode(jobs)
+            if len(jobs) <= 1:
+                self._decode_failed(status, jobs, events)
+            else:
+                log.warning(
+                    "llama_decode failed with status %d for %d requests; retrying them in "
+                    "smaller batches",
+                    status,
+                    len(jobs),
+                )
+                half = len(jobs) // 2
+                groups += [jobs[half:], jobs[:half]]
+
+    def _step_decoded(self, step: _Step, events: EventBatch) -> None:
         produced = 0
         for job in self._record_decoded(step):
-            produced += self._sample(job, events)
+            sample = functools.partial(self._sample, job, events)
+            produced += self._guarded(job, events, "choosing its next token", sample) or 0
         with self._lock:
             self._prompt_tokens_evaluated += step.prompt_tokens()
             self._completion_tokens_total += produced
@@ -453,6 +480,26 @@ class BatchEngine:
                 ready.append(job)
         return ready
 
+    def _guarded(
+        self, job: _Job, events: EventBatch, doing: str, work: Callable[[], T]
+    ) -> T | None:
+        """`work()` for one request: whatever it raises ends that request alone (sampling,
+        grammar, text, stop strings, log-probabilities), named in its Failed event."""
+        try:
+            return work()
+        except Exception as exc:
+            if job.phase is JobPhase.ENDED:
+                log.exception("request %d failed after it ended, while %s", job.id, doing)
+                return None
+            if isinstance(exc, InvalidRequest):
+                log.info("request %d ended while %s: %s", job.id, doing, exc)
+                self._end(job, events, Failed(detail=str(exc), cause="request"))
+            else:
+                log.exception("request %d failed while %s", job.id, doing)
+                detail = f"the engine failed while {doing} ({type(exc).__name__}: {exc})"
+                self._end(job, events, Failed(detail=detail))
+            return None
+
     def _sample(self, job: _Job, events: EventBatch) -> int:
         """Sample the job's next token; returns how many completion tokens it produced."""
         slot = job.slot
@@ -500,8 +547,19 @@ class BatchEngine:
             job.next_token = token
         return 1
 
+    def _undo_decode(self, jobs: list[_Job]) -> None:
+        """Drop whatever a failed decode left in these jobs' KV: each slot holds exactly its
+        `cached` tokens again, so the step can be retried."""
+        for job in jobs:
+            if job.slot is not None:
+                slot = job.slot
+                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, len(slot.cached), -1)
+            job.logits_index = None
+
     def _decode_failed(self, status: int, jobs: list[_Job], events: EventBatch) -> None:
-        detail = f"llama_decode failed with status {status}"
+        detail = f"llama_decode failed with status {status}" + (
+            " (no room for it in the KV cache)" if status == 1 else ""
+        )
         log.error("%s; ending %d requests", detail, len(jobs))
         for job in jobs:
             slot = job.slot

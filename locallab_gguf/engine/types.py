@@ -104,10 +104,16 @@ class Finished(msgspec.Struct, frozen=True, tag=True):
     stop_sequence: str | None = None  # the stop string that ended it, if one did
 
 
+FailureCause = Literal["engine", "request"]
+
+
 class Failed(msgspec.Struct, frozen=True, tag=True):
-    """The request ended without finishing; `detail` says why."""
+    """The request ended without finishing; `detail` says why. `cause` "request": its own
+    parameters made it impossible to go on (an answer the client must change, a 400 where the
+    status is not sent yet); "engine": the engine failed it."""
 
     detail: str
+    cause: FailureCause = "engine"
 
 
 Event = TextDelta | Finished | Failed

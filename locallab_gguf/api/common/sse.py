@@ -13,7 +13,7 @@ from litestar.response.base import ASGIResponse
 from litestar.types import Receive
 
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
-from locallab_gguf.errors import ClientDisconnected, EngineFailure
+from locallab_gguf.errors import ClientDisconnected, EngineFailure, InvalidRequest
 
 T = TypeVar("T")
 
@@ -49,6 +49,8 @@ async def collect_deltas(stream: EventSource) -> tuple[list[TextDelta], Finished
                 deltas.append(event)
             elif isinstance(event, Finished):
                 return deltas, event
+            elif event.cause == "request":
+                raise InvalidRequest(event.detail)
             else:
                 raise EngineFailure(f"generation failed: {event.detail}")
     finally:

@@ -28,7 +28,8 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     top_p: TopP = 0.9
     top_k: Annotated[int, Meta(ge=0, le=INT32_MAX, description="0 = no limit")] = 40
     repetition_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] = 1.0
-    seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None  # only its low 32 bits count
+    # The same seed repeats its sample; the engine maps it into llama.cpp's 32-bit range.
+    seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     stop: Stop = None
 
     def sampling(self) -> SamplingParams:

@@ -24,7 +24,7 @@ from locallab_gguf.engine.types import (
     Role,
     SamplingParams,
 )
-from locallab_gguf.errors import InvalidRequest, ModelNotServed, UnsupportedParameter
+from locallab_gguf.errors import ModelNotServed, UnsupportedParameter
 from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
 
 # OpenAI: "-100 should result in a ban ... of the relevant token".
@@ -163,12 +163,19 @@ def _text_content(where: str, content: Any) -> str:
 
 
 def _single_prompt(prompt: str | list[Any]) -> str:
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-        prompt = prompt[0]
+    text = _prompt_text(prompt)
+    if not text:
+        _refuse("prompt", "the prompt is empty; send at least one character")
+    return text
+
+
+def _prompt_text(prompt: str | list[Any]) -> str:
     if isinstance(prompt, str):
-        if not prompt:
-            raise InvalidRequest("prompt: the prompt is empty; send some text to complete")
         return prompt
+    if not prompt:
+        return ""
+    if len(prompt) == 1 and isinstance(prompt[0], str):
+        return prompt[0]
     if prompt and all(isinstance(item, str) for item in prompt):
         _refuse("prompt", "one prompt per request is supported; send one request per prompt")
     _refuse("prompt", "token-id prompts are not supported; send the prompt as a string")

@@ -155,7 +155,8 @@ class CompletionChunks:
 
 def stream_failure(event: Failed) -> bytes:
     """A failure mid-stream, as an error object the OpenAI SDKs raise as an APIError."""
-    return json_event(ErrorBody(ErrorDetail(message=event.detail, type="server_error")))
+    kind = "invalid_request_error" if event.cause == "request" else "server_error"
+    return json_event(ErrorBody(ErrorDetail(message=event.detail, type=kind)))
 
 
 def _text(piece: bytes) -> str:
