@@ -9,9 +9,9 @@ It is for tests only; never set it on a server that serves anyone.
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
 import signal
+import threading
 from collections.abc import Iterator
 
 from locallab_gguf.engine.activity import ActivityBlock, Doing
@@ -48,7 +48,9 @@ class WorkerHooks:
         if self._block is not None:
             self._block.write(ENGINE_LANE, doing, (job_id,))
         if doing is Doing.SAMPLING and job_id in self._crash_jobs:
-            os.kill(os.getpid(), signal.SIGSEGV)
+            # To this thread: a signal sent to the process may be taken by another thread
+            # while this one goes on and notes something else before the process is gone.
+            signal.pthread_kill(threading.get_ident(), signal.SIGSEGV)
 
     def between_calls(self) -> None:
         if self._block is not None:
