@@ -171,6 +171,7 @@ class GrammarSampler:
                 "a GBNF grammar needs a rule named root"
             )
         self._n_vocab = n_vocab
+        self.picks = 0  # the chain's picks, each of which draws from its RNG
         self._ids = np.arange(n_vocab, dtype=np.int32)
         self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
         self._all = llama_cpp.llama_token_data_array(
@@ -204,6 +205,10 @@ class GrammarSampler:
         llama_cpp.llama_sampler_accept(chain, token)
         return token
 
+    def accept(self, token: int) -> None:
+        """Advance the grammar over a token it allowed before (a resumed request's own)."""
+        llama_cpp.llama_sampler_accept(self._sampler, token)
+
     def close(self) -> None:
         if self._sampler is not None:
             llama_cpp.llama_sampler_free(self._sampler)
@@ -212,6 +217,7 @@ class GrammarSampler:
     def _pick(self, chain: Any, logits: Any, *, constrained: bool) -> tuple[int, float]:
         """The chain's token and its logit after the chain (and the grammar) adjusted it."""
         # The samplers sort and shrink the array in place: every pick starts afresh.
+        self.picks += 1
         candidates = self._candidates
         candidates["id"] = self._ids
         candidates["logit"] = logits

@@ -2,9 +2,10 @@
 
 The worker owns llama.cpp; this side owns the HTTP requests. A reader thread turns the
 worker's messages into calls on the event loop. When the worker dies (a signal, an abort, the
-OOM killer), every request in flight ends with a Failed event naming what happened, the state
-becomes "restarting", and a new worker loads the same model. A worker that keeps dying while it
-loads is given up on: the state becomes "failed", with the reason.
+OOM killer), the state becomes "restarting", a new worker loads the same model, and every
+request in flight is resumed there from the tokens it had produced, but for the one that caused
+the crash, which ends with a Failed event naming it (resume.py says how it is found). A worker
+that keeps dying while it loads is given up on: the state becomes "failed", with the reason.
 """
 
 from __future__ import annotations
@@ -21,14 +22,25 @@ import time
 
 import msgspec
 
+from locallab_gguf.engine.activity import ActivityBlock, Note
 from locallab_gguf.engine.client import (
     SERVER_STOPPING,
     EngineState,
     RequestStream,
     StreamRouter,
 )
-from locallab_gguf.engine.types import EngineConfig, EngineInfo, EngineStats, GenerationRequest
+from locallab_gguf.engine.resume import InFlightJobs
+from locallab_gguf.engine.types import (
+    EngineConfig,
+    EngineInfo,
+    EngineStats,
+    Failed,
+    Finished,
+    GenerationRequest,
+)
+from locallab_gguf.engine.worker_hooks import ACTIVITY_LANES
 from locallab_gguf.engine.worker_protocol import (
+    ActivityFile,
     Cancel,
     Channel,
     Events,
@@ -68,12 +80,14 @@ class _Process:
     """One worker process and the pipes to it."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        # Where the worker notes what it is doing, for the server to read after it died.
+        self.activity = ActivityBlock.create(ACTIVITY_LANES, spec.config.n_parallel)
         to_worker_read, to_worker_write = os.pipe()
         from_worker_read, from_worker_write = os.pipe()
         try:
             self.popen = subprocess.Popen(
                 [*spec.command, str(to_worker_read), str(from_worker_write)],
-                pass_fds=(to_worker_read, from_worker_write),
+                pass_fds=(to_worker_read, from_worker_write, self.activity.fd),
                 # Its own session: a Ctrl-C in the terminal reaches the server only, which
                 # then drains and stops the worker in order.
                 start_new_session=True,
@@ -91,6 +105,9 @@ class _Process:
                 n_gpu_layers=spec.n_gpu_layers,
                 log_level=spec.log_level,
                 log_format=spec.log_format,
+                activity=ActivityFile(
+                    self.activity.fd, self.activity.lanes, self.activity.max_jobs
+                ),
             )
         )
 
@@ -112,9 +129,10 @@ class _Process:
             return f"the engine process was killed by {name}"
         return f"the engine process exited with status {code}"
 
-    def close_pipes(self) -> None:
+    def close(self) -> None:
         self.outbox.close()
         self.inbox.close()
+        self.activity.close()
 
 
 class WorkerEngine:
@@ -124,6 +142,7 @@ class WorkerEngine:
         self._spec = spec
         self._loop = loop
         self._streams = StreamRouter()
+        self._inflight = InFlightJobs()  # what each request has produced, to resume it
         self._submits: dict[int, asyncio.Future[SubmitReply]] = {}
         self._process: _Process | None = None
         self._ready: asyncio.Future[Ready] | None = None
@@ -172,6 +191,11 @@ class WorkerEngine:
             raise error_from_wire(answer.error)
         return answer.prompt_tokens
 
+    def activity(self) -> list[Note]:
+        """What the running worker last noted it was doing (for tests: a crash's suspects)."""
+        process = self._process
+        return process.activity.read() if process is not None else []
+
     def _ready_process(self) -> _Process:
         process = self._process
         if self._state != "ready" or process is None:
@@ -185,18 +209,21 @@ class WorkerEngine:
         job_id, queue = self._streams.open()
         reply: asyncio.Future[SubmitReply] = self._loop.create_future()
         self._submits[job_id] = reply
+        self._inflight.add(job_id, request)
         process.send(Submit(job_id=job_id, request=request))
         try:
+            # If the worker dies first, the request is submitted again to the next one, and
+            # this waits for that one's answer.
             answer = await reply
         except BaseException:
-            self._streams.close(job_id)
             self._submits.pop(job_id, None)
-            process.send(Cancel(job_id=job_id))
+            self._cancel(job_id)
             raise
         if answer.error is not None:
             self._streams.close(job_id)
+            self._inflight.forget(job_id)
             raise error_from_wire(answer.error)
-        return RequestStream(answer.prompt_tokens, queue, lambda: self._cancel(job_id, process))
+        return RequestStream(answer.prompt_tokens, queue, lambda: self._cancel(job_id))
 
     async def close(self, drain: bool) -> None:
         """Stop the worker: it finishes (drain) or cancels what is in flight, then exits."""
@@ -205,9 +232,10 @@ class WorkerEngine:
             self._restarting.cancel()
         process = self._process
         if process is None:
+            self._abandon_all(SERVER_STOPPING)
             return
         if not drain:
-            self._streams.fail_all(SERVER_STOPPING)
+            self._abandon_all(SERVER_STOPPING)
         process.send(Stop(drain=drain))
         try:
             await asyncio.wait_for(asyncio.to_thread(process.popen.wait), STOP_TIMEOUT_S)
@@ -215,12 +243,27 @@ class WorkerEngine:
             log.error("the engine worker did not stop within %.0f s; killing it", STOP_TIMEOUT_S)
             process.popen.kill()
             await asyncio.to_thread(process.popen.wait)
-        self._streams.fail_all(SERVER_STOPPING)
+        self._abandon_all(SERVER_STOPPING)
 
-    def _cancel(self, job_id: int, process: _Process) -> None:
+    def _cancel(self, job_id: int) -> None:
         self._streams.close(job_id)
-        if process is self._process:
-            process.send(Cancel(job_id=job_id))
+        self._inflight.forget(job_id)
+        if self._process is not None:
+            self._process.send(Cancel(job_id=job_id))
+
+    def _end_job(self, job_id: int, detail: str) -> None:
+        """End one request in flight with `detail`, whether or not it was taken yet."""
+        self._inflight.forget(job_id)
+        reply = self._submits.pop(job_id, None)
+        if reply is not None and not reply.done():
+            reply.set_exception(EngineFailure(detail))
+        else:
+            self._streams.dispatch([(job_id, Failed(detail=detail))])
+
+    def _abandon_all(self, detail: str) -> None:
+        for job_id in self._inflight.take_all():
+            self._end_job(job_id, detail)
+        self._streams.fail_all(detail)
 
     # -- starting and restarting ---------------------------------------------------------
 
@@ -265,22 +308,31 @@ class WorkerEngine:
                 deliver(self._on_message, process, message)
         except (EOFError, OSError):
             reason = process.exit_reason()
-            process.close_pipes()
+            notes = process.activity.read()
+            process.close()
             with contextlib.suppress(RuntimeError):  # the loop is gone: the server exited
-                deliver(self._on_exit, process, reason)
+                deliver(self._on_exit, process, reason, notes)
 
     def _on_message(self, process: _Process, message: FromWorker) -> None:
         if process is not self._process:
             return
         if isinstance(message, Events):
             self._stats = message.stats
+            if message.progress:
+                self._inflight.record(message.progress)
             if message.events:
+                for job_id, event in message.events:
+                    if isinstance(event, Finished | Failed):
+                        self._inflight.forget(job_id)
                 self._streams.dispatch(message.events)
         elif isinstance(message, SubmitReply):
             self._stats = message.stats
             reply = self._submits.pop(message.job_id, None)
             if reply is not None and not reply.done():
                 reply.set_result(message)
+            elif message.error is not None and self._inflight.get(message.job_id) is not None:
+                # A resumed request the new worker refused.
+                self._end_job(message.job_id, str(error_from_wire(message.error)))
         elif isinstance(message, Ready):
             process.ready = True
             if self._ready is not None and not self._ready.done():
@@ -288,7 +340,7 @@ class WorkerEngine:
         elif isinstance(message, LoadFailed) and self._ready and not self._ready.done():
             self._ready.set_exception(error_from_wire(message.error))
 
-    def _on_exit(self, process: _Process, reason: str) -> None:
+    def _on_exit(self, process: _Process, reason: str, notes: list[Note]) -> None:
         if process is not self._process:
             return
         if not process.ready:
@@ -300,12 +352,20 @@ class WorkerEngine:
         if self._stopping:
             return
         self._process = None
-        lost = self._streams.fail_all(f"{reason}; the request was lost. Retry it.")
-        for reply in self._submits.values():
+        verdict = self._inflight.judge_crash(reason, notes)
+        for job_id, detail in verdict.ended.items():
+            self._end_job(job_id, detail)
+        # A token count has nothing to resume: it fails, and the client may ask again.
+        for job_id in [job for job in self._submits if self._inflight.get(job) is None]:
+            reply = self._submits.pop(job_id)
             if not reply.done():
-                reply.set_exception(EngineFailure(f"{reason}; the request was not taken"))
-        self._submits.clear()
-        log.error("%s; %d requests in flight failed; restarting it", reason, lost)
+                reply.set_exception(EngineFailure(f"{reason}; retry the request"))
+        log.error(
+            "%s; restarting it, then resuming %d requests that were in flight%s",
+            reason,
+            len(verdict.resumed),
+            f" (ended as its likely cause: {sorted(verdict.ended)})" if verdict.ended else "",
+        )
         self._state, self._failure = "restarting", reason
         self.restarts += 1
         self._restarting = self._loop.create_task(self._restart())
@@ -316,6 +376,18 @@ class WorkerEngine:
         except LocalLabError as exc:
             self._state, self._failure = "failed", str(exc)
             log.error("the engine could not be restarted: %s", exc)
+            self._abandon_all(f"the engine could not be restarted: {exc}")
+            return
+        self._resubmit()
+
+    def _resubmit(self) -> None:
+        """Send every request that was in flight to the new worker, oldest first."""
+        process = self._process
+        assert process is not None
+        for job_id in self._inflight.ids():
+            job = self._inflight.get(job_id)
+            assert job is not None
+            process.send(Submit(job_id=job_id, request=job.request, resume=job.resume()))
 
 
 class _WorkerCrashed(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,9 @@ class Sampler:
         self._penalties: Any = None
         self._penalty_window = params.penalty_last_n
         self._grammar: GrammarSampler | None = None
+        self._dist: Any = None
         self._n_vocab = n_vocab
+        self._picks = 0  # chain picks: each draws one number from the RNG of `_dist`
         try:
             self._build(params, vocab, n_vocab)
         except BaseException:
@@ -81,7 +84,7 @@ class Sampler:
             add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
         add(llama_cpp.llama_sampler_init_temp(params.temperature))
         seed = llama_cpp.LLAMA_DEFAULT_SEED if params.seed is None else llama_seed(params.seed)
-        add(llama_cpp.llama_sampler_init_dist(seed))
+        self._dist = add(llama_cpp.llama_sampler_init_dist(seed))
 
     def _add(self, sampler: Any) -> Any:
         llama_cpp.llama_sampler_chain_add(self._chain, sampler)
@@ -102,7 +105,33 @@ class Sampler:
             return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
         if self._grammar is not None:
             return self._grammar.sample(self._chain, context, batch_index)
+        self._picks += 1
         return int(llama_cpp.llama_sampler_sample(self._chain, context, batch_index))
+
+    @property
+    def rng_draws(self) -> int:
+        """How many numbers the RNG has drawn: llama.cpp's dist sampler draws one per pick,
+        and a grammar picks twice when it refuses the chain's first choice."""
+        return self._picks + (self._grammar.picks if self._grammar is not None else 0)
+
+    def resume(self, completion: Sequence[int], rng_draws: int) -> None:
+        """Bring a new chain to the state of one that produced `completion`: its grammar has
+        accepted those tokens and its RNG has drawn `rng_draws` numbers, so a seeded request
+        goes on as if nothing had happened. (Penalties see the completion through
+        `remember_prompt`, which a resumed request is given prompt and completion to.)"""
+        if self._grammar is not None:
+            for token in completion:
+                self._grammar.accept(token)
+        if self._dist is not None:
+            one = (llama_cpp.llama_token_data * 1)(llama_cpp.llama_token_data(0, 0.0, 0.0))
+            array = llama_cpp.llama_token_data_array(
+                data=ctypes.cast(one, llama_cpp.llama_token_data_p), size=1
+            )
+            for _ in range(rng_draws):
+                # With one candidate, dist still draws its number (to stay aligned with
+                # llama.cpp's backend sampling), which is all this is for.
+                llama_cpp.llama_sampler_apply(self._dist, ctypes.byref(array))
+        self._picks = rng_draws
 
     def close(self) -> None:
         if self._grammar is not None:

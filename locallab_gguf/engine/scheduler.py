@@ -31,9 +31,12 @@ from typing import Any, TypeVar
 
 import llama_cpp
 
+from locallab_gguf.engine.activity import Doing
 from locallab_gguf.engine.chat_template import ChatTemplate
+from locallab_gguf.engine.hooks import EngineHooks, NoHooks
 from locallab_gguf.engine.llama import LlamaModel
 from locallab_gguf.engine.logprobs import read_distribution
+from locallab_gguf.engine.resume import Resume
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
 from locallab_gguf.engine.types import (
@@ -108,6 +111,7 @@ class _Job:
         "next_token",
         "pending_logprobs",
         "phase",
+        "prompt_length",
         "queue_seconds",
         "sampler",
         "slot",
@@ -128,6 +132,7 @@ class _Job:
     ) -> None:
         self.id = job_id
         self.tokens = tokens
+        self.prompt_length = len(tokens)  # a resumed job's tokens also hold its completion
         self.max_tokens = max_tokens
         self.stops = stops
         self.sampler = sampler
@@ -153,10 +158,17 @@ class _Job:
 
 
 class BatchEngine:
-    def __init__(self, model: LlamaModel, config: EngineConfig, deliver: Deliver) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        config: EngineConfig,
+        deliver: Deliver,
+        hooks: EngineHooks | None = None,
+    ) -> None:
         self.model = model
         self.config = config
         self._deliver = deliver
+        self._hooks: EngineHooks = hooks or NoHooks()
         template_source = config.chat_template or model.chat_template()
         self._template = (
             ChatTemplate(template_source, model.bos_token, model.eos_token)
@@ -219,12 +231,20 @@ class BatchEngine:
 
     # -- called from any thread -------------------------------------------------------------
 
-    def submit(self, job_id: int, request: GenerationRequest) -> Accepted:
-        """Tokenize and check the request, then queue it; raises when it cannot be served."""
+    def submit(
+        self, job_id: int, request: GenerationRequest, resume: Resume | None = None
+    ) -> Accepted:
+        """Tokenize and check the request, then queue it; raises when it cannot be served.
+
+        With `resume`, the request continues from the tokens it produced before the engine
+        process that served it died: they are evaluated after its prompt."""
         tokens = self._prompt_tokens(request)
         if not tokens:
             # The first token is sampled from the logits of the prompt's last token.
             raise InvalidRequest("the prompt is empty (0 tokens); send at least one character")
+        prompt_length = len(tokens)
+        if resume is not None:
+            tokens += resume.completion_tokens
         if len(tokens) >= self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
         if request.max_tokens > self.n_ctx:
@@ -248,6 +268,8 @@ class BatchEngine:
             sampler,
             request.logprobs,
         )
+        if resume is not None:
+            self._resume(job, prompt_length, resume)
         with self._lock:
             refusal = self._refusal_locked()
             if refusal is not None:
@@ -257,7 +279,21 @@ class BatchEngine:
             self._jobs[job_id] = job
             self._prompt_tokens_total += len(tokens)
             self._wake.notify()
-        return Accepted(prompt_tokens=len(tokens))
+        return Accepted(prompt_tokens=prompt_length)
+
+    def _resume(self, job: _Job, prompt_length: int, resume: Resume) -> None:
+        """Bring the job to where it was: its sampler, count, held text and log-probabilities."""
+        completion = resume.completion_tokens
+        job.prompt_length = prompt_length
+        job.completion_tokens = len(completion)
+        job.sampler.resume(completion, resume.rng_draws)
+        job.pending_logprobs = list(resume.held_logprobs)
+        # The text of these tokens went out already; feeding it again restores what the UTF-8
+        # decoder and the stop-string matcher held back, so nothing is repeated or lost.
+        for token in completion:
+            text = job.utf8.feed(self.model.piece(token))
+            if text:
+                job.stops.feed(text)
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The request's prompt length in tokens, as `submit` would count it; queues nothing."""
@@ -344,6 +380,7 @@ class BatchEngine:
                 admitted = self._admit_locked()
             events: EventBatch = []
             for job in admitted:
+                self._hooks.calling(Doing.PREPARING, job.id)
                 remember = functools.partial(job.sampler.remember_prompt, job.tokens)
                 self._guarded(job, events, "reading its prompt", remember)
             try:
@@ -352,6 +389,7 @@ class BatchEngine:
             except Exception as exc:  # a bug outside any one request must not hang them all
                 log.exception("engine step failed")
                 self._fail_active(events, f"the engine failed: {exc}")
+            self._hooks.between_calls()
             # Every step reports, even without events: a worker process sends its stats along.
             self._deliver(events)
 
@@ -366,6 +404,7 @@ class BatchEngine:
                 continue
             slot, shared = _best_slot(idle, job.tokens)
             idle.remove(slot)
+            self._hooks.calling(Doing.PREPARING, job.id)
             # Keep at least one prompt token to evaluate: its logits give the first token.
             keep = min(shared, len(job.tokens) - 1)
             self._truncate(slot, keep)
@@ -399,6 +438,7 @@ class BatchEngine:
         while groups:
             group = groups.pop()
             step = self._fill_batch(group)
+            self._hooks.decoding([job.id for job in step.jobs()])
             status = llama_cpp.llama_decode(self._context, self._batch)
             if status == 0:
                 self._step_decoded(step, events)
@@ -504,6 +544,7 @@ class BatchEngine:
         """Sample the job's next token; returns how many completion tokens it produced."""
         slot = job.slot
         assert slot is not None
+        self._hooks.calling(Doing.SAMPLING, job.id)
         # Read before the sampler runs: the model's own logits, untouched by temperature,
         # penalties or grammar.
         index = job.logits_index
@@ -545,6 +586,7 @@ class BatchEngine:
         else:
             job.phase = JobPhase.GENERATING
             job.next_token = token
+            self._hooks.produced(job.id, token, job.sampler.rng_draws, tuple(job.pending_logprobs))
         return 1
 
     def _undo_decode(self, jobs: list[_Job]) -> None:
@@ -573,7 +615,7 @@ class BatchEngine:
         held = job.stops.flush()
         if held:
             events.append((job.id, TextDelta(text=held, logprobs=job.take_logprobs())))
-        usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=job.completion_tokens)
+        usage = Usage(prompt_tokens=job.prompt_length, completion_tokens=job.completion_tokens)
         finished = Finished(
             finish_reason=reason,
             usage=usage,
@@ -595,6 +637,7 @@ class BatchEngine:
             self._requests_finished += 1
 
     def _release_locked(self, job: _Job) -> None:
+        self._hooks.calling(Doing.RELEASING, job.id)
         job.sampler.close()
         self._jobs.pop(job.id, None)
 
@@ -606,12 +649,16 @@ class BatchEngine:
 
 
 def open_batch_engine(
-    path: Path, n_gpu_layers: int, config: EngineConfig, deliver: Deliver
+    path: Path,
+    n_gpu_layers: int,
+    config: EngineConfig,
+    deliver: Deliver,
+    hooks: EngineHooks | None = None,
 ) -> BatchEngine:
     """Load the model and start its engine; the model is freed if the engine cannot start."""
     model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
     try:
-        return BatchEngine(model, config, deliver)
+        return BatchEngine(model, config, deliver, hooks)
     except BaseException:
         model.close()
         raise

@@ -3,21 +3,25 @@
     python -m locallab_gguf.engine.worker <fd to read commands> <fd to write events>
 
 llama.cpp is native code; when it crashes, it takes only this process with it. The server
-notices the closed pipe, fails the requests that were in flight and starts a new worker.
+notices the closed pipe, starts a new worker and resumes the requests that were in flight there,
+but for the one the worker's activity notes blame for the crash (resume.py).
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from locallab_gguf.engine.activity import ActivityBlock
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.types import EventBatch
+from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
 from locallab_gguf.engine.worker_protocol import (
     Cancel,
     Channel,
@@ -54,8 +58,10 @@ class Worker:
         self._outbox = outbox
         self._send_lock = threading.Lock()
         self._engine: BatchEngine | None = None
-        # Tokenizing a long prompt takes a while; it must not hold up cancellations.
-        self._submitters = ThreadPoolExecutor(max_workers=2, thread_name_prefix="submit")
+        self._hooks = WorkerHooks(None)
+        self._submitters = ThreadPoolExecutor(
+            max_workers=SUBMIT_THREADS, thread_name_prefix="submit"
+        )
 
     def send(self, message: FromWorker) -> None:
         with self._send_lock:
@@ -66,9 +72,20 @@ class Worker:
         if not isinstance(start, Start):
             raise RuntimeError(f"expected Start, got {type(start).__name__}")
         configure_logging(start.log_level, "json" if start.log_format == "json" else "text")
+        activity = start.activity
+        self._hooks = WorkerHooks(
+            None
+            if activity is None
+            else ActivityBlock.attach(activity.fd, activity.lanes, activity.max_jobs),
+            crash_marker=os.environ.get(CRASH_MARKER_ENV),
+        )
         try:
             self._engine = open_batch_engine(
-                Path(start.model_path), start.n_gpu_layers, start.config, self._on_step
+                Path(start.model_path),
+                start.n_gpu_layers,
+                start.config,
+                self._on_step,
+                self._hooks,
             )
         except LocalLabError as exc:
             self.send(LoadFailed(error=error_to_wire(exc)))
@@ -97,10 +114,12 @@ class Worker:
 
     def _submit(self, engine: BatchEngine, message: Submit) -> None:
         try:
-            if message.count_only:
-                prompt_tokens = engine.count_prompt_tokens(message.request)
-            else:
-                prompt_tokens = engine.submit(message.job_id, message.request).prompt_tokens
+            with self._hooks.preparing(message.job_id, message.request):
+                if message.count_only:
+                    prompt_tokens = engine.count_prompt_tokens(message.request)
+                else:
+                    accepted = engine.submit(message.job_id, message.request, message.resume)
+                    prompt_tokens = accepted.prompt_tokens
             reply = SubmitReply(
                 job_id=message.job_id,
                 prompt_tokens=prompt_tokens,
@@ -118,7 +137,8 @@ class Worker:
     def _on_step(self, events: EventBatch) -> None:
         engine = self._engine
         if engine is not None:
-            self.send(Events(events=events, stats=engine.stats()))
+            progress = self._hooks.take_progress()
+            self.send(Events(events=events, stats=engine.stats(), progress=progress))
 
 
 def main(argv: list[str]) -> int:

@@ -3,7 +3,9 @@
 Each message is a msgspec Struct, sent as msgpack behind a 4-byte length over a pipe.
 Server -> worker: Start once, then Submit / Cancel, and Stop at the end.
 Worker -> server: Ready (or LoadFailed) once, then SubmitReply and Events; every message after
-Ready carries the engine's latest stats, so the server can report them without asking.
+Ready carries the engine's latest stats, so the server can report them without asking. Events
+also carry the token each generating request produced, so that a request can be resumed on a
+new worker if this one dies (resume.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import struct
 
 import msgspec
 
+from locallab_gguf.engine.resume import Progress, Resume
 from locallab_gguf.engine.types import (
     EngineConfig,
     EngineInfo,
@@ -31,17 +34,27 @@ from locallab_gguf.errors import (
 )
 
 
+class ActivityFile(msgspec.Struct, frozen=True):
+    """The shared file the worker notes its activity in (activity.py), passed open."""
+
+    fd: int
+    lanes: int
+    max_jobs: int
+
+
 class Start(msgspec.Struct, frozen=True, tag=True):
     model_path: str
     config: EngineConfig
     n_gpu_layers: int
     log_level: str
     log_format: str = "text"  # the server's --log-format, so its log stays one format
+    activity: ActivityFile | None = None
 
 
 class Submit(msgspec.Struct, frozen=True, tag=True):
     job_id: int
     request: GenerationRequest
+    resume: Resume | None = None  # set when the request continues after a crash
     # Only count the prompt's tokens: the reply carries the count and nothing is queued.
     count_only: bool = False
 
@@ -89,6 +102,7 @@ class SubmitReply(msgspec.Struct, frozen=True, tag=True):
 class Events(msgspec.Struct, frozen=True, tag=True):
     events: list[tuple[int, Event]]
     stats: EngineStats
+    progress: list[Progress] = []
 
 
 FromWorker = Ready | LoadFailed | SubmitReply | Events
