@@ -17,6 +17,12 @@ QUESTION = [{"role": "user", "content": "What is the capital of France? Answer i
 
 
 @pytest.fixture(scope="module")
+def server(deterministic_server: RunningServer) -> RunningServer:
+    """These tests compare generations with each other: they need the deterministic mode."""
+    return deterministic_server
+
+
+@pytest.fixture(scope="module")
 def bare_llama(model_path: Path) -> Iterator[Llama]:
     """llama-cpp-python's own high-level API: the reference our answers must equal.
 
