@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/prompts.py [--runs 3] [--threads 2] [--llama-server PATH]
         [--deterministic] [--document-tokens 3100] [--system-tokens 1550] [--requests 24]
-        [--conversations 16] [--turns 4] [--json PATH]
+        [--conversations 16] [--turns 4] [--workloads NAME ...] [--json PATH]
 
 Starts `locallab-gguf serve` (8 slots of 4,096 tokens, the default full-speed mode) and, with
 --llama-server, llama.cpp's `llama-server` set up alike (-np 8, 4,096 tokens a slot, flash
@@ -44,6 +44,7 @@ from throughput import PEER, free_port, percentile, stream, wait_ready
 ROOT = Path(__file__).resolve().parent.parent
 SLOT_TOKENS = 4096
 OURS = "ours"
+MODEL_ID = "smollm2-135m-instruct"
 DETERMINISTIC = "ours_deterministic"
 WORDS = [
     "river",
@@ -164,7 +165,7 @@ async def chat(
     port: int, messages: list[dict[str, str]], max_tokens: int
 ) -> throughput.StreamTiming:
     body = {
-        "model": "default",
+        "model": MODEL_ID,  # llama-server serves one model whatever the name
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
@@ -245,23 +246,34 @@ async def short_prompts(port: int, server: str, run: int) -> dict[str, float]:
     }
 
 
+WORKLOADS = ("long_document", "shared_system", "conversations", "short_prompts")
+
+
 def measure(ports: dict[str, int], args: argparse.Namespace) -> dict[str, Any]:
-    workloads = ("long_document", "shared_system", "conversations", "short_prompts")
-    results: dict[str, Any] = {server: {w: [] for w in workloads} for server in ports}
+    chosen = args.workloads
+    results: dict[str, Any] = {server: {w: [] for w in WORKLOADS} for server in ports}
     for run in range(args.runs):
         for server, port in ports.items():
+            if "long_document" not in chosen:
+                break
             doc = asyncio.run(long_document(port, run, args.document_tokens))
             results[server]["long_document"].append(doc)
             print(f"run {run} {server} long document {doc}", flush=True)
         for server, port in ports.items():
+            if "shared_system" not in chosen:
+                break
             shared = asyncio.run(shared_system(port, run, args.system_tokens, args.requests))
             results[server]["shared_system"].append(shared)
             print(f"run {run} {server} shared system prompt {shared}", flush=True)
         for server, port in ports.items():
+            if "conversations" not in chosen:
+                break
             chats = asyncio.run(conversations(port, run, args.conversations, args.turns))
             results[server]["conversations"].append(chats)
             print(f"run {run} {server} conversations {chats}", flush=True)
         for server, port in ports.items():
+            if "short_prompts" not in chosen:
+                break
             short = asyncio.run(short_prompts(port, server, run))
             results[server]["short_prompts"].append(short)
             print(f"run {run} {server} short prompts {short}", flush=True)
@@ -303,6 +315,8 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     print(header)
     for workload, key, name, better, target in FIGURES:
         ours = values(OURS, workload, key)
+        if not ours:
+            continue
         row: dict[str, Any] = {
             "figure": name,
             "ours_median": statistics.median(ours),
@@ -344,6 +358,9 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=24)
     parser.add_argument("--conversations", type=int, default=16)
     parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument(
+        "--workloads", nargs="+", choices=WORKLOADS, default=list(WORKLOADS), metavar="NAME"
+    )
     args = parser.parse_args()
 
     from locallab_gguf.models.files import ModelFiles
