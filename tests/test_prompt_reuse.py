@@ -61,10 +61,11 @@ def reuse(server: RunningServer) -> Any:
     return server.engine_stats().prompt_reuse
 
 
+@pytest.mark.parametrize("deterministic", [False, True], ids=["default", "deterministic"])
 def test_a_prompt_restored_from_ram_answers_as_from_its_warm_slot(
-    make_server: ServerFactory,
+    make_server: ServerFactory, deterministic: bool
 ) -> None:
-    server = make_server(ONE_SLOT_WITH_CACHE)
+    server = make_server(msgspec.structs.replace(ONE_SLOT_WITH_CACHE, deterministic=deterministic))
     generate(server, DOCUMENT)
     warm = generate(server, DOCUMENT)  # all but its last token from the slot's own KV
     generate(server, UNRELATED)  # takes the only slot: the document's state is saved first
