@@ -96,8 +96,14 @@ class StreamTiming:
 
 
 def carries_text(event: bytes) -> bool:
-    """/generate events are text; /chat events are JSON chunks, the first only naming the role."""
-    return not event.startswith(b"data: {") or b'"content"' in event
+    """/generate events are text; chat events are JSON chunks, the first only naming the role
+    (llama-server's and OpenAI's with an empty content)."""
+    if not event.startswith(b"data: {"):
+        return True
+    if b'"content"' not in event:
+        return False
+    choices = json.loads(event[len(b"data: ") :]).get("choices") or [{}]
+    return bool((choices[0].get("delta") or {}).get("content"))
 
 
 async def stream(port: int, path: str, body: dict[str, Any]) -> StreamTiming:

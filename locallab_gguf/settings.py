@@ -89,6 +89,29 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         Annotated[int, Meta(ge=1, le=256)],
         Meta(description="requests decoded together, one KV sequence each"),
     ] = 8
+    deterministic: Annotated[
+        bool,
+        Meta(
+            description="a greedy or seeded request gives the same text alone, batched or from "
+            "the prompt cache: one KV region per slot, prompts in chunks of 63 tokens and no "
+            "prefix shared between slots (long prompts are several times slower)"
+        ),
+    ] = False
+    cache_ram: Annotated[
+        Annotated[int, Meta(ge=0)] | None,
+        Meta(
+            description="MiB of RAM for saved prompt states that later requests restore "
+            "instead of recomputing; 0 turns the prompt cache off (default: a quarter of the "
+            "free memory, at most 8192)"
+        ),
+    ] = None
+    prompt_cache_dir: Annotated[
+        str | None,
+        Meta(
+            description="directory that keeps the prompt cache on disk, so its entries outlive "
+            "a restart (default: RAM only)"
+        ),
+    ] = None
     queue_size: Annotated[
         Annotated[int, Meta(ge=0)],
         Meta(description="requests that may wait for a free slot before 503"),

@@ -7,6 +7,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 # The tests never reach the internet; set before huggingface_hub is imported anywhere.
@@ -28,6 +29,9 @@ DEFAULT_ID = "smollm2-135m-instruct"
 # Small contexts keep every test server's KV cache small; the tests never need more. Rate
 # limits are off: the tests send more than a client may; test_rate_limits turns them on.
 TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4, rate_limit=False)
+# For the tests that compare one generation with another (alone, batched, cached, against
+# llama-cpp-python's own loop): only the deterministic mode promises those are equal.
+DETERMINISTIC_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, deterministic=True)
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +91,14 @@ def server(registry: Registry) -> Iterator[RunningServer]:
     """One shared server with the default model, for tests that leave it as they found it."""
     manager = ModelManager(registry, ModelFiles(), local_engine_opener(TEST_SETTINGS))
     with serving(app_of(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def deterministic_server(registry: Registry) -> Iterator[RunningServer]:
+    """As `server`, in the --deterministic mode: for tests that compare generations."""
+    manager = ModelManager(registry, ModelFiles(), local_engine_opener(DETERMINISTIC_SETTINGS))
+    with serving(app_of(DETERMINISTIC_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
         yield running
 
 

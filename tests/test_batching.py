@@ -11,7 +11,12 @@ from typing import Any
 import msgspec
 import pytest
 
-from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
+from tests.conftest import (
+    DEFAULT_ID,
+    DETERMINISTIC_SETTINGS,
+    ServerFactory,
+    sse_events,
+)
 from tests.reference import Reference, across_pieces
 from tests.servers import RunningServer
 
@@ -25,7 +30,8 @@ PROMPTS = [
     "Here is a list of fruits:",
     "Les élèves français aiment",
 ]
-EIGHT_SLOTS = msgspec.structs.replace(TEST_SETTINGS, parallel=8)
+# Alone == batched == cached is the deterministic mode's promise; these tests hold it to it.
+EIGHT_SLOTS = msgspec.structs.replace(DETERMINISTIC_SETTINGS, parallel=8)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +131,8 @@ def test_a_cancelled_request_frees_its_slot_and_leaves_the_others_alone(
 def test_next_chat_turn_reuses_the_first_turns_kv_and_gives_the_same_text(
     make_server: ServerFactory,
 ) -> None:
-    server = make_server(msgspec.structs.replace(TEST_SETTINGS, parallel=1))
+    # Without a prompt cache, so that the unrelated request below really evaluates it again.
+    server = make_server(msgspec.structs.replace(DETERMINISTIC_SETTINGS, parallel=1, cache_ram=0))
     first_turn = [{"role": "user", "content": "Name three colours."}]
     first = server.client.post(
         "/chat", json={"messages": first_turn, "temperature": 0, "max_length": 40}
@@ -152,6 +159,11 @@ def test_next_chat_turn_reuses_the_first_turns_kv_and_gives_the_same_text(
     assert server.engine_stats().prompt_tokens_evaluated - evaluated_before == prompt_tokens
     assert fresh["choices"][0]["message"] == reused["choices"][0]["message"]
     assert fresh["usage"] == reused["usage"]
+
+
+@pytest.fixture(scope="module")
+def server(deterministic_server: RunningServer) -> RunningServer:
+    return deterministic_server
 
 
 def test_stop_string_split_across_tokens(server: RunningServer) -> None:

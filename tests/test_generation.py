@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import DEFAULT_ID, sse_events
 from tests.reference import Reference, word_inside
 from tests.servers import RunningServer
 
 PROMPT = "Once upon a time"
 QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+@pytest.fixture(scope="module")
+def server(deterministic_server: RunningServer) -> RunningServer:
+    """These tests compare generations with each other: they need the deterministic mode."""
+    return deterministic_server
 
 
 def test_greedy_generate_equals_bare_llama_cpp_python(

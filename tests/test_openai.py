@@ -21,6 +21,12 @@ QUESTION: list[Any] = [
 
 
 @pytest.fixture(scope="module")
+def server(deterministic_server: RunningServer) -> RunningServer:
+    """These tests compare generations with each other: they need the deterministic mode."""
+    return deterministic_server
+
+
+@pytest.fixture(scope="module")
 def client(server: RunningServer) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0) as client:
         yield client

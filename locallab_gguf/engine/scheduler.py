@@ -4,12 +4,15 @@ One thread owns the llama.cpp context. Each step it gathers the next token of ev
 generating slot, fills the rest of the batch with chunks of waiting prompts, decodes once,
 and samples each slot at its own batch position with that request's own sampler.
 
-Each slot is one KV sequence in its own region of the cache (llama.cpp's non-unified KV).
-That costs memory (`context_length` cells per slot) but buys two things: a request's result
-does not depend on what else is in the batch, so a greedy or seeded request gives the same
-text alone or beside seven others; and no request can take another's context. A slot keeps
-the KV of its last request, so a request that shares a prefix with it (the next turn of a
-chat, a common system prompt) only evaluates the rest.
+Each slot is one KV sequence. By default every sequence lives in one unified pool and a
+prompt advances in chunks as large as the batch: a prompt's prefix can come from any slot that
+holds it, or from a prompt being evaluated right now, without copying (engine/kv.py), and
+saved prompt states come back from the prompt cache (engine/prompt_cache.py). In the
+deterministic mode each slot has its own region of the cache (llama.cpp's non-unified KV) and
+prompts advance 63 tokens at a time, so a request's result does not depend on what else is in
+the batch: a greedy or seeded request gives the same text alone, beside seven others, or from
+the cache. Either way a slot keeps the KV of its last request, so a request that shares a
+prefix with it (the next turn of a chat, a common system prompt) only evaluates the rest.
 
 Callers never touch the context: they `submit` a request with an id, receive its events in
 batches through the `deliver` callback (one call per step, on the engine thread, with an empty
@@ -30,12 +33,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import llama_cpp
+import msgspec
 
 from locallab_gguf.engine.activity import Doing
 from locallab_gguf.engine.chat_template import ChatTemplate
 from locallab_gguf.engine.hooks import EngineHooks, NoHooks
-from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.kv import Holder, KvPool, ReusePlan, ReuseSource, plan_reuse
+from locallab_gguf.engine.llama import LlamaModel, llama_cpp_version
 from locallab_gguf.engine.logprobs import read_distribution
+from locallab_gguf.engine.prefix import common_prefix
+from locallab_gguf.engine.prompt_cache import MIN_SAVED_TOKENS, PromptCache, model_sha256
 from locallab_gguf.engine.resume import Resume
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
@@ -51,6 +58,7 @@ from locallab_gguf.engine.types import (
     Finished,
     FinishReason,
     GenerationRequest,
+    PromptReuse,
     TextDelta,
     TokenLogprobs,
     Usage,
@@ -71,12 +79,14 @@ T = TypeVar("T")
 # While other slots are generating, prompts get at most this many tokens of a step, so those
 # streams pause for one short chunk at a time rather than for a whole long prompt.
 MIXED_PROMPT_BUDGET = 128
-# A slot's prompt advances at most this many tokens per step. llama.cpp's CPU flash attention
-# switches to a tiled kernel at 64 queries per sequence, and the two kernels round differently:
-# staying below it gives every token the same arithmetic whether it is evaluated in a long
-# prompt, in a short remainder after a cache hit, or one at a time, so reusing a cached prefix
-# or sharing a batch never changes a greedy answer. It costs some prompt speed on CPUs.
-PROMPT_CHUNK_PER_SLOT = 63
+# In the deterministic mode a slot's prompt advances at most this many tokens per step.
+# llama.cpp's CPU flash attention switches to a tiled kernel at 64 queries per sequence, and the
+# two kernels round differently: staying below it gives every token the same arithmetic whether
+# it is evaluated in a long prompt, in a short remainder after a cache hit, or one at a time, so
+# reusing a cached prefix or sharing a batch never changes a greedy answer. It costs a factor
+# of about five on long prompts on CPUs (the narrow kernel is slow on long contexts), which is
+# why the default mode takes chunks as large as the batch.
+DETERMINISTIC_PROMPT_CHUNK = 63
 THROUGHPUT_WINDOW_S = 10.0
 
 
@@ -93,7 +103,7 @@ class _Slot:
 class JobPhase(enum.Enum):
     """Where a request is in its life, as llama.cpp's server names a slot's state."""
 
-    QUEUED = "queued"  # waiting for a free slot
+    QUEUED = "queued"  # waiting for a free slot, or given one and not yet started
     PROMPT = "prompt"  # in a slot, its prompt evaluated a chunk per step
     GENERATING = "generating"  # its last sampled token waits to be decoded
     ENDED = "ended"  # finished, failed or cancelled; the slot is free again
@@ -101,6 +111,7 @@ class JobPhase(enum.Enum):
 
 class _Job:
     __slots__ = (
+        "awaited",
         "cancelled",
         "completion_tokens",
         "id",
@@ -140,6 +151,8 @@ class _Job:
         self.phase = JobPhase.QUEUED
         self.slot: _Slot | None = None
         self.n_evaluated = 0  # prompt tokens already in the slot's KV
+        # PROMPT: a prefix another slot is evaluating now, taken from it once it is there
+        self.awaited: ReusePlan | None = None
         self.next_token = 0  # GENERATING: the sampled token the next step decodes
         self.logits_index: int | None = None  # where its logits are in the step's batch
         self.completion_tokens = 0
@@ -175,10 +188,20 @@ class BatchEngine:
             if template_source
             else None
         )
-        self._context = self._create_context(config.context_per_slot(model.n_ctx_train))
-        # llama.cpp may round the size up; what it reports is what each slot really has.
-        self.n_ctx = int(llama_cpp.llama_n_ctx_seq(self._context))
-        self._memory = llama_cpp.llama_get_memory(self._context)
+        unified = not config.deterministic
+        self._context = self._create_context(config.context_per_slot(model.n_ctx_train), unified)
+        # llama.cpp may round the size up; what it reports is what each slot really has. A
+        # unified pool reports its whole size: each request still gets one slot's share, so
+        # the pool can never run out of cells, however the slots' prefixes are shared.
+        self.n_ctx = int(
+            llama_cpp.llama_n_ctx(self._context) // config.n_parallel
+            if unified
+            else llama_cpp.llama_n_ctx_seq(self._context)
+        )
+        self._kv = KvPool(self._context, unified)
+        self._prompt_chunk = DETERMINISTIC_PROMPT_CHUNK if config.deterministic else config.n_batch
+        self._cache = _open_prompt_cache(model, config)
+        self._reused = dict.fromkeys(ReuseSource, 0)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
         self.info = EngineInfo(
             context_length=self.n_ctx,
@@ -210,13 +233,16 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._run, name="locallab-engine", daemon=True)
         self._thread.start()
 
-    def _create_context(self, per_slot: int) -> Any:
+    def _create_context(self, per_slot: int, unified: bool) -> Any:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = per_slot * self.config.n_parallel
         params.n_batch = self.config.n_batch
         params.n_ubatch = self.config.n_batch
         params.n_seq_max = self.config.n_parallel
-        params.kv_unified = False  # one KV region per slot; see the module docstring
+        params.kv_unified = unified  # see the module docstring
+        # Flash attention stays on llama.cpp's choice (on where the backend supports it): with
+        # prompt chunks of a whole batch it is the faster path on CPUs and GPUs alike.
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
         params.n_threads = self.config.n_threads
         params.n_threads_batch = self.config.n_threads_batch
         params.no_perf = True
@@ -325,7 +351,18 @@ class BatchEngine:
                 completion_tokens_total=self._completion_tokens_total,
                 requests_finished=self._requests_finished,
                 tokens_per_second=window_tokens / span if span > 0.5 else 0.0,
+                prompt_reuse=self._reuse_stats_locked(),
             )
+
+    def _reuse_stats_locked(self) -> PromptReuse:
+        cached = self._cache.stats() if self._cache is not None else PromptReuse()
+        return msgspec.structs.replace(
+            cached,
+            slot_tokens=self._reused[ReuseSource.SLOT],
+            shared_tokens=self._reused[ReuseSource.SHARED],
+            ram_tokens=self._reused[ReuseSource.RAM],
+            disk_tokens=self._reused[ReuseSource.DISK],
+        )
 
     def is_idle(self) -> bool:
         with self._lock:
@@ -384,6 +421,9 @@ class BatchEngine:
                 remember = functools.partial(job.sampler.remember_prompt, job.tokens)
                 self._guarded(job, events, "reading its prompt", remember)
             try:
+                for job in admitted:
+                    if job.phase is not JobPhase.ENDED:  # its prompt could not be read
+                        self._start_prompt(job)
                 self._drop_cancelled(events)
                 self._step_once(events)
             except Exception as exc:  # a bug outside any one request must not hang them all
@@ -402,15 +442,10 @@ class BatchEngine:
             if job.cancelled:
                 self._release_locked(job)
                 continue
-            slot, shared = _best_slot(idle, job.tokens)
+            slot = _best_slot(idle, job.tokens)
             idle.remove(slot)
-            self._hooks.calling(Doing.PREPARING, job.id)
-            # Keep at least one prompt token to evaluate: its logits give the first token.
-            keep = min(shared, len(job.tokens) - 1)
-            self._truncate(slot, keep)
+            # Its KV is set up, and its phase moves to PROMPT, in _start_prompt, outside the lock.
             job.slot = slot
-            job.phase = JobPhase.PROMPT
-            job.n_evaluated = keep
             job.queue_seconds = now - job.submitted_at
             slot.job = job
             admitted.append(job)
@@ -418,8 +453,94 @@ class BatchEngine:
 
     def _truncate(self, slot: _Slot, keep: int) -> None:
         if keep < len(slot.cached):
-            llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, keep, -1)
+            self._kv.truncate(slot.seq_id, keep)
             del slot.cached[keep:]
+
+    def _start_prompt(self, job: _Job) -> None:
+        """Give the job's slot the largest prefix of its prompt that needs no evaluation."""
+        slot = job.slot
+        assert slot is not None
+        job.phase = JobPhase.PROMPT
+        holders = [
+            Holder(other.seq_id, other.cached, _evaluating(other.job))
+            for other in self._slots
+            if other is not slot and self._kv.unified
+        ]
+        plan = plan_reuse(job.tokens, slot.cached, holders, self._cache)
+        if self._cache is not None:
+            kept = plan.tokens if plan.source in (ReuseSource.NONE, ReuseSource.SLOT) else 0
+            if len(slot.cached) - kept >= MIN_SAVED_TOKENS:
+                self._save(slot)  # its cells are about to go to this request
+            if plan.entry is None:
+                self._cache.count_lookup(hit=False)
+        if plan.source is ReuseSource.SHARED and plan.wait:
+            job.awaited = plan
+            own = min(common_prefix(slot.cached, job.tokens), len(job.tokens) - 1)
+            self._truncate(slot, own)
+            job.n_evaluated = own
+            return
+        reused = plan.tokens
+        if plan.source in (ReuseSource.NONE, ReuseSource.SLOT):
+            self._truncate(slot, reused)
+        elif plan.source is ReuseSource.SHARED:
+            source = self._slots[plan.from_seq]
+            self._kv.share(source.seq_id, slot.seq_id, reused)
+            slot.cached = source.cached[:reused]
+        else:
+            reused = self._restore(slot, plan)
+        job.n_evaluated = reused
+        self._count_reuse(plan.source if reused else ReuseSource.NONE, reused)
+
+    def _save(self, slot: _Slot) -> None:
+        assert self._cache is not None
+        if self._cache.worth_saving(slot.cached):
+            self._cache.put(list(slot.cached), self._kv.save(slot.seq_id))
+
+    def _restore(self, slot: _Slot, plan: ReusePlan) -> int:
+        """Restore a cached state into the slot, cut to the plan's prefix; returns its length."""
+        cache, entry = self._cache, plan.entry
+        assert cache is not None and entry is not None
+        data = cache.take(entry)
+        restored = data is not None and self._kv.restore(slot.seq_id, data)
+        cache.count_lookup(hit=restored)
+        if not restored:
+            log.warning(
+                "a saved prompt state of %d tokens could not be restored; it is dropped",
+                len(entry.tokens),
+            )
+            cache.forget(entry)
+            slot.cached = []
+            self._kv.clear(slot.seq_id)
+            return 0
+        slot.cached = list(entry.tokens)
+        self._truncate(slot, plan.tokens)
+        return plan.tokens
+
+    def _resolve_awaited(self, active: list[_Job]) -> None:
+        """Jobs waiting for a prefix another slot evaluates take it once it is there, or once
+        that slot stopped evaluating it (then they take what it got to)."""
+        for job in active:
+            plan = job.awaited
+            if plan is None:
+                continue
+            slot, source = job.slot, self._slots[plan.from_seq]
+            assert slot is not None
+            held = min(common_prefix(source.cached, job.tokens), plan.tokens)
+            coming = _evaluating(source.job)
+            if held < plan.tokens and coming and common_prefix(coming, job.tokens) >= plan.tokens:
+                continue  # still on its way
+            job.awaited = None
+            if held > job.n_evaluated:
+                self._kv.share(source.seq_id, slot.seq_id, held)
+                slot.cached = source.cached[:held]
+                job.n_evaluated = held
+                self._count_reuse(ReuseSource.SHARED, held)
+            else:
+                self._count_reuse(ReuseSource.SLOT, job.n_evaluated)
+
+    def _count_reuse(self, source: ReuseSource, tokens: int) -> None:
+        with self._lock:
+            self._reused[source] += tokens
 
     def _drop_cancelled(self, events: EventBatch) -> None:
         for slot in self._slots:
@@ -431,6 +552,7 @@ class BatchEngine:
         active = [slot.job for slot in self._slots if slot.job is not None]
         if not active:
             return
+        self._resolve_awaited(active)
         self._step += 1
         # A decode that fails is retried with half of its requests at a time, down to one: a
         # request whose own decode fails ends alone, and the others advance in this same step.
@@ -438,6 +560,8 @@ class BatchEngine:
         while groups:
             group = groups.pop()
             step = self._fill_batch(group)
+            if step.n_tokens == 0:
+                continue  # every prompt here waits for a prefix another slot is evaluating
             self._hooks.decoding([job.id for job in step.jobs()])
             status = llama_cpp.llama_decode(self._context, self._batch)
             if status == 0:
@@ -484,7 +608,7 @@ class BatchEngine:
         if step.generating:
             budget = min(budget, MIXED_PROMPT_BUDGET)
         for job in active:
-            if job.phase is not JobPhase.PROMPT or budget <= 0:
+            if job.phase is not JobPhase.PROMPT or job.awaited is not None or budget <= 0:
                 continue
             take = self._put_prompt_chunk(job, step, budget)
             budget -= take
@@ -495,7 +619,7 @@ class BatchEngine:
         slot = job.slot
         assert slot is not None
         start = job.n_evaluated
-        take = min(len(job.tokens) - start, budget, PROMPT_CHUNK_PER_SLOT)
+        take = min(len(job.tokens) - start, budget, self._prompt_chunk)
         last = len(job.tokens) - 1
         for position in range(start, start + take):
             is_last = position == last
@@ -595,7 +719,7 @@ class BatchEngine:
         for job in jobs:
             if job.slot is not None:
                 slot = job.slot
-                llama_cpp.llama_memory_seq_rm(self._memory, slot.seq_id, len(slot.cached), -1)
+                self._kv.truncate(slot.seq_id, len(slot.cached))
             job.logits_index = None
 
     def _decode_failed(self, status: int, jobs: list[_Job], events: EventBatch) -> None:
@@ -681,14 +805,33 @@ class _Step:
         return sum(take for _, take in self.chunks)
 
 
-def _best_slot(idle: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+def _best_slot(idle: list[_Slot], tokens: list[int]) -> _Slot:
     """The idle slot whose cache shares the longest prefix; among equals, the least used."""
     best, best_shared = idle[0], -1
     for slot in idle:
-        shared = _common_prefix(slot.cached, tokens)
+        shared = common_prefix(slot.cached, tokens)
         if shared > best_shared or (shared == best_shared and slot.last_used < best.last_used):
             best, best_shared = slot, shared
-    return best, best_shared
+    return best
+
+
+def _evaluating(job: _Job | None) -> list[int] | None:
+    """The prompt a slot's job is evaluating now, if it evaluates one itself."""
+    if job is None or job.phase is not JobPhase.PROMPT or job.awaited is not None:
+        return None
+    return job.tokens
+
+
+def _open_prompt_cache(model: LlamaModel, config: EngineConfig) -> PromptCache | None:
+    if config.prompt_cache_bytes <= 0:
+        return None
+    directory = Path(config.prompt_cache_dir) if config.prompt_cache_dir else None
+    return PromptCache(
+        config.prompt_cache_bytes,
+        directory,
+        model_sha256(model.path, directory) if directory is not None else None,
+        build=f"llama-cpp-python {llama_cpp_version()}",
+    )
 
 
 def _put(batch: Any, index: int, token: int, position: int, seq_id: int, logits: bool) -> None:
@@ -697,11 +840,3 @@ def _put(batch: Any, index: int, token: int, position: int, seq_id: int, logits:
     batch.n_seq_id[index] = 1
     batch.seq_id[index][0] = seq_id
     batch.logits[index] = logits
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -133,6 +133,22 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     parallel: int
 
 
+class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
+    """Prompt tokens the engine did not evaluate, by where their KV came from, and the
+    prompt cache's contents."""
+
+    slot_tokens: int = 0  # the request's own slot still held them
+    shared_tokens: int = 0  # another slot held them, or was evaluating them
+    ram_tokens: int = 0  # restored from the prompt cache in RAM
+    disk_tokens: int = 0  # restored from the prompt cache on disk
+    cache_entries: int = 0
+    cache_bytes: int = 0
+    cache_capacity_bytes: int = 0
+    cache_lookups: int = 0  # requests that looked in the prompt cache
+    cache_hits: int = 0  # of them, those that restored an entry
+    cache_hit_rate: float = 0.0
+
+
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     slots_total: int
     slots_busy: int
@@ -145,6 +161,7 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     completion_tokens_total: int
     requests_finished: int
     tokens_per_second: float
+    prompt_reuse: PromptReuse = PromptReuse()
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -155,6 +172,11 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     n_threads_batch: int
     queue_size: int = 64
     chat_template: str | None = None  # overrides the GGUF's own
+    # True: today's exactness (one KV region per slot, 63-token prompt chunks, no sharing
+    # between slots); False: full speed (one KV pool, full-batch chunks, shared prefixes).
+    deterministic: bool = False
+    prompt_cache_bytes: int = 0  # RAM for saved prompt states; 0: no prompt cache
+    prompt_cache_dir: str | None = None  # where saved prompt states outlive a restart
 
     def context_per_slot(self, n_ctx_train: int) -> int:
         """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""

@@ -10,13 +10,24 @@ from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.launch import open_engine
 from locallab_gguf.engine.types import EngineConfig
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
-from locallab_gguf.placement.hardware import HardwareInfo, HardwareProbe, choose_threads
+from locallab_gguf.placement.hardware import (
+    HardwareInfo,
+    HardwareProbe,
+    choose_threads,
+    read_memory,
+)
 from locallab_gguf.placement.offload import OffloadPlan, ensure_fits, plan_model_file
 from locallab_gguf.serving.model_manager import EngineOpener
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import human_bytes
 
 log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# Without --cache-ram the prompt cache may take this share of the memory free at load time,
+# up to a cap: saved prompts are worth keeping, but not at the cost of the system's memory.
+DEFAULT_CACHE_RAM_SHARE = 0.25
+DEFAULT_CACHE_RAM_CAP_MIB = 8192
 
 
 def load_settings_registry(settings: Settings) -> Registry:
@@ -32,7 +43,18 @@ def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
         n_threads_batch=threads.batch,
         queue_size=settings.queue_size,
         chat_template=spec.chat_template,
+        deterministic=settings.deterministic,
+        prompt_cache_bytes=prompt_cache_bytes(settings.cache_ram),
+        prompt_cache_dir=settings.prompt_cache_dir,
     )
+
+
+def prompt_cache_bytes(cache_ram_mib: int | None) -> int:
+    """--cache-ram in bytes; without it, a share of the free memory up to a cap."""
+    if cache_ram_mib is not None:
+        return cache_ram_mib * MIB
+    free_mib = read_memory().available_bytes // MIB
+    return int(min(free_mib * DEFAULT_CACHE_RAM_SHARE, DEFAULT_CACHE_RAM_CAP_MIB)) * MIB
 
 
 def offload_plan(

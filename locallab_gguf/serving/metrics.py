@@ -18,6 +18,12 @@ the engine's slots and queue and the model's state are read when Prometheus scra
     locallab_queue_depth, locallab_queue_capacity           requests waiting for a slot
     locallab_model_state{state}                             1 for the manager's state
     locallab_model_load_seconds{model}                      how long the loaded model took
+    locallab_prompt_tokens_evaluated_total                  prompt tokens the engine computed
+    locallab_prompt_tokens_reused_total{source}             prompt tokens it did not: slot,
+                                                            shared, ram, disk
+    locallab_prompt_cache_entries, _bytes, _capacity_bytes  saved prompt states
+    locallab_prompt_cache_lookups_total, _hits_total        requests that looked, and restored
+    locallab_prompt_cache_hit_ratio                         hits / lookups
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from collections.abc import Iterable
 from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from locallab_gguf.engine.types import Finished
+from locallab_gguf.engine.types import EngineStats, Finished
 from locallab_gguf.serving.model_manager import ModelManager, ModelStatus
 
 # The classic text format, which every Prometheus reads and generate_latest writes (our names
@@ -194,3 +200,60 @@ class ServingCollector(Collector):
             yield GaugeMetricFamily(
                 name, help_text, value=float(getattr(stats, value)) if stats else 0.0
             )
+        yield from _prompt_reuse_metrics(stats)
+
+
+def _prompt_reuse_metrics(stats: EngineStats | None) -> Iterable[Metric]:
+    """The engine's prompt evaluation and reuse, read from its latest stats."""
+    evaluated = CounterMetricFamily(
+        "locallab_prompt_tokens_evaluated",
+        "Prompt tokens the engine evaluated (those it could not reuse)",
+        value=float(stats.prompt_tokens_evaluated) if stats else 0.0,
+    )
+    yield evaluated
+    reused = CounterMetricFamily(
+        "locallab_prompt_tokens_reused",
+        "Prompt tokens the engine did not evaluate, by where their KV came from: the "
+        "request's own slot, another slot (shared prefix), the prompt cache in RAM or on disk",
+        labels=["source"],
+    )
+    reuse = stats.prompt_reuse if stats else None
+    for source in ("slot", "shared", "ram", "disk"):
+        reused.add_metric([source], float(getattr(reuse, f"{source}_tokens")) if reuse else 0.0)
+    yield reused
+    for name, help_text, field in (
+        (
+            "locallab_prompt_cache_entries",
+            "Prompt states saved in the prompt cache",
+            "cache_entries",
+        ),
+        ("locallab_prompt_cache_bytes", "Bytes of the saved prompt states", "cache_bytes"),
+        (
+            "locallab_prompt_cache_capacity_bytes",
+            "Bytes the prompt cache may hold (--cache-ram)",
+            "cache_capacity_bytes",
+        ),
+        (
+            "locallab_prompt_cache_hit_ratio",
+            "Share of the requests that looked in the prompt cache and restored a state",
+            "cache_hit_rate",
+        ),
+    ):
+        yield GaugeMetricFamily(
+            name, help_text, value=float(getattr(reuse, field)) if reuse else 0.0
+        )
+    for name, help_text, field in (
+        (
+            "locallab_prompt_cache_lookups",
+            "Requests that looked in the prompt cache",
+            "cache_lookups",
+        ),
+        (
+            "locallab_prompt_cache_hits",
+            "Requests that restored a saved prompt state",
+            "cache_hits",
+        ),
+    ):
+        yield CounterMetricFamily(
+            name, help_text, value=float(getattr(reuse, field)) if reuse else 0.0
+        )

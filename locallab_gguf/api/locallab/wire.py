@@ -241,6 +241,21 @@ class OffloadBody(msgspec.Struct, kw_only=True):
     ram_bytes: int
 
 
+class PromptReuseBody(msgspec.Struct, kw_only=True):
+    """Prompt tokens not evaluated, by where their KV came from, and the prompt cache."""
+
+    slot_tokens: int
+    shared_tokens: int
+    ram_tokens: int
+    disk_tokens: int
+    cache_entries: int
+    cache_bytes: int
+    cache_capacity_bytes: int
+    cache_lookups: int
+    cache_hits: int
+    cache_hit_rate: float
+
+
 class EngineStatsBody(msgspec.Struct, kw_only=True):
     slots_total: int
     slots_busy: int
@@ -253,6 +268,7 @@ class EngineStatsBody(msgspec.Struct, kw_only=True):
     completion_tokens_total: int
     requests_finished: int
     tokens_per_second: float
+    prompt_reuse: PromptReuseBody
 
 
 class ModelStatusBody(msgspec.Struct, kw_only=True):

@@ -1,0 +1,275 @@
+"""Saved prompt states: a slot's KV kept in RAM (and optionally on disk) for later requests.
+
+Before a slot's cells are given to a request that does not continue them, the scheduler saves
+the slot's state here (`llama_state_seq_get_data`); a later request whose prompt starts with a
+saved prompt restores it instead of evaluating it again. Entries are matched on their exact
+tokens, never on a hash alone: a hash names a file, nothing more. The least recently used
+entries go first once the entries' bytes pass the capacity.
+
+With a directory, every entry is also written to a file that records the cache format, the
+llama.cpp build and the model file's sha256; at start the files that match are listed again
+(their bytes stay on disk until a request needs them) and any other file is removed with a
+log line. This module does not import llama.cpp: the scheduler hands it bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import struct
+from array import array
+from pathlib import Path
+
+from locallab_gguf.engine.prefix import common_prefix
+from locallab_gguf.engine.types import PromptReuse
+
+log = logging.getLogger(__name__)
+
+# Shorter prompts are cheaper to evaluate again than to keep.
+MIN_SAVED_TOKENS = 32
+FORMAT_VERSION = 1
+MAGIC = b"LLPCACHE"
+SUFFIX = ".kvstate"
+# magic, format version, length of the build tag, model sha256, token count, state bytes
+_HEADER = struct.Struct("<8sIH32sIQ")
+_TOKEN = "i"  # llama_token is a 32-bit int
+_HASHES_FILE = "model-sha256.json"
+
+
+class CacheEntry:
+    """One saved state: the exact tokens it holds and its bytes (None while on disk only)."""
+
+    __slots__ = ("data", "name", "path", "size", "tokens")
+
+    def __init__(
+        self, tokens: list[int], data: bytearray | None, size: int, name: str, path: Path | None
+    ) -> None:
+        self.tokens = tokens
+        self.data = data
+        self.size = size
+        self.name = name
+        self.path = path
+
+    @property
+    def in_memory(self) -> bool:
+        return self.data is not None
+
+
+class PromptCache:
+    def __init__(
+        self,
+        capacity_bytes: int,
+        directory: Path | None = None,
+        model_sha256: str | None = None,
+        build: str = "",
+    ) -> None:
+        self.capacity_bytes = capacity_bytes
+        self._directory = directory
+        self._model_sha256 = bytes.fromhex(model_sha256) if model_sha256 else b"\0" * 32
+        self._build = build.encode()
+        self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
+        self._bytes = 0
+        self.lookups = 0
+        self.hits = 0
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._load_directory(directory)
+
+    # -- matching -----------------------------------------------------------------------------
+
+    def longest_match(self, tokens: list[int]) -> tuple[CacheEntry | None, int]:
+        """The entry sharing the longest prefix with `tokens`, and that prefix's length.
+
+        Only the shared part of an entry is ever used: restoring it and cutting it at the
+        first differing token leaves exactly the cells of `tokens` that both hold.
+        """
+        best: CacheEntry | None = None
+        best_shared = 0
+        for entry in self._entries.values():
+            shared = common_prefix(entry.tokens, tokens)
+            if shared > best_shared:
+                best, best_shared = entry, shared
+        return best, best_shared
+
+    def holds(self, tokens: list[int]) -> bool:
+        """Whether an entry already starts with all of `tokens` (saving them adds nothing)."""
+        n = len(tokens)
+        return any(
+            len(entry.tokens) >= n and entry.tokens[:n] == tokens
+            for entry in self._entries.values()
+        )
+
+    # -- storing and taking -------------------------------------------------------------------
+
+    def worth_saving(self, tokens: list[int]) -> bool:
+        return len(tokens) >= MIN_SAVED_TOKENS and not self.holds(tokens)
+
+    def put(self, tokens: list[int], data: bytearray) -> None:
+        """Keep a state; entries it extends are dropped, then the oldest until it fits."""
+        if len(data) > self.capacity_bytes or not data:
+            return
+        name = _name_of(tokens)
+        for key, entry in list(self._entries.items()):
+            if len(entry.tokens) <= len(tokens) and tokens[: len(entry.tokens)] == entry.tokens:
+                self._drop(key)
+        path = self._write(name, tokens, data) if self._directory is not None else None
+        self._entries[name] = CacheEntry(list(tokens), data, len(data), name, path)
+        self._bytes += len(data)
+        self._evict_to(self.capacity_bytes)
+
+    def take(self, entry: CacheEntry) -> bytearray | None:
+        """The entry's bytes, read from disk when needed; marks it recently used."""
+        if entry.name not in self._entries:
+            return None
+        self._entries.move_to_end(entry.name)
+        if entry.data is None:
+            assert entry.path is not None
+            entry.data = self._read_state(entry.path, len(entry.tokens), entry.size)
+            if entry.data is None:
+                self._drop(entry.name)
+                return None
+        return entry.data
+
+    def forget(self, entry: CacheEntry) -> None:
+        """Drop an entry llama.cpp could not restore."""
+        if entry.name in self._entries:
+            self._drop(entry.name)
+
+    def count_lookup(self, hit: bool) -> None:
+        self.lookups += 1
+        self.hits += int(hit)
+
+    def stats(self) -> PromptReuse:
+        return PromptReuse(
+            cache_entries=len(self._entries),
+            cache_bytes=self._bytes,
+            cache_capacity_bytes=self.capacity_bytes,
+            cache_lookups=self.lookups,
+            cache_hits=self.hits,
+            cache_hit_rate=self.hits / self.lookups if self.lookups else 0.0,
+        )
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.size
+        if entry.path is not None:
+            entry.path.unlink(missing_ok=True)
+
+    def _evict_to(self, capacity: int) -> None:
+        while self._bytes > capacity and self._entries:
+            self._drop(next(iter(self._entries)))
+
+    # -- disk ---------------------------------------------------------------------------------
+
+    def _header(self, n_tokens: int, n_bytes: int) -> bytes:
+        return (
+            _HEADER.pack(
+                MAGIC, FORMAT_VERSION, len(self._build), self._model_sha256, n_tokens, n_bytes
+            )
+            + self._build
+        )
+
+    def _write(self, name: str, tokens: list[int], data: bytearray) -> Path:
+        assert self._directory is not None
+        path = self._directory / (name + SUFFIX)
+        partial = path.with_suffix(".partial")
+        with partial.open("wb") as file:
+            file.write(self._header(len(tokens), len(data)))
+            file.write(array(_TOKEN, tokens).tobytes())
+            file.write(data)
+        os.replace(partial, path)  # a crash mid-write leaves no entry that looks whole
+        return path
+
+    def _load_directory(self, directory: Path) -> None:
+        for partial in directory.glob("*.partial"):
+            partial.unlink(missing_ok=True)
+        paths = sorted(directory.glob("*" + SUFFIX), key=lambda path: path.stat().st_mtime_ns)
+        for path in paths:
+            entry = self._read_entry(path)
+            if entry is not None:
+                self._entries[entry.name] = entry
+                self._bytes += entry.size
+        self._evict_to(self.capacity_bytes)
+        if self._entries:
+            log.info(
+                "prompt cache: %d saved prompts (%d bytes) found in %s",
+                len(self._entries),
+                self._bytes,
+                directory,
+            )
+
+    def _read_entry(self, path: Path) -> CacheEntry | None:
+        """The entry a file holds (its bytes left on disk), or None after removing it."""
+        try:
+            with path.open("rb") as file:
+                head = file.read(_HEADER.size)
+                if len(head) < _HEADER.size:
+                    return self._reject(path, "it is truncated")
+                magic, version, build_length, model, n_tokens, n_bytes = _HEADER.unpack(head)
+                build = file.read(build_length)
+                if magic != MAGIC or version != FORMAT_VERSION:
+                    return self._reject(path, "it is not in this cache format")
+                if build != self._build:
+                    return self._reject(
+                        path, f"it was written by another build ({build.decode(errors='replace')})"
+                    )
+                if model != self._model_sha256:
+                    return self._reject(path, "it was written for another model file")
+                token_bytes = file.read(n_tokens * array(_TOKEN).itemsize)
+                expected = _HEADER.size + build_length + len(token_bytes) + n_bytes
+                if len(token_bytes) < n_tokens * 4 or path.stat().st_size != expected:
+                    return self._reject(path, "it is truncated")
+        except OSError as exc:
+            return self._reject(path, f"it cannot be read ({exc})")
+        tokens = array(_TOKEN)
+        tokens.frombytes(token_bytes)
+        return CacheEntry(tokens.tolist(), None, n_bytes, path.stem, path)
+
+    def _read_state(self, path: Path, n_tokens: int, n_bytes: int) -> bytearray | None:
+        offset = _HEADER.size + len(self._build) + n_tokens * array(_TOKEN).itemsize
+        try:
+            with path.open("rb") as file:
+                file.seek(offset)
+                data = bytearray(file.read(n_bytes))
+        except OSError as exc:
+            log.warning("prompt cache: %s could not be read (%s); it is dropped", path.name, exc)
+            return None
+        if len(data) != n_bytes:
+            log.warning("prompt cache: %s was truncated; it is dropped", path.name)
+            return None
+        return data
+
+    @staticmethod
+    def _reject(path: Path, reason: str) -> None:
+        log.warning("prompt cache: removed %s: %s", path.name, reason)
+        path.unlink(missing_ok=True)
+
+
+def _name_of(tokens: list[int]) -> str:
+    return hashlib.sha256(array(_TOKEN, tokens).tobytes()).hexdigest()[:40]
+
+
+def model_sha256(model: Path, directory: Path) -> str:
+    """The model file's sha256, remembered in `directory` per path, size and mtime: hashing
+    a model of several GB at every start would delay each load by seconds."""
+    stat = model.stat()
+    key = f"{model.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    known_file = directory / _HASHES_FILE
+    try:
+        known: dict[str, str] = json.loads(known_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    digest = known.get(key)
+    if digest is None:
+        sha = hashlib.sha256()
+        with model.open("rb") as file:
+            while chunk := file.read(1 << 20):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+        known[key] = digest
+        directory.mkdir(parents=True, exist_ok=True)
+        known_file.write_text(json.dumps(known, indent=1))
+    return digest
