@@ -35,6 +35,8 @@ from locallab_gguf.engine.llama import LlamaModel
 from locallab_gguf.engine.logprobs import read_distribution
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
+from locallab_gguf.engine.tools.parser import OutputParser
+from locallab_gguf.engine.tools.prompt import ChatPrompter, PreparedChat
 from locallab_gguf.engine.types import (
     MAX_TOP_LOGPROBS,
     Accepted,
@@ -104,6 +106,7 @@ class _Job:
         "max_tokens",
         "n_evaluated",
         "next_token",
+        "parser",
         "pending_logprobs",
         "phase",
         "queue_seconds",
@@ -123,8 +126,10 @@ class _Job:
         stops: StopMatcher,
         sampler: Sampler,
         logprobs: int | None,
+        parser: OutputParser | None = None,
     ) -> None:
         self.id = job_id
+        self.parser = parser  # reads calls and thinking out of the text, when the chat asks
         self.tokens = tokens
         self.max_tokens = max_tokens
         self.stops = stops
@@ -157,9 +162,16 @@ class BatchEngine:
         self._deliver = deliver
         template_source = config.chat_template or model.chat_template()
         self._template = (
-            ChatTemplate(template_source, model.bos_token, model.eos_token)
+            ChatTemplate(template_source, model.bos_token, model.eos_token, model.control_texts())
             if template_source
             else None
+        )
+        self._prompter = (
+            None
+            if self._template is None
+            else ChatPrompter(
+                self._template, lambda text, markup: model.tokenize(text, False, markup)
+            )
         )
         self._context = self._create_context(config.context_per_slot(model.n_ctx_train))
         # llama.cpp may round the size up; what it reports is what each slot really has.
@@ -219,7 +231,8 @@ class BatchEngine:
 
     def submit(self, job_id: int, request: GenerationRequest) -> Accepted:
         """Tokenize and check the request, then queue it; raises when it cannot be served."""
-        tokens = self._prompt_tokens(request)
+        prepared = self._prepare(request)
+        tokens = prepared.tokens
         if len(tokens) >= self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
         if request.max_tokens > self.n_ctx:
@@ -234,7 +247,7 @@ class BatchEngine:
                 f"at most {MAX_TOP_LOGPROBS} are reported"
             )
         # The sampler is built here, off the engine thread, to keep steps short.
-        sampler = Sampler(request.sampling, self.model.vocab, self.model.n_vocab)
+        sampler = Sampler(request.sampling, self.model.vocab, self.model.n_vocab, prepared.grammar)
         job = _Job(
             job_id,
             tokens,
@@ -242,6 +255,7 @@ class BatchEngine:
             StopMatcher(request.stop),
             sampler,
             request.logprobs,
+            prepared.parser,
         )
         with self._lock:
             refusal = self._refusal_locked()
@@ -300,17 +314,18 @@ class BatchEngine:
         llama_cpp.llama_free(self._context)
         self.model.close()
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+    def _prepare(self, request: GenerationRequest) -> PreparedChat:
         if request.messages is None:
             assert request.prompt is not None
-            return self.model.tokenize(request.prompt, add_special=True)
-        if self._template is None:
+            tokens = self.model.tokenize(request.prompt, add_special=True)
+            return PreparedChat(tokens=tokens, parser=None, grammar=None)
+        if self._prompter is None:
             raise InvalidRequest(
                 f"{self.model.path.name} has no chat template; use /generate with a raw prompt "
                 "or set chat_template for this model in models.toml"
             )
         # The rendered template already holds the BOS token where the model wants one.
-        return self.model.tokenize(self._template.render(request.messages), add_special=False)
+        return self._prompter.prepare(request.messages, request.chat)
 
     def _refusal_locked(self) -> Exception | None:
         if not self._accepting:
@@ -477,7 +492,7 @@ class BatchEngine:
         if text:
             text, stopped = job.stops.feed(text)
             if text:
-                events.append((job.id, TextDelta(text=text, logprobs=job.take_logprobs())))
+                self._emit_text(job, events, text)
             if stopped:
                 self._finish(job, events, "stop")
                 return 1
@@ -510,10 +525,23 @@ class BatchEngine:
         # stop string matched, nothing is held).
         held = job.stops.flush()
         if held:
-            events.append((job.id, TextDelta(text=held, logprobs=job.take_logprobs())))
+            self._emit_text(job, events, held)
+        if job.parser is not None:
+            events.extend((job.id, event) for event in job.parser.finish())
+            if job.parser.calls and reason == "stop":
+                reason = "tool_calls"
         usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=job.completion_tokens)
         finished = Finished(finish_reason=reason, usage=usage, queue_seconds=job.queue_seconds)
         self._end(job, events, finished)
+
+    def _emit_text(self, job: _Job, events: EventBatch, text: str) -> None:
+        if job.parser is None:
+            events.append((job.id, TextDelta(text=text, logprobs=job.take_logprobs())))
+            return
+        for event in job.parser.feed(text):
+            if isinstance(event, TextDelta) and job.pending_logprobs:
+                event = TextDelta(text=event.text, logprobs=job.take_logprobs())
+            events.append((job.id, event))
 
     def _end(self, job: _Job, events: EventBatch, event: Event) -> None:
         events.append((job.id, event))
