@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import jinja2
 import jinja2.ext
@@ -29,18 +29,9 @@ _OPEN, _CLOSE = "\ue000", "\ue001"
 _PLACEHOLDER = re.compile(f"{_OPEN}(\\d+){_CLOSE}")
 
 
-class PromptPart(tuple[str, bool]):
-    """(text, whether control-token text in it becomes control tokens)."""
-
-    __slots__ = ()
-
-    @property
-    def text(self) -> str:
-        return self[0]
-
-    @property
-    def markup(self) -> bool:
-        return self[1]
+class PromptPart(NamedTuple):
+    text: str
+    markup: bool  # the template's own text: control-token text in it becomes control tokens
 
 
 def _raise_exception(message: str) -> NoReturn:
@@ -214,9 +205,9 @@ def _split(rendered: str, replaced: Sequence[str]) -> list[PromptPart]:
         if index >= len(replaced):  # not ours; cannot happen, as the marker is escaped
             continue
         if match.start() > at:
-            parts.append(PromptPart((rendered[at : match.start()], True)))
-        parts.append(PromptPart((replaced[index], False)))
+            parts.append(PromptPart(rendered[at : match.start()], True))
+        parts.append(PromptPart(replaced[index], False))
         at = match.end()
     if at < len(rendered):
-        parts.append(PromptPart((rendered[at:], True)))
+        parts.append(PromptPart(rendered[at:], True))
     return parts
