@@ -1,7 +1,8 @@
 """What constrained decoding costs: a json_schema answer and a required tool call against
 free decoding of the same number of tokens.
 
-    .venv/bin/python benchmarks/constrained.py [--runs 5] [--threads 2] [--json PATH]
+    .venv/bin/python benchmarks/constrained.py [--runs 5] [--max-tokens 200] [--threads 2]
+        [--json PATH]
 
 Runs the engine in-process with the default model, one request at a time, greedy. For each
 constrained case it generates until the grammar ends the answer, then generates the same
@@ -158,6 +159,7 @@ def measure(runner: Runner, constrained: GenerationRequest, runs: int) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--max-tokens", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -166,14 +168,14 @@ def main() -> None:
     cases = {
         "json_schema": GenerationRequest(
             messages=FRUITS,
-            max_tokens=400,
+            max_tokens=args.max_tokens,
             sampling=SamplingParams(
                 temperature=0.0, json_output=JsonOutput(schema=json.dumps(FRUIT_SCHEMA))
             ),
         ),
         "required tool call": GenerationRequest(
             messages=ORDER,
-            max_tokens=400,
+            max_tokens=args.max_tokens,
             sampling=greedy,
             chat=ChatOptions(tool_use=ToolUse(tools=(ORDER_TOOL,), mode="required")),
         ),
