@@ -347,7 +347,7 @@ def test_completion_logprobs_have_tokens_offsets_and_alternatives(client: openai
     ("extra", "param"),
     [
         ({"n": 2}, "n"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "auto"}, "tool_choice"),
         ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
@@ -360,7 +360,11 @@ def test_completion_logprobs_have_tokens_offsets_and_alternatives(client: openai
             "messages[0].content[0]",
         ),
         ({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}, "messages[0].name"),
-        ({"messages": [{"role": "tool", "content": "1", "tool_call_id": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "function", "content": "1", "name": "f"}]}, "messages[0].role"),
+        (
+            {"messages": [{"role": "tool", "content": "1", "tool_call_id": "x"}]},
+            "messages[0].tool_call_id",
+        ),
     ],
 )
 def test_unsupported_chat_fields_are_refused_by_name(

@@ -164,7 +164,7 @@ class GrammarSampler:
     """One request's grammar; `sample` picks the chain's token among those the grammar allows."""
 
     def __init__(self, grammar: str, vocab: Any, n_vocab: int) -> None:
-        self._sampler: Any = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        self._sampler: Any = self._create(grammar, vocab)
         if not self._sampler:
             raise InvalidRequest(
                 "llama.cpp could not parse the grammar (its reason is in the server log); "
@@ -181,6 +181,9 @@ class GrammarSampler:
         self._single = llama_cpp.llama_token_data_array(
             data=ctypes.cast(self._one, llama_cpp.llama_token_data_p)
         )
+
+    def _create(self, grammar: str, vocab: Any) -> Any:
+        return llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
 
     def sample(self, chain: Any, context: Any, batch_index: int) -> int:
         """Pick, then accept the token in the grammar and in `chain` (penalties, RNG).

@@ -93,14 +93,25 @@ class LlamaModel:
     def chat_template(self) -> str | None:
         return self.metadata.get("tokenizer.chat_template")
 
-    def tokenize(self, text: str, add_special: bool) -> list[int]:
-        """Special-token text such as <|im_start|> becomes its token, as chat templates need."""
+    def control_texts(self) -> list[str]:
+        """The texts of the control tokens (<|im_start|>, <|eot_id|>, [INST]...)."""
+        texts = []
+        for token in range(self.n_vocab):
+            if llama_cpp.llama_vocab_is_control(self._vocab, token):
+                text = self._special_text(token)
+                if text:
+                    texts.append(text)
+        return texts
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool = True) -> list[int]:
+        """Special-token text such as <|im_start|> becomes its token, as chat templates need,
+        unless `parse_special` is False (text a client wrote)."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         while True:
             tokens = (llama_cpp.llama_token * capacity)()
             count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), tokens, capacity, add_special, True
+                self._vocab, data, len(data), tokens, capacity, add_special, parse_special
             )
             if count >= 0:
                 return list(tokens[:count])

@@ -10,6 +10,8 @@ import llama_cpp
 import numpy as np
 
 from locallab_gguf.engine.grammar import GrammarSampler, grammar_of
+from locallab_gguf.engine.tools.grammars import ToolGrammar
+from locallab_gguf.engine.tools.lazy_grammar import LazyGrammarSampler
 from locallab_gguf.engine.types import SamplingParams
 from locallab_gguf.errors import InvalidRequest
 
@@ -31,7 +33,13 @@ class Sampler:
     cannot parse.
     """
 
-    def __init__(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+    def __init__(
+        self,
+        params: SamplingParams,
+        vocab: Any,
+        n_vocab: int,
+        tool_grammar: ToolGrammar | None = None,
+    ) -> None:
         _check_logit_bias(params.logit_bias, n_vocab)
         self._chain: Any = llama_cpp.llama_sampler_chain_init(
             llama_cpp.llama_sampler_chain_default_params()
@@ -43,7 +51,7 @@ class Sampler:
         self._n_vocab = n_vocab
         self._picks = 0  # chain picks: each draws one number from the RNG of `_dist`
         try:
-            self._build(params, vocab, n_vocab)
+            self._build(params, vocab, n_vocab, tool_grammar)
         except BaseException:
             self.close()
             raise
@@ -55,7 +63,9 @@ class Sampler:
             and self._grammar is None
         )
 
-    def _build(self, params: SamplingParams, vocab: Any, n_vocab: int) -> None:
+    def _build(
+        self, params: SamplingParams, vocab: Any, n_vocab: int, tool_grammar: ToolGrammar | None
+    ) -> None:
         add = self._add
         if params.logit_bias:
             add(_logit_bias_sampler(params.logit_bias, n_vocab))
@@ -70,7 +80,14 @@ class Sampler:
                 )
             )
         grammar = grammar_of(params)
-        if grammar is not None:
+        if tool_grammar is not None:
+            # A request's calls: the whole answer, or (lazily) from a call's opening on.
+            self._grammar = (
+                LazyGrammarSampler(tool_grammar, vocab, n_vocab)
+                if tool_grammar.trigger_patterns
+                else GrammarSampler(tool_grammar.gbnf, vocab, n_vocab)
+            )
+        elif grammar is not None:
             # Kept out of the chain: it is asked about the chain's pick (see grammar.py).
             self._grammar = GrammarSampler(grammar, vocab, n_vocab)
         if params.temperature < GREEDY_BELOW_TEMPERATURE:

@@ -46,6 +46,8 @@ from locallab_gguf.engine.prompt_cache import MIN_SAVED_TOKENS, PromptCache, mod
 from locallab_gguf.engine.resume import Resume
 from locallab_gguf.engine.sampling import Sampler
 from locallab_gguf.engine.text import StopMatcher, Utf8Stream
+from locallab_gguf.engine.tools.parser import OutputParser
+from locallab_gguf.engine.tools.prompt import ChatPrompter, PreparedChat
 from locallab_gguf.engine.types import (
     MAX_TOP_LOGPROBS,
     Accepted,
@@ -120,6 +122,7 @@ class _Job:
         "max_tokens",
         "n_evaluated",
         "next_token",
+        "parser",
         "pending_logprobs",
         "phase",
         "prompt_length",
@@ -140,8 +143,10 @@ class _Job:
         stops: StopMatcher,
         sampler: Sampler,
         logprobs: int | None,
+        parser: OutputParser | None = None,
     ) -> None:
         self.id = job_id
+        self.parser = parser  # reads calls and thinking out of the text, when the chat asks
         self.tokens = tokens
         self.prompt_length = len(tokens)  # a resumed job's tokens also hold its completion
         self.max_tokens = max_tokens
@@ -184,9 +189,16 @@ class BatchEngine:
         self._hooks: EngineHooks = hooks or NoHooks()
         template_source = config.chat_template or model.chat_template()
         self._template = (
-            ChatTemplate(template_source, model.bos_token, model.eos_token)
+            ChatTemplate(template_source, model.bos_token, model.eos_token, model.control_texts())
             if template_source
             else None
+        )
+        self._prompter = (
+            None
+            if self._template is None
+            else ChatPrompter(
+                self._template, lambda text, markup: model.tokenize(text, False, markup)
+            )
         )
         unified = not config.deterministic
         self._context = self._create_context(config.context_per_slot(model.n_ctx_train), unified)
@@ -264,7 +276,8 @@ class BatchEngine:
 
         With `resume`, the request continues from the tokens it produced before the engine
         process that served it died: they are evaluated after its prompt."""
-        tokens = self._prompt_tokens(request)
+        prepared = self._prepare(request)
+        tokens = list(prepared.tokens)
         if not tokens:
             # The first token is sampled from the logits of the prompt's last token.
             raise InvalidRequest("the prompt is empty (0 tokens); send at least one character")
@@ -285,7 +298,7 @@ class BatchEngine:
                 f"at most {MAX_TOP_LOGPROBS} are reported"
             )
         # The sampler is built here, off the engine thread, to keep steps short.
-        sampler = Sampler(request.sampling, self.model.vocab, self.model.n_vocab)
+        sampler = Sampler(request.sampling, self.model.vocab, self.model.n_vocab, prepared.grammar)
         job = _Job(
             job_id,
             tokens,
@@ -293,6 +306,7 @@ class BatchEngine:
             StopMatcher(request.stop),
             sampler,
             request.logprobs,
+            prepared.parser,
         )
         if resume is not None:
             self._resume(job, prompt_length, resume)
@@ -319,11 +333,13 @@ class BatchEngine:
         for token in completion:
             text = job.utf8.feed(self.model.piece(token))
             if text:
-                job.stops.feed(text)
+                safe, _ = job.stops.feed(text)
+                if safe and job.parser is not None:
+                    job.parser.feed(safe)  # its events went out before the crash
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
         """The request's prompt length in tokens, as `submit` would count it; queues nothing."""
-        return len(self._prompt_tokens(request))
+        return len(self._prepare(request).tokens)
 
     def cancel(self, job_id: int) -> None:
         job = self._jobs.get(job_id)
@@ -382,17 +398,18 @@ class BatchEngine:
         llama_cpp.llama_free(self._context)
         self.model.close()
 
-    def _prompt_tokens(self, request: GenerationRequest) -> list[int]:
+    def _prepare(self, request: GenerationRequest) -> PreparedChat:
         if request.messages is None:
             assert request.prompt is not None
-            return self.model.tokenize(request.prompt, add_special=True)
-        if self._template is None:
+            tokens = self.model.tokenize(request.prompt, add_special=True)
+            return PreparedChat(tokens=tokens, parser=None, grammar=None)
+        if self._prompter is None:
             raise InvalidRequest(
                 f"{self.model.path.name} has no chat template; use /generate with a raw prompt "
                 "or set chat_template for this model in models.toml"
             )
         # The rendered template already holds the BOS token where the model wants one.
-        return self.model.tokenize(self._template.render(request.messages), add_special=False)
+        return self._prompter.prepare(request.messages, request.chat)
 
     def _refusal_locked(self) -> Exception | None:
         if not self._accepting:
@@ -693,7 +710,7 @@ class BatchEngine:
         if text:
             text, stopped = job.stops.feed(text)
             if text:
-                events.append((job.id, TextDelta(text=text, logprobs=job.take_logprobs())))
+                self._emit_text(job, events, text)
             if stopped:
                 self._finish(job, events, "stop")
                 return 1
@@ -738,7 +755,11 @@ class BatchEngine:
         # stop string matched, nothing is held).
         held = job.stops.flush()
         if held:
-            events.append((job.id, TextDelta(text=held, logprobs=job.take_logprobs())))
+            self._emit_text(job, events, held)
+        if job.parser is not None:
+            events.extend((job.id, event) for event in job.parser.finish())
+            if job.parser.calls and reason == "stop":
+                reason = "tool_calls"
         usage = Usage(prompt_tokens=job.prompt_length, completion_tokens=job.completion_tokens)
         finished = Finished(
             finish_reason=reason,
@@ -747,6 +768,15 @@ class BatchEngine:
             stop_sequence=job.stops.matched,
         )
         self._end(job, events, finished)
+
+    def _emit_text(self, job: _Job, events: EventBatch, text: str) -> None:
+        if job.parser is None:
+            events.append((job.id, TextDelta(text=text, logprobs=job.take_logprobs())))
+            return
+        for event in job.parser.feed(text):
+            if isinstance(event, TextDelta) and job.pending_logprobs:
+                event = TextDelta(text=event.text, logprobs=job.take_logprobs())
+            events.append((job.id, event))
 
     def _end(self, job: _Job, events: EventBatch, event: Event) -> None:
         events.append((job.id, event))

@@ -10,8 +10,8 @@ from typing import Literal
 
 import msgspec
 
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 # Without --ctx, each slot gets the model's trained context up to this many tokens: room for
 # long chats, while the KV cache of every slot together stays a modest part of memory.
@@ -20,9 +20,20 @@ DEFAULT_CONTEXT_CAP = 4096
 MAX_TOP_LOGPROBS = 5
 
 
+class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
+    """A call the assistant made: `arguments` is JSON text, as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class ChatMessage(msgspec.Struct, frozen=True):
     role: Role
     content: str
+    # An assistant's calls; a tool message names the call it answers.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +61,45 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     json_output: JsonOutput | None = None  # a grammar the engine derives (grammar stays None)
 
 
+class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """A function the model may call; `parameters` is a JSON Schema as JSON text."""
+
+    name: str
+    description: str | None = None
+    parameters: str | None = None
+
+
+ToolChoiceMode = Literal["auto", "none", "required"]
+
+
+class ToolUse(msgspec.Struct, frozen=True, kw_only=True):
+    """The tools of a chat request and how the model may call them.
+
+    `auto`: the model decides, and a call it opens is constrained to the tools' schemas;
+    `required`: the answer is one or more calls (only to `named` when it is set);
+    `none`: no call, though the tools are still described to the model.
+    """
+
+    tools: tuple[ToolSpec, ...]
+    mode: ToolChoiceMode = "auto"
+    named: str | None = None
+    parallel: bool = True
+
+
+# "split": <think>...</think> comes out as ReasoningDelta; "none": the tags stay in the text.
+ReasoningFormat = Literal["split", "none"]
+
+
+class ChatOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """How a chat is rendered and its output read (OpenAI's /v1 sets them; /chat does not)."""
+
+    tool_use: ToolUse | None = None
+    reasoning: ReasoningFormat = "none"
+    # Extra variables for the chat template (e.g. enable_thinking), as a JSON object text.
+    template_kwargs: str | None = None
+    reasoning_effort: str | None = None
+
+
 class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     """Exactly one of `prompt` (raw completion) and `messages` (chat template) is set."""
 
@@ -60,6 +110,7 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
     # None: no log-probabilities; n: each token's own and the n most likely at its step.
     logprobs: int | None = None
+    chat: ChatOptions = ChatOptions()
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -97,6 +148,27 @@ class TextDelta(msgspec.Struct, frozen=True, tag=True):
     logprobs: tuple[TokenLogprobs, ...] = ()
 
 
+class ReasoningDelta(msgspec.Struct, frozen=True, tag=True):
+    """Text of the model's thinking (<think>...</think>), apart from its answer."""
+
+    text: str
+
+
+class ToolCallStarted(msgspec.Struct, frozen=True, tag=True):
+    """The model opened call number `index` to the tool `name`; its arguments follow."""
+
+    index: int
+    id: str
+    name: str
+
+
+class ToolCallArguments(msgspec.Struct, frozen=True, tag=True):
+    """A piece of call `index`'s arguments (JSON text); the pieces join to the whole."""
+
+    index: int
+    text: str
+
+
 class Finished(msgspec.Struct, frozen=True, tag=True):
     finish_reason: FinishReason
     usage: Usage
@@ -116,7 +188,7 @@ class Failed(msgspec.Struct, frozen=True, tag=True):
     cause: FailureCause = "engine"
 
 
-Event = TextDelta | Finished | Failed
+Event = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallArguments | Finished | Failed
 EventBatch = list[tuple[int, Event]]
 """(request id, event) pairs: what one engine step produced."""
 

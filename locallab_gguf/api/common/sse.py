@@ -42,17 +42,22 @@ async def collect(stream: EventSource) -> tuple[str, Finished]:
 
 async def collect_deltas(stream: EventSource) -> tuple[list[TextDelta], Finished]:
     """Every text delta (with its log-probabilities) and how it finished; a failure raises."""
-    deltas: list[TextDelta] = []
+    events, finished = await collect_events(stream)
+    return [event for event in events if isinstance(event, TextDelta)], finished
+
+
+async def collect_events(stream: EventSource) -> tuple[list[Event], Finished]:
+    """Every event before the end, and how it finished; a failure raises."""
+    events: list[Event] = []
     try:
         async for event in stream:
-            if isinstance(event, TextDelta):
-                deltas.append(event)
-            elif isinstance(event, Finished):
-                return deltas, event
-            elif event.cause == "request":
-                raise InvalidRequest(event.detail)
-            else:
+            if isinstance(event, Finished):
+                return events, event
+            if isinstance(event, Failed):
+                if event.cause == "request":
+                    raise InvalidRequest(event.detail)
                 raise EngineFailure(f"generation failed: {event.detail}")
+            events.append(event)
     finally:
         stream.cancel()  # cancelled from outside (client gone, shutdown): free the slot
     raise EngineFailure("generation ended without finishing")

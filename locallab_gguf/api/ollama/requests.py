@@ -117,7 +117,7 @@ def generation_of(
     options = data.options or Options()
     if isinstance(data, ChatRequest):
         messages: tuple[ChatMessage, ...] | None = tuple(
-            ChatMessage(message.role, message.content)  # type: ignore[arg-type]
+            ChatMessage(message.role, message.content)
             for message in data.messages
         )
         prompt = None

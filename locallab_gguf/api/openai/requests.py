@@ -14,15 +14,20 @@ from locallab_gguf.api.openai.wire import (
     CompletionRequest,
     JsonObjectFormat,
     JsonSchemaFormat,
+    NamedToolChoice,
     OpenAIRequest,
 )
 from locallab_gguf.engine.types import (
     MAX_TOP_LOGPROBS,
     ChatMessage,
+    ChatOptions,
     GenerationRequest,
     JsonOutput,
     Role,
     SamplingParams,
+    ToolCall,
+    ToolSpec,
+    ToolUse,
 )
 from locallab_gguf.errors import ModelNotServed, UnsupportedParameter
 from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
@@ -35,6 +40,7 @@ _ROLES: dict[str, Role] = {
     "developer": "system",  # OpenAI's newer name for the system role
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
@@ -51,12 +57,30 @@ def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> Gen
     _refuse_common(data)
     _refuse_chat_only(data)
     top_logprobs = _top_logprobs(data)
+    tool_use = _tool_use(data)
+    json_output = _json_output(data)
+    if json_output is not None and tool_use is not None and tool_use.mode != "none":
+        _refuse(
+            "response_format",
+            "cannot shape an answer that may be a tool call; send tool_choice none with it, "
+            "or describe the format in the tool's parameters",
+        )
     return GenerationRequest(
-        messages=tuple(_message(index, message) for index, message in enumerate(data.messages)),
+        messages=_messages(data.messages),
         max_tokens=data.max_completion_tokens or data.max_tokens or default_max_tokens,
-        sampling=_sampling(data, _json_output(data)),
+        sampling=_sampling(data, json_output),
         stop=stop_strings(data.stop),
         logprobs=top_logprobs,
+        chat=ChatOptions(
+            tool_use=tool_use,
+            reasoning="none" if data.reasoning_format == "none" else "split",
+            template_kwargs=(
+                None
+                if data.chat_template_kwargs is None
+                else msgspec.json.encode(data.chat_template_kwargs).decode()
+            ),
+            reasoning_effort=data.reasoning_effort,
+        ),
     )
 
 
@@ -104,19 +128,15 @@ def _refuse_common(data: OpenAIRequest) -> None:
 
 
 def _refuse_chat_only(data: ChatCompletionRequest) -> None:
-    for name, value in (("tools", data.tools), ("functions", data.functions)):
-        if not _accepted(value, []):
-            _refuse(name, "tool and function calling are not supported; leave them out")
-    for name, value in (("tool_choice", data.tool_choice), ("function_call", data.function_call)):
-        if not _accepted(value, "none"):
-            _refuse(name, "tool and function calling are not supported; leave it out")
+    if data.functions:
+        _refuse("functions", "the legacy functions field is not supported; send tools")
+    if data.function_call not in (None, "none"):
+        _refuse("function_call", "the legacy function_call is not supported; send tool_choice")
     if not _accepted(data.modalities, ["text"]):
         _refuse("modalities", "only text output is supported")
-    # parallel_tool_calls is accepted: without tools it has nothing to govern.
     for name, value in (
         ("audio", data.audio),
         ("prediction", data.prediction),
-        ("reasoning_effort", data.reasoning_effort),
         ("web_search_options", data.web_search_options),
         ("verbosity", data.verbosity),
     ):
@@ -135,15 +155,88 @@ def _top_logprobs(data: ChatCompletionRequest) -> int | None:
     return top
 
 
-def _message(index: int, message: ChatMessageBody) -> ChatMessage:
+def _tool_use(data: ChatCompletionRequest) -> ToolUse | None:
+    tools = data.tools or []
+    choice = data.tool_choice
+    if not tools:
+        if choice not in (None, "none"):
+            _refuse("tool_choice", "names no tool to call, as the request has no tools; send tools")
+        return None
+    names: set[str] = set()
+    specs = []
+    for index, tool in enumerate(tools):
+        function = tool.function
+        if function.name in names:
+            _refuse(
+                f"tools[{index}].function.name",
+                f"a second tool is named {function.name}; give each tool its own name",
+            )
+        names.add(function.name)
+        parameters = function.parameters
+        specs.append(
+            ToolSpec(
+                name=function.name,
+                description=function.description,
+                parameters=None if parameters is None else msgspec.json.encode(parameters).decode(),
+            )
+        )
+    named = None
+    if isinstance(choice, NamedToolChoice):
+        named = choice.function.name
+        if named not in names:
+            _refuse(
+                "tool_choice",
+                f"names the tool {named!r}, which is not among the request's tools "
+                f"({', '.join(sorted(names))})",
+            )
+    return ToolUse(
+        tools=tuple(specs),
+        mode="required" if isinstance(choice, NamedToolChoice) else choice or "auto",
+        named=named,
+        parallel=data.parallel_tool_calls is not False,
+    )
+
+
+def _messages(bodies: list[ChatMessageBody]) -> tuple[ChatMessage, ...]:
+    call_ids: set[str] = set()
+    messages = []
+    for index, body in enumerate(bodies):
+        message = _message(index, body, call_ids)
+        call_ids.update(call.id for call in message.tool_calls)
+        messages.append(message)
+    return tuple(messages)
+
+
+def _message(index: int, message: ChatMessageBody, call_ids: set[str]) -> ChatMessage:
+    """`call_ids`: the ids of the calls made in earlier messages."""
     where = f"messages[{index}]"
     role = _ROLES.get(message.role)
     if role is None:
-        _refuse(f"{where}.role", f"{message.role} messages need tool calling, which is unsupported")
-    for name in ("name", "tool_calls", "tool_call_id", "function_call", "refusal", "audio"):
+        _refuse(f"{where}.role", "legacy function messages are not supported; send tool messages")
+    for name in ("name", "function_call", "refusal", "audio"):
         if getattr(message, name) is not None:
             _refuse(f"{where}.{name}", "not supported by this server; leave it out")
-    return ChatMessage(role, _text_content(where, message.content))
+    calls: tuple[ToolCall, ...] = ()
+    if message.tool_calls:
+        if role != "assistant":
+            _refuse(f"{where}.tool_calls", "only assistant messages hold tool calls")
+        calls = tuple(
+            ToolCall(id=call.id, name=call.function.name, arguments=call.function.arguments)
+            for call in message.tool_calls
+        )
+    if role == "tool":
+        if message.tool_call_id is None:
+            _refuse(f"{where}.tool_call_id", "a tool message names the call it answers")
+        if message.tool_call_id not in call_ids:
+            _refuse(
+                f"{where}.tool_call_id",
+                f"{message.tool_call_id!r} is the id of no tool call in an earlier assistant "
+                "message; send the id the call came with",
+            )
+    elif message.tool_call_id is not None:
+        _refuse(f"{where}.tool_call_id", "only tool messages answer a call")
+    content = "" if calls and message.content is None else _text_content(where, message.content)
+    return ChatMessage(role, content, tool_calls=calls, tool_call_id=message.tool_call_id)
 
 
 def _text_content(where: str, content: Any) -> str:

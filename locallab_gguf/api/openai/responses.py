@@ -21,10 +21,23 @@ from locallab_gguf.api.openai.wire import (
     CompletionLogprobs,
     ErrorBody,
     ErrorDetail,
+    FunctionCallBody,
+    FunctionChunk,
     TokenLogprob,
+    ToolCallBody,
+    ToolCallChunk,
     TopLogprob,
 )
-from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta, TokenLogprobs
+from locallab_gguf.engine.types import (
+    Event,
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    TokenLogprobs,
+    ToolCallArguments,
+    ToolCallStarted,
+)
 
 
 class Reply:
@@ -37,9 +50,19 @@ class Reply:
         self.logprobs = logprobs
 
 
-def chat_completion(
-    reply: Reply, deltas: Sequence[TextDelta], finished: Finished
-) -> ChatCompletion:
+def chat_completion(reply: Reply, events: Sequence[Event], finished: Finished) -> ChatCompletion:
+    """The whole answer: the same events a stream sends, put together."""
+    deltas = [event for event in events if isinstance(event, TextDelta)]
+    content = "".join(delta.text for delta in deltas)
+    reasoning = "".join(event.text for event in events if isinstance(event, ReasoningDelta))
+    calls = _tool_calls(events)
+    message = AssistantMessageBody(
+        role="assistant",
+        content=None if calls and not content else content,
+        refusal=None,
+        tool_calls=calls or None,
+        reasoning_content=reasoning or None,
+    )
     return ChatCompletion(
         id=reply.id,
         created=reply.created,
@@ -47,13 +70,31 @@ def chat_completion(
         choices=[
             ChatCompletionChoice(
                 index=0,
-                message=AssistantMessageBody(content="".join(delta.text for delta in deltas)),
+                message=message,
                 logprobs=_chat_logprobs(deltas) if reply.logprobs else None,
                 finish_reason=finished.finish_reason,
             )
         ],
         usage=UsageBody.of(finished.usage),
     )
+
+
+def _tool_calls(events: Sequence[Event]) -> list[ToolCallBody]:
+    started: list[ToolCallStarted] = []
+    arguments: dict[int, list[str]] = {}
+    for event in events:
+        if isinstance(event, ToolCallStarted):
+            started.append(event)
+            arguments[event.index] = []
+        elif isinstance(event, ToolCallArguments):
+            arguments.setdefault(event.index, []).append(event.text)
+    return [
+        ToolCallBody(
+            id=call.id,
+            function=FunctionCallBody(name=call.name, arguments="".join(arguments[call.index])),
+        )
+        for call in started
+    ]
 
 
 def completion(reply: Reply, deltas: Sequence[TextDelta], finished: Finished) -> Completion:
@@ -98,6 +139,20 @@ class ChatChunks:
             logprobs = _chat_logprobs([event]) if self.reply.logprobs else None
             delta = ChunkDelta(content=event.text)
             return self._chunk([ChatChunkChoice(index=0, delta=delta, logprobs=logprobs)])
+        if isinstance(event, ReasoningDelta):
+            return self._delta(ChunkDelta(reasoning_content=event.text))
+        if isinstance(event, ToolCallStarted):
+            # As OpenAI streams a call: id, type and name first, the arguments after.
+            opening = ToolCallChunk(
+                index=event.index,
+                id=event.id,
+                type="function",
+                function=FunctionChunk(name=event.name, arguments=""),
+            )
+            return self._delta(ChunkDelta(tool_calls=[opening]))
+        if isinstance(event, ToolCallArguments):
+            piece = ToolCallChunk(index=event.index, function=FunctionChunk(arguments=event.text))
+            return self._delta(ChunkDelta(tool_calls=[piece]))
         if isinstance(event, Finished):
             last = ChatChunkChoice(index=0, delta=ChunkDelta(), finish_reason=event.finish_reason)
             ending = self._chunk([last])
@@ -105,6 +160,9 @@ class ChatChunks:
                 ending += self._chunk([], UsageBody.of(event.usage))
             return ending
         return None
+
+    def _delta(self, delta: ChunkDelta) -> bytes:
+        return self._chunk([ChatChunkChoice(index=0, delta=delta)])
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: UsageBody | None = None) -> bytes:
         reply = self.reply

@@ -16,6 +16,7 @@ from locallab_gguf.api.common.sse import (
     EventStream,
     chunked_stream,
     collect_deltas,
+    collect_events,
     unless_client_leaves,
 )
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
@@ -81,8 +82,8 @@ async def chat_completions(
     if data.stream:
         chunks = ChatChunks(reply, include_usage=include_usage(data))
         return EventStream(chunked_stream(stream, chunks, stream_failure))
-    deltas, finished = await unless_client_leaves(request.receive, collect_deltas(stream))
-    return chat_completion(reply, deltas, finished)
+    events, finished = await unless_client_leaves(request.receive, collect_events(stream))
+    return chat_completion(reply, events, finished)
 
 
 @post("/completions", status_code=200, summary="OpenAI text completion")

@@ -89,13 +89,32 @@ class ContentPart(msgspec.Struct, kw_only=True):
     text: str | None = None
 
 
-# Decoded leniently (a tool message, a null content, an image part) to be refused by name.
-_ACCEPTED_ROLES = {"enum": ["system", "developer", "user", "assistant"]}
+# Decoded leniently (a function message, an image part) to be refused by name.
+_ACCEPTED_ROLES = {"enum": ["system", "developer", "user", "assistant", "tool"]}
 _TEXT_PART = {
     "required": ["type", "text"],
     "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
 }
-_WITH_CONTENT = {"required": ["role", "content"]}
+# Content may be null only on an assistant message that makes tool calls.
+_WITH_CONTENT = {
+    "required": ["role"],
+    "if": {"properties": {"role": {"const": "assistant"}}, "required": ["tool_calls"]},
+    "then": {},
+    "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+}
+
+ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[a-zA-Z0-9_.-]+$")]
+
+
+class FunctionCallBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1)]
+    type: Literal["function"] = "function"
+    function: FunctionCallBody
 
 
 class ChatMessageBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -103,13 +122,12 @@ class ChatMessageBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         Literal["system", "developer", "user", "assistant", "tool", "function"],
         Meta(extra_json_schema={"allOf": [_ACCEPTED_ROLES]}),
     ]
-    content: Annotated[
-        str | list[Annotated[ContentPart, Meta(extra_json_schema=_TEXT_PART)]] | None,
-        Meta(extra_json_schema={"not": {"type": "null"}}),
-    ] = None
+    content: str | list[Annotated[ContentPart, Meta(extra_json_schema=_TEXT_PART)]] | None = None
     name: Unsupported = None
-    tool_calls: Unsupported = None
-    tool_call_id: Unsupported = None
+    tool_calls: list[ToolCallBody] | None = None  # assistant messages
+    tool_call_id: str | None = None  # tool messages: the call they answer
+    # Sent back by clients that keep a reasoning model's thinking; not shown to the model.
+    reasoning_content: str | None = None
     function_call: Unsupported = None
     refusal: Unsupported = None
     audio: Unsupported = None
@@ -141,6 +159,30 @@ class JsonSchemaFormat(
 ResponseFormat = TextFormat | JsonObjectFormat | JsonSchemaFormat
 
 
+class FunctionDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: ToolName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # JSON Schema; None: no arguments
+    strict: bool | None = None  # calls always follow the schema, strict or not
+
+
+class ToolDefinition(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: str
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
 class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True):
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
         *OpenAIRequest.json_schema_rules,
@@ -154,15 +196,21 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=T
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     response_format: ResponseFormat | None = None
-    tools: Annotated[Any, only([])] = None
-    tool_choice: Annotated[Any, only("none")] = None
-    parallel_tool_calls: Any = None  # without tools it has nothing to govern
-    functions: Annotated[Any, only([])] = None
-    function_call: Annotated[Any, only("none")] = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # None: true, as OpenAI
+    # How thinking (<think>...</think>) is returned: apart in reasoning_content (auto,
+    # deepseek), or left in content (none). As llama.cpp's server names them.
+    reasoning_format: Literal["auto", "deepseek", "none"] | None = None
+    # Extra variables for the model's chat template, e.g. {"enable_thinking": false}.
+    chat_template_kwargs: dict[str, Any] | None = None
+    functions: Unsupported = None
+    function_call: Unsupported = None
     audio: Unsupported = None
     modalities: Annotated[Any, only(["text"])] = None
     prediction: Unsupported = None
-    reasoning_effort: Unsupported = None
+    # Passed to the chat template as reasoning_effort, for templates that use it.
+    reasoning_effort: Annotated[str, Meta(max_length=32)] | None = None
     web_search_options: Unsupported = None
     verbosity: Unsupported = None
 
@@ -212,10 +260,12 @@ class ChoiceLogprobs(msgspec.Struct):
     refusal: None = None
 
 
-class AssistantMessageBody(msgspec.Struct, kw_only=True):
-    role: Literal["assistant"] = "assistant"
-    content: str
-    refusal: None = None
+class AssistantMessageBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    role: Literal["assistant"]
+    content: str | None  # null when the answer is only tool calls
+    refusal: None
+    tool_calls: list[ToolCallBody] | None = None
+    reasoning_content: str | None = None
 
 
 class ChatCompletionChoice(msgspec.Struct, kw_only=True):
@@ -234,9 +284,25 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     usage: UsageBody
 
 
+class FunctionChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A call's first chunk carries its id, type and name; later ones its arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionChunk
+
+
 class ChunkDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCallChunk] | None = None
 
 
 class ChatChunkChoice(msgspec.Struct, kw_only=True):
