@@ -14,14 +14,16 @@ from litestar.di import NamedDependency
 from locallab_gguf import __version__
 from locallab_gguf.api.common.access import PUBLIC, UNLIMITED
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.locallab.models import describe
+from locallab_gguf.api.locallab.models import describe, loaded_rows
 from locallab_gguf.api.locallab.wire import (
     Backend,
     CpuBody,
     EngineStatsBody,
     GpuBody,
     HealthResponse,
+    LoadedModel,
     MemoryBody,
+    ModelActivityBody,
     ModelDescription,
     OffloadBody,
     ThreadsBody,
@@ -29,7 +31,7 @@ from locallab_gguf.api.locallab.wire import (
 )
 from locallab_gguf.placement.hardware import HardwareInfo, choose_threads
 from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
-from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.settings import Settings
 
 
@@ -40,11 +42,16 @@ class Versions(msgspec.Struct):
 
 
 class ModelState(msgspec.Struct):
+    """`status`, `current` and `engine` are the default model's; `resident` lists every
+    loaded model and `activity` each model's loads and unloads since the start."""
+
     status: str
     loading: str | None
     last_error: str | None
     current: ModelDescription | None
     engine: EngineStatsBody | None
+    resident: list[LoadedModel]
+    activity: dict[str, ModelActivityBody]
 
 
 class Acceleration(msgspec.Struct, kw_only=True):
@@ -124,6 +131,11 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
             last_error=manager.last_error,
             current=describe(current) if current else None,
             engine=body_of(current.engine.stats(), EngineStatsBody) if current else None,
+            resident=loaded_rows(manager),
+            activity={
+                model_id: body_of(record, ModelActivityBody)
+                for model_id, record in sorted(manager.history.models.items())
+            },
         ),
         uptime_seconds=uptime,
         requests=RequestCounts(
@@ -159,7 +171,7 @@ def acceleration(hardware: HardwareInfo) -> Acceleration:
 
 
 def loaded_offload(
-    settings: Settings, model: ActiveModel, hardware: HardwareInfo
+    settings: Settings, model: ResidentModel, hardware: HardwareInfo
 ) -> OffloadEstimate:
     """What the loaded model's layers take where, from its GGUF header and the engine."""
     info = model.engine.info

@@ -24,8 +24,7 @@ from locallab_gguf.engine.types import (
     Role,
     SamplingParams,
 )
-from locallab_gguf.errors import ModelNotServed, UnsupportedParameter
-from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
+from locallab_gguf.errors import UnsupportedParameter
 
 # OpenAI: "-100 should result in a ban ... of the relevant token".
 BAN_BIAS = -100.0
@@ -36,15 +35,6 @@ _ROLES: dict[str, Role] = {
     "user": "user",
     "assistant": "assistant",
 }
-
-
-def served_model(manager: ModelManager, requested: str) -> ActiveModel:
-    """The loaded model, when `requested` is exactly its id (as /v1/models lists it); any
-    other id is a 404."""
-    current = manager.loaded()
-    if requested != current.spec.id:
-        raise ModelNotServed(requested, current.spec.id)
-    return current
 
 
 def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> GenerationRequest:
