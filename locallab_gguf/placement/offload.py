@@ -64,6 +64,7 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     ram_available_bytes: int
     reason: str
     warning: str | None = None
+    ram_total_bytes: int = 0  # the machine's RAM: what resident models' estimates share
 
     @property
     def fits(self) -> bool:
@@ -147,6 +148,7 @@ def plan_offload(
         gpus=[gpu.index for gpu in gpus] if layers else [],
         vram_free_bytes=sum(gpu.free_memory_bytes for gpu in gpus),
         ram_available_bytes=hardware.memory.available_bytes,
+        ram_total_bytes=hardware.memory.total_bytes,
         reason=reason,
         warning=warning,
     )

@@ -421,9 +421,12 @@ class ModelManager:
                 return plan
             if room.outcome is RoomOutcome.NEVER:
                 assert plan is not None  # without a plan only the count is judged
-                # The whole budget: what is free now and what every other model holds.
-                held = sum(model.ram_bytes for model in self._resident.values())
-                ensure_fits(spec.id, plan, other_models_bytes=held)
+                # The whole budget: what is free now and what every other model holds, within
+                # the machine's RAM.
+                budget = plan.ram_available_bytes + sum(m.ram_bytes for m in self.resident)
+                if plan.ram_total_bytes:
+                    budget = min(budget, plan.ram_total_bytes)
+                ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NoRoomForModel(spec.id, room.reason)
