@@ -254,11 +254,9 @@ class ModelManager:
         model = self.resident_model(spec.id)
         if model is not None:
             return model
-        if spec.id in self._loads:
-            return await asyncio.shield(self._loads[spec.id].task)
-        if not self.policy.autoload:
+        if spec.id not in self._loads and not self.policy.autoload:
             raise ModelNotResident(spec.id)
-        return await asyncio.shield(self._start(spec, pin=False))
+        return await asyncio.shield(self._load_task(spec, pin=False))
 
     def _release(self, model: ResidentModel) -> None:
         model.release()
@@ -292,8 +290,7 @@ class ModelManager:
             loaded: asyncio.Future[ResidentModel] = asyncio.get_running_loop().create_future()
             loaded.set_result(model)
             return loaded
-        task = self._loads[spec.id].task if spec.id in self._loads else self._start(spec, True)
-        self._pin_on_load.add(spec.id)
+        task = self._load_task(spec, pin=True)
         self.loading = self._loads[spec.id].progress
 
         def settled(done: asyncio.Task[ResidentModel]) -> None:
@@ -315,12 +312,9 @@ class ModelManager:
     async def preload(self, model_id: str) -> ResidentModel:
         """Load a model to keep (models.toml's `preload`), without making it the default."""
         spec = self.spec_for(model_id)
-        self._pin_on_load.add(spec.id)
         model = self.resident_model(spec.id)
         if model is None:
-            model = await asyncio.shield(
-                self._loads[spec.id].task if spec.id in self._loads else self._start(spec, True)
-            )
+            model = await asyncio.shield(self._load_task(spec, pin=True))
         self._pin(model)
         return model
 
@@ -353,12 +347,17 @@ class ModelManager:
         own = spec.keep_alive_seconds
         return own if own is not None else self.policy.keep_alive
 
-    def _start(self, spec: ModelSpec, pin: bool) -> asyncio.Task[ResidentModel]:
+    def _load_task(self, spec: ModelSpec, pin: bool) -> asyncio.Task[ResidentModel]:
+        """The load of `spec`: the one running, else a new one. `pin`: keep the model
+        resident once loaded (no idle unload)."""
+        if pin:
+            self._pin_on_load.add(spec.id)
+        running = self._loads.get(spec.id)
+        if running is not None:
+            return running.task
         progress = LoadProgress(spec)
         task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")
         self._loads[spec.id] = _Load(progress, task)
-        if pin:
-            self._pin_on_load.add(spec.id)
 
         def settled(done: asyncio.Task[ResidentModel]) -> None:
             if self._loads.get(spec.id) is not None and self._loads[spec.id].task is done:
