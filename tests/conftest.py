@@ -18,7 +18,7 @@ from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry, default_models_file, load_registry
 from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.ratelimit import Clock
-from locallab_gguf.serving.loader import local_engine_opener
+from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, residency_policy
 from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
 from locallab_gguf.settings import Settings
 from tests.local_hub import LocalHub
@@ -75,8 +75,10 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
             manager = ModelManager(
                 registry_ or registry,
                 files or ModelFiles(),
-                opener or local_engine_opener(settings),
+                opener or local_engine_opener(settings, hardware),
                 allow_custom_models=settings.custom_models,
+                planner=LocalPlanner(settings, hardware),
+                policy=residency_policy(settings),
             )
             app = app_of(
                 settings, manager, initial_model=initial_model, clock=clock, hardware=hardware

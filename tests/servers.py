@@ -71,10 +71,12 @@ class RunningServer:
         services: Services = self.app.state["services"]
         return services
 
-    def engine_stats(self) -> Any:
-        current = self.services.manager.current
-        assert current is not None, "no model is loaded"
-        return current.engine.stats()
+    def engine_stats(self, model_id: str | None = None) -> Any:
+        """The engine stats of `model_id` (None: the default model)."""
+        manager = self.services.manager
+        model = manager.current if model_id is None else manager.resident_model(model_id)
+        assert model is not None, f"{model_id or 'no default model'} is not loaded"
+        return model.engine.stats()
 
     def wait_for_model(self, status: str = "loaded", timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -40,10 +40,13 @@ def refusal(error: openai.APIStatusError) -> dict[str, Any]:
     return detail
 
 
-def test_models_lists_the_loaded_model(client: openai.OpenAI) -> None:
+def test_models_lists_the_registry_with_each_models_state(client: openai.OpenAI) -> None:
     models = client.models.list().data
-    assert [model.id for model in models] == [DEFAULT_ID]
-    assert models[0].object == "model"
+    assert models[0].id == DEFAULT_ID and len(models) >= 7
+    assert {model.object for model in models} == {"model"}
+    states = {model.id: model.model_extra["state"] for model in models}  # type: ignore[index]
+    assert states[DEFAULT_ID] == "loaded"
+    assert set(states.values()) <= {"loaded", "unloaded", "loading", "downloading", "failed"}
     assert client.models.retrieve(DEFAULT_ID).id == DEFAULT_ID
     with pytest.raises(openai.NotFoundError) as missing:
         client.models.retrieve("gpt-4o")

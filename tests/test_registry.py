@@ -17,6 +17,9 @@ file = "tiny.Q4_0.gguf"
 sha256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 context_length = 2048
 n_gpu_layers = 12
+parallel = 2
+keep_alive = "10m"
+preload = true
 
 [models."other-1.5b"]
 name = "Other"
@@ -30,8 +33,10 @@ def test_good_registry_decodes_to_typed_specs() -> None:
     tiny = registry.get("tiny")
     assert registry.default == "tiny"
     assert tiny.id == "tiny" and tiny.context_length == 2048 and tiny.n_gpu_layers == 12
+    assert (tiny.parallel, tiny.keep_alive_seconds, tiny.preload) == (2, 600.0, True)
     other = registry.get("other-1.5b")
     assert other.revision == "main" and other.n_gpu_layers == "auto" and other.sha256 is None
+    assert (other.parallel, other.keep_alive_seconds, other.preload) == (None, None, False)
 
 
 def test_bundled_registry_is_valid_and_its_default_is_packaged() -> None:
@@ -59,6 +64,14 @@ def test_bundled_registry_is_valid_and_its_default_is_packaged() -> None:
             "model 'tiny': Expected `str` matching regex",
         ),
         (GOOD.replace('sha256 = "b179', 'sha256 = "zz79'), "at `$.sha256`"),
+        (GOOD.replace("parallel = 2", "parallel = 0"), "model 'tiny': Expected `int` >= 1"),
+        (GOOD.replace("parallel = 2", "parallel = 0"), "at `$.parallel`"),
+        (
+            GOOD.replace('keep_alive = "10m"', 'keep_alive = "soon"'),
+            "model 'tiny': keep_alive: 'soon' is not a duration",
+        ),
+        (GOOD.replace("preload = true", 'preload = "yes"'), "at `$.preload`"),
+        (GOOD.replace("context_length = 2048", "context_length = 8"), "at `$.context_length`"),
         (GOOD.replace('name = "Tiny"\n', ""), "model 'tiny': Object missing required field `name`"),
         (
             GOOD.replace('default = "tiny"', 'default = "huge"'),

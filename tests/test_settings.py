@@ -73,3 +73,24 @@ def test_rate_limit_settings_from_flags_and_environment() -> None:
     assert store.rate_limit_store == "redis://127.0.0.1:6379/0"
     with pytest.raises(ConfigError, match="rate_limit_store"):
         load_settings({"LOCALLAB_RATE_LIMIT_STORE": "memcached://x"}, {})
+
+
+def test_residency_settings_from_flags_and_environment() -> None:
+    args = build_parser().parse_args(
+        ["serve", "--max-models", "2", "--keep-alive", "90s", "--no-autoload"]
+    )
+    flags = {name: getattr(args, name) for name in Settings.__struct_fields__}
+    settings = load_settings({"LOCALLAB_ROOM_WAIT": "5"}, flags)
+    assert (settings.max_models, settings.keep_alive_seconds) == (2, 90.0)
+    assert (settings.autoload, settings.room_wait) == (False, 5.0)
+    defaults = load_settings({}, {})
+    assert (defaults.max_models, defaults.keep_alive_seconds, defaults.autoload) == (
+        None,
+        300.0,
+        True,
+    )
+    assert load_settings({"LOCALLAB_KEEP_ALIVE": "-1"}, {}).keep_alive_seconds == float("inf")
+    with pytest.raises(ConfigError, match="--keep-alive: 'soon' is not a duration"):
+        load_settings({"LOCALLAB_KEEP_ALIVE": "soon"}, {})
+    with pytest.raises(ConfigError, match="max_models"):
+        load_settings({"LOCALLAB_MAX_MODELS": "0"}, {})

@@ -154,7 +154,7 @@ def test_a_model_that_does_not_fit_is_refused_with_507_and_the_server_keeps_serv
     assert "model 'smollm2-twin' needs about" in detail
     assert "92.1 MiB of weights, 90.0 MiB of KV cache for 4 slots x 1,024 tokens" in detail
     assert "only 200.0 MiB is available" in detail
-    assert "the model that was serving still is" in detail
+    assert "the models that were serving still are" in detail
 
     assert server.client.get("/health").json()["model"] == DEFAULT_ID
     generated = server.client.post("/generate", json={"prompt": "Hi", "max_length": 3})

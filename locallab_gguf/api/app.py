@@ -27,6 +27,7 @@ from locallab_gguf.api.locallab.models import (
     available_models,
     current_model,
     load_model,
+    loaded_models,
     model_status,
     unload_model,
 )
@@ -48,6 +49,7 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     unload_model,
     current_model,
     available_models,
+    loaded_models,
     model_status,
     health,
     system_info,
@@ -59,8 +61,8 @@ ROUTES: list[HTTPRouteHandler | Router] = [
 
 
 def create_app(settings: Settings, services: Services, *, clock: Clock = time.time) -> Litestar:
-    """The services' initial model starts loading when the server starts; /health says when
-    it is ready.
+    """The services' initial model, and the registry's preload models, start loading when
+    the server starts; /health says when the initial one is ready.
 
     `clock` times the rate limits; a wall clock, so that replicas sharing a store agree.
     """
@@ -71,14 +73,19 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
     background: set[asyncio.Task[Any]] = set()
 
     async def start_loading() -> None:
-        if initial_model is None:
-            return
+        preloads = [spec.id for spec in manager.registry.models.values() if spec.preload]
 
         async def load() -> None:
-            try:
-                await manager.load(initial_model)
-            except LocalLabError as exc:
-                log.error("the model %r did not load: %s", initial_model, exc)
+            if initial_model is not None:
+                try:
+                    await manager.load(initial_model)
+                except LocalLabError as exc:
+                    log.error("the model %r did not load: %s", initial_model, exc)
+            for model_id in preloads:
+                try:
+                    await manager.preload(model_id)
+                except LocalLabError as exc:
+                    log.error("the preload model %r did not load: %s", model_id, exc)
 
         task = asyncio.create_task(load())
         background.add(task)

@@ -20,7 +20,12 @@ from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.models.files import model_files
 from locallab_gguf.placement.hardware import HardwareProbe
-from locallab_gguf.serving.loader import load_settings_registry, local_engine_opener
+from locallab_gguf.serving.loader import (
+    LocalPlanner,
+    load_settings_registry,
+    local_engine_opener,
+    residency_policy,
+)
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.settings import Settings
 
@@ -38,6 +43,8 @@ def build_app(settings: Settings) -> Litestar:
         files,
         local_engine_opener(settings, hardware),
         allow_custom_models=settings.custom_models,
+        planner=LocalPlanner(settings, hardware),
+        policy=residency_policy(settings),
     )
     initial = settings.model or registry.default
     manager.spec_for(initial)  # an unknown or refused --model fails now, not once serving

@@ -9,11 +9,14 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
 from locallab_gguf.errors import ConfigError, ModelNotFound
 
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]
 GpuLayers = Literal["auto"] | Annotated[int, Meta(ge=-1)]
+# A duration: seconds, or text such as "5m" (see durations.py); checked when the file is read.
+KeepAlive = str | float
 
 
 class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -28,9 +31,20 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     sha256: Sha256 | None = None
     size_bytes: Annotated[int, Meta(gt=0)] | None = None
     package: NonEmpty | None = None
-    context_length: Annotated[int, Meta(ge=16)] | None = None
+    # Context of each request (one KV slot) for this model; beats --ctx.
+    context_length: Annotated[int, Meta(ge=64)] | None = None
     chat_template: NonEmpty | None = None
     n_gpu_layers: GpuLayers = "auto"
+    # Requests this model decodes together; beats --parallel.
+    parallel: Annotated[int, Meta(ge=1, le=256)] | None = None
+    # How long the model stays resident once idle, when loaded on demand; beats --keep-alive.
+    keep_alive: KeepAlive | None = None
+    # Loaded at start-up and kept resident, like the start-up model.
+    preload: bool = False
+
+    @property
+    def keep_alive_seconds(self) -> float | None:
+        return None if self.keep_alive is None else keep_alive_seconds(self.keep_alive)
 
 
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +103,10 @@ def parse_registry(text: str, source: str) -> Registry:
         try:
             spec = msgspec.convert(table, ModelSpec)
         except msgspec.ValidationError as exc:
+            raise ConfigError(f"{source}: model {model_id!r}: {exc}") from exc
+        try:
+            spec.keep_alive_seconds  # noqa: B018 - a bad duration fails now, naming the entry
+        except InvalidKeepAlive as exc:
             raise ConfigError(f"{source}: model {model_id!r}: {exc}") from exc
         if "id" in table:
             raise ConfigError(

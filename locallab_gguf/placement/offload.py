@@ -64,6 +64,7 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     ram_available_bytes: int
     reason: str
     warning: str | None = None
+    ram_total_bytes: int = 0  # the machine's RAM: what resident models' estimates share
 
     @property
     def fits(self) -> bool:
@@ -147,6 +148,7 @@ def plan_offload(
         gpus=[gpu.index for gpu in gpus] if layers else [],
         vram_free_bytes=sum(gpu.free_memory_bytes for gpu in gpus),
         ram_available_bytes=hardware.memory.available_bytes,
+        ram_total_bytes=hardware.memory.total_bytes,
         reason=reason,
         warning=warning,
     )
@@ -168,15 +170,21 @@ def estimate_loaded(
     return _estimate(model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by)
 
 
-def ensure_fits(model_id: str, plan: OffloadPlan) -> None:
-    """Refuse, with the sizes, a model whose part in RAM exceeds the available memory."""
-    if plan.fits:
-        return
+def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0) -> None:
+    """Refuse, with the sizes, a model whose part in RAM exceeds the available memory, even
+    with `other_models_bytes` freed by unloading the other resident models."""
     estimate = plan.estimate
+    if estimate.ram_bytes + RAM_RESERVE_BYTES <= plan.ram_available_bytes + other_models_bytes:
+        return
     on_gpu = (
         f" {estimate.gpu_layers} of {estimate.total_layers} layers go to the GPU "
         f"({human_bytes(estimate.vram_bytes)}); the rest needs RAM."
         if estimate.gpu_layers and estimate.backend == "cuda"
+        else ""
+    )
+    others = (
+        f" (and {human_bytes(other_models_bytes)} would be freed by unloading every other model)"
+        if other_models_bytes
         else ""
     )
     weights, kv = human_bytes(estimate.weights_bytes), human_bytes(estimate.kv_cache_bytes)
@@ -184,12 +192,12 @@ def ensure_fits(model_id: str, plan: OffloadPlan) -> None:
     raise ModelTooLarge(
         f"model {model_id!r} needs about {human_bytes(estimate.ram_bytes)} of RAM ({weights} "
         f"of weights, {kv} of KV cache for {slots}, and compute buffers), but only "
-        f"{human_bytes(plan.ram_available_bytes)} is available, keeping "
+        f"{human_bytes(plan.ram_available_bytes)} is available{others}, keeping "
         f"{human_bytes(RAM_RESERVE_BYTES)} for the system.{on_gpu} It was not loaded; the "
-        "model that was serving still is. Free memory, start with a smaller --ctx or fewer "
+        "models that were serving still are. Free memory, start with a smaller --ctx or fewer "
         "--parallel slots, or choose a smaller model.",
         needed_bytes=estimate.ram_bytes + RAM_RESERVE_BYTES,
-        available_bytes=plan.ram_available_bytes,
+        available_bytes=plan.ram_available_bytes + other_models_bytes,
     )
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from locallab_gguf.placement.hardware import HardwareInfo
 from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
-from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.settings import Settings
 
 
 def loaded_footprint(
-    settings: Settings, model: ActiveModel, hardware: HardwareInfo
+    settings: Settings, model: ResidentModel, hardware: HardwareInfo
 ) -> OffloadEstimate:
     """What the loaded model's layers take where, from its GGUF header and the engine."""
     info = model.engine.info

@@ -16,8 +16,8 @@ from locallab_gguf.placement.hardware import (
     choose_threads,
     read_memory,
 )
-from locallab_gguf.placement.offload import OffloadPlan, ensure_fits, plan_model_file
-from locallab_gguf.serving.model_manager import EngineOpener
+from locallab_gguf.placement.offload import OffloadPlan, plan_model_file
+from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import human_bytes
 
@@ -34,11 +34,21 @@ def load_settings_registry(settings: Settings) -> Registry:
     return load_registry_file(settings.models_file)
 
 
+def residency_policy(settings: Settings) -> ResidencyPolicy:
+    return ResidencyPolicy(
+        max_models=settings.max_models,
+        keep_alive=settings.keep_alive_seconds,
+        autoload=settings.autoload,
+        room_wait=settings.room_wait,
+    )
+
+
 def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
+    """The model's own context and slots (models.toml), else the server's."""
     threads = choose_threads(settings.threads, settings.threads_batch)
     return EngineConfig(
-        n_ctx=settings.ctx,
-        n_parallel=settings.parallel,
+        n_ctx=spec.context_length or settings.ctx,
+        n_parallel=spec.parallel or settings.parallel,
         n_threads=threads.generation,
         n_threads_batch=threads.batch,
         queue_size=settings.queue_size,
@@ -70,17 +80,34 @@ def offload_plan(
     )
 
 
-def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) -> EngineOpener:
-    """Plan the offload, refuse a model that cannot fit (ModelTooLarge), then load it.
+def machine_probe() -> HardwareProbe:
+    """This machine's GPUs and memory, as llama.cpp's build can use them."""
+    from locallab_gguf.engine.llama import supports_gpu_offload
 
-    `probe` reads GPUs and memory (default: this machine's, as llama.cpp's build can use
-    them); tests pass one with simulated readings.
+    return HardwareProbe(supports_gpu_offload())
+
+
+class LocalPlanner:
+    """The manager's look at memory before a load: the offload plan on this hardware.
+
+    `probe` reads GPUs and memory (default: this machine's); tests simulate readings.
     """
-    if probe is None:
-        from locallab_gguf.engine.llama import supports_gpu_offload
 
-        probe = HardwareProbe(supports_gpu_offload())
-    hardware_probe = probe
+    def __init__(self, settings: Settings, probe: HardwareProbe | None = None) -> None:
+        self._settings = settings
+        self._probe = probe or machine_probe()
+
+    def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan:
+        return offload_plan(self._settings, spec, path, self._probe.read())
+
+
+def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) -> EngineOpener:
+    """Plan the offload on the hardware as it is now (models unloaded to make room have freed
+    theirs), then load. Whether the model fits at all is the manager's to judge first.
+
+    `probe` reads GPUs and memory (default: this machine's); tests simulate readings.
+    """
+    hardware_probe = probe or machine_probe()
 
     async def open_planned(spec: ModelSpec, path: Path) -> EngineClient:
         def plan() -> OffloadPlan:
@@ -88,7 +115,6 @@ def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) 
 
         planned = await asyncio.to_thread(plan)
         log_offload_plan(spec.id, planned)
-        ensure_fits(spec.id, planned)
         config = engine_config(settings, spec)
         return await open_engine(
             path,

@@ -14,10 +14,16 @@ the engine's slots and queue and the model's state are read when Prometheus scra
     locallab_time_per_output_token_seconds{model}           between tokens, after the first
     locallab_queue_wait_seconds{model}                      submission until a slot took it
     locallab_e2e_request_latency_seconds{model}             submission to the last token
-    locallab_slots_busy, locallab_slots_total               the loaded engine's slots
+    locallab_slots_busy, locallab_slots_total               the default model's slots
     locallab_queue_depth, locallab_queue_capacity           requests waiting for a slot
-    locallab_model_state{state}                             1 for the manager's state
-    locallab_model_load_seconds{model}                      how long the loaded model took
+    locallab_model_state{state}                             1 for the default model's state
+    locallab_model_load_seconds{model}                      how long each resident model took
+    locallab_model_loads_total{model}                       loads that succeeded
+    locallab_model_load_failures_total{model}               loads that failed
+    locallab_model_unloads_total{model, reason}             keep_alive, make_room, unload_request,
+                                                            engine_failed, shutdown
+    locallab_model_resident_bytes{model, memory}            estimated RAM and VRAM of each
+    locallab_model_requests_in_flight{model}                requests holding each resident model
     locallab_prompt_tokens_evaluated_total                  prompt tokens the engine computed
     locallab_prompt_tokens_reused_total{source}             prompt tokens it did not: slot,
                                                             shared, ram, disk
@@ -181,15 +187,8 @@ class ServingCollector(Collector):
         for name in get_args(ModelStatus):
             state.add_metric([name], 1.0 if manager.status == name else 0.0)
         yield state
+        yield from self._per_model()
         current = manager.current
-        load = GaugeMetricFamily(
-            "locallab_model_load_seconds",
-            "Seconds the loaded model took to load (download included)",
-            labels=["model"],
-        )
-        if current is not None:
-            load.add_metric([current.spec.id], current.load_seconds)
-        yield load
         stats = current.engine.stats() if current is not None else None
         for name, help_text, value in (
             ("locallab_slots_busy", "Engine slots generating a request", "slots_busy"),
@@ -201,6 +200,45 @@ class ServingCollector(Collector):
                 name, help_text, value=float(getattr(stats, value)) if stats else 0.0
             )
         yield from _prompt_reuse_metrics(stats)
+
+    def _per_model(self) -> Iterable[Metric]:
+        manager = self._manager
+        load = GaugeMetricFamily(
+            "locallab_model_load_seconds",
+            "Seconds each resident model took to load (download included)",
+            labels=["model"],
+        )
+        memory = GaugeMetricFamily(
+            "locallab_model_resident_bytes",
+            "Estimated memory of each resident model, in RAM and on the GPU",
+            labels=["model", "memory"],
+        )
+        in_flight = GaugeMetricFamily(
+            "locallab_model_requests_in_flight",
+            "Requests holding each resident model (it is not unloaded while any does)",
+            labels=["model"],
+        )
+        for model in manager.resident:
+            load.add_metric([model.spec.id], model.load_seconds)
+            memory.add_metric([model.spec.id, "ram"], float(model.ram_bytes))
+            memory.add_metric([model.spec.id, "vram"], float(model.vram_bytes))
+            in_flight.add_metric([model.spec.id], float(model.in_flight))
+        yield from (load, memory, in_flight)
+        loads = CounterMetricFamily(
+            "locallab_model_loads", "Model loads that succeeded", labels=["model"]
+        )
+        failures = CounterMetricFamily(
+            "locallab_model_load_failures", "Model loads that failed", labels=["model"]
+        )
+        unloads = CounterMetricFamily(
+            "locallab_model_unloads", "Model unloads, by reason", labels=["model", "reason"]
+        )
+        for model_id, record in sorted(manager.history.models.items()):
+            loads.add_metric([model_id], record.loads)
+            failures.add_metric([model_id], record.load_failures)
+            for reason, count in sorted(record.unloads.items()):
+                unloads.add_metric([model_id, reason], count)
+        yield from (loads, failures, unloads)
 
 
 def _prompt_reuse_metrics(stats: EngineStats | None) -> Iterable[Metric]:

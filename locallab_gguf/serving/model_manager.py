@@ -1,23 +1,32 @@
-"""Which model is serving: load, switch and unload, without cutting off requests in flight.
+"""Which models are resident: loaded when a request names them, unloaded when idle or to
+make room, without cutting off requests in flight.
 
-A load fetches the file (downloading it when it is not on this machine), then starts a new
-engine, while the current one keeps serving; only when the new engine is ready does it take
-over. The old engine then stops taking requests, finishes the ones it has, and frees its
-memory. A load runs as a task of its own, so a client may wait for it or only watch it.
+Each resident model runs in an engine of its own (a worker process, unless --engine-isolation
+thread). A request names its model, or gets the default one (the start-up model, or the last
+one POST /models/load loaded). A model that is not resident is loaded while the request waits:
+its file is fetched (downloaded when it is not on this machine), room is made (room.py), and
+its engine starts. Loads of one model are shared by every request waiting for it; loads of
+different models run one after another, so that each judges the room the others left.
+
+Requests hold their model while they run (`use`, `hold`); a model's keep-alive starts when
+the last one lets go. A load runs as a task of its own, so a client may wait for it or only
+watch it (GET /models/status/{id}).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import msgspec
 
+from locallab_gguf.durations import FOREVER
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.errors import (
     LoadCancelled,
@@ -25,18 +34,40 @@ from locallab_gguf.errors import (
     LocalLabError,
     ModelLoadFailed,
     ModelLoading,
-    ModelNotActive,
+    ModelNotResident,
     NoModelLoaded,
+    NoRoomForModel,
 )
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.ids import resolve_model_id
 from locallab_gguf.models.registry import ModelSpec, Registry
+from locallab_gguf.placement.offload import OffloadPlan, ensure_fits
+from locallab_gguf.serving.resident import ResidencyLog, ResidentModel, UnloadReason
+from locallab_gguf.serving.room import RoomOutcome, find_room
 
 log = logging.getLogger(__name__)
 
 ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
 LoadPhase = Literal["downloading", "loading"]
 EngineOpener = Callable[[ModelSpec, Path], Awaitable[EngineClient]]
+# The old name of a resident model, which routes still use.
+ActiveModel = ResidentModel
+# A model loaded for a request that never came back for it is unloaded after its keep-alive,
+# but not before this many seconds (the request may still be on its way to claim it).
+LOAD_GRACE_SECONDS = 10.0
+
+
+class Planner(Protocol):
+    """Plans a model's memory on this machine before it loads (loader.LocalPlanner)."""
+
+    def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan: ...
+
+
+class ResidencyPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    max_models: int | None = None  # None: as many as the memory holds
+    keep_alive: float = 300.0  # seconds, for models loaded on demand; FOREVER: no limit
+    autoload: bool = True
+    room_wait: float = 30.0  # seconds a load waits for busy models to make room
 
 
 class ModelLoadState(msgspec.Struct, kw_only=True):
@@ -50,7 +81,7 @@ class ModelLoadState(msgspec.Struct, kw_only=True):
 
 
 class LoadProgress:
-    """The load in flight. The download thread writes the byte counts; the loop reads them."""
+    """A load in flight. The download thread writes the byte counts; the loop reads them."""
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -71,12 +102,10 @@ class LoadProgress:
         self._cancelled.set()
 
 
-class ActiveModel:
-    def __init__(self, spec: ModelSpec, path: Path, engine: EngineClient, load_seconds: float):
-        self.spec = spec
-        self.path = path
-        self.engine = engine
-        self.load_seconds = load_seconds
+class _Load:
+    def __init__(self, progress: LoadProgress, task: asyncio.Task[ResidentModel]) -> None:
+        self.progress = progress
+        self.task = task
 
 
 class ModelManager:
@@ -87,19 +116,46 @@ class ModelManager:
         open_engine: EngineOpener,
         *,
         allow_custom_models: bool = True,
+        planner: Planner | None = None,
+        policy: ResidencyPolicy | None = None,
     ) -> None:
+        """`planner` judges memory before each load (None: only --max-models limits)."""
         self.registry = registry
         self.files = files
         self.allow_custom_models = allow_custom_models
-        self._open_engine = open_engine
-        self._current: ActiveModel | None = None
+        self.policy = policy or ResidencyPolicy()
+        self.history = ResidencyLog()
+        self.default_id: str | None = None
+        # The load POST /models/load started, while it runs: what LocalLab calls "loading".
         self.loading: LoadProgress | None = None
+        self._open_engine = open_engine
+        self._planner = planner
+        self._resident: dict[str, ResidentModel] = {}
+        self._loads: dict[str, _Load] = {}
+        self._pin_on_load: set[str] = set()
+        self._errors: dict[str, str] = {}  # model id -> why its last load failed
         self._load_error: str | None = None
-        self._failed = False
-        self._failed_id: str | None = None
-        self._load_task: asyncio.Task[ActiveModel] | None = None
+        self._default_failed = False
+        self._load_lock = asyncio.Lock()
+        self._room_changed = asyncio.Event()
         self._retiring: set[asyncio.Task[None]] = set()
         self._closing: asyncio.Future[None] | None = None
+
+    # -- what is resident --------------------------------------------------------------
+
+    @property
+    def resident(self) -> list[ResidentModel]:
+        return list(self._resident.values())
+
+    def resident_model(self, model_id: str) -> ResidentModel | None:
+        model = self._resident.get(model_id)
+        return model if model is not None and model.engine.state != "failed" else None
+
+    @property
+    def current(self) -> ResidentModel | None:
+        """The default model, when it is resident and serving: none once its engine has
+        failed for good (its worker is released at the next load, unload or shutdown)."""
+        return self.resident_model(self.default_id) if self.default_id else None
 
     @property
     def loading_id(self) -> str | None:
@@ -107,20 +163,21 @@ class ModelManager:
 
     @property
     def status(self) -> ModelStatus:
-        # A download is part of loading: clients that only know "loading" keep working.
+        """The default model's state, as LocalLab's /health reports it."""
         if self.loading is not None:
-            return "loading"
-        current = self.current
-        if current is not None:
-            return "restarting" if current.engine.state == "restarting" else "loaded"
-        return "failed" if self._failed or self._broken() is not None else "unloaded"
+            return "loading"  # a download is part of loading, for LocalLab's clients
+        model = self._resident.get(self.default_id) if self.default_id else None
+        if model is not None and model.engine.state != "failed":
+            return "restarting" if model.engine.state == "restarting" else "loaded"
+        broken = model is not None
+        return "failed" if self._default_failed or broken else "unloaded"
 
     @property
     def last_error(self) -> str | None:
-        """Why the last load failed, or why the loaded model stopped serving."""
-        broken = self._broken()
-        if broken is not None:
-            return f"model {broken.spec.id!r} failed: {broken.engine.failure}"
+        """Why the last load failed, or why the default model stopped serving."""
+        model = self._resident.get(self.default_id) if self.default_id else None
+        if model is not None and model.engine.state == "failed":
+            return f"model {model.spec.id!r} failed: {model.engine.failure}"
         return self._load_error
 
     def spec_for(self, model_id: str) -> ModelSpec:
@@ -129,23 +186,27 @@ class ModelManager:
 
     def state_of(self, model_id: str) -> ModelLoadState:
         spec = self.spec_for(model_id)
-        loading, current = self.loading, self.current
-        if loading is not None and loading.spec.id == spec.id:
+        load = self._loads.get(spec.id)
+        if load is not None:
+            progress = load.progress
             return ModelLoadState(
                 model_id=spec.id,
-                status=loading.phase,
-                downloaded_bytes=loading.downloaded_bytes,
-                total_bytes=loading.total_bytes,
+                status=progress.phase,
+                downloaded_bytes=progress.downloaded_bytes,
+                total_bytes=progress.total_bytes,
             )
-        if current is not None and current.spec.id == spec.id:
+        model = self._resident.get(spec.id)
+        if model is not None and model.engine.state != "failed":
             return ModelLoadState(model_id=spec.id, status="loaded")
-        broken = self._broken()
-        if self._failed_id == spec.id or (broken is not None and broken.spec.id == spec.id):
-            return ModelLoadState(model_id=spec.id, status="failed", error=self.last_error)
+        if model is not None:
+            error = f"model {spec.id!r} failed: {model.engine.failure}"
+            return ModelLoadState(model_id=spec.id, status="failed", error=error)
+        if spec.id in self._errors:
+            return ModelLoadState(model_id=spec.id, status="failed", error=self._errors[spec.id])
         return ModelLoadState(model_id=spec.id, status="unloaded")
 
-    def loaded(self) -> ActiveModel:
-        """The model that serves; raises ModelLoading while one loads, else NoModelLoaded."""
+    def loaded(self) -> ResidentModel:
+        """The default model; raises ModelLoading while one loads, else NoModelLoaded."""
         current = self.current
         if current is not None:
             return current
@@ -153,71 +214,171 @@ class ModelManager:
             raise ModelLoading(self.loading.spec.id)
         raise NoModelLoaded(self.last_error if self.status == "failed" else None)
 
-    def active(self, model_id: str | None = None) -> ActiveModel:
-        """The model that serves a request naming `model_id` (None: whichever is loaded),
-        where an id is resolved as the registry resolves it (aliases, hub files)."""
-        current = self.current
-        if model_id is not None and (current is None or current.spec.id != model_id):
-            spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
-            if self.loading is not None and self.loading.spec.id == spec.id:
-                raise ModelLoading(spec.id)
-            if current is None or current.spec.id != spec.id:
-                raise ModelNotActive(
-                    f"model {spec.id!r} is not loaded"
-                    + (f" ({current.spec.id!r} is)" if current else "")
-                    + f'; load it first with POST /models/load {{"model_id": "{spec.id}"}}'
-                )
-        return self.loaded()
+    # -- the model of a request ----------------------------------------------------------
 
-    @property
-    def current(self) -> ActiveModel | None:
-        """The model that serves, if any: none once its engine has failed for good (its
-        worker is released at the next load, unload or shutdown)."""
-        model = self._current
-        if model is None or model.engine.state == "failed":
-            return None
-        return model
+    @contextlib.asynccontextmanager
+    async def use(
+        self, model_id: str | None, keep_alive: float | None = None
+    ) -> AsyncIterator[ResidentModel]:
+        """The model a request names (None: the default model), loaded first if need be,
+        and held while the block runs. `keep_alive` (seconds) replaces the model's own from
+        now on, as in Ollama: 0 unloads it as soon as nothing uses it."""
+        model = await self.model_for(model_id)
+        model.claim()
+        if keep_alive is not None:
+            model.keep_alive = keep_alive
+        try:
+            yield model
+        finally:
+            self._release(model)
 
-    def _broken(self) -> ActiveModel | None:
-        """The loaded model whose engine has failed for good, if that is the case."""
-        model = self._current
-        return model if model is not None and model.engine.state == "failed" else None
+    def hold(self, model: ResidentModel) -> Callable[[], None]:
+        """Hold `model` for as long as a stream runs; the callable lets go (once)."""
+        model.claim()
+        released = False
 
-    def start_load(self, model_id: str) -> asyncio.Future[ActiveModel]:
-        """Begin loading a model; the future is done once it serves, or failed.
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release(model)
 
-        Raises at once, before anything starts, for an unknown id or a load already running
-        (unless the model asked for already serves: then there is nothing to do).
+        return release
+
+    async def model_for(self, model_id: str | None) -> ResidentModel:
+        if model_id is None:
+            if self.default_id is None or self.loading is not None:
+                return self.loaded()  # what LocalLab answers when nothing is loaded
+            model_id = self.default_id
+        spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
+        model = self.resident_model(spec.id)
+        if model is not None:
+            return model
+        if spec.id not in self._loads and not self.policy.autoload:
+            raise ModelNotResident(spec.id)
+        return await asyncio.shield(self._load_task(spec, pin=False))
+
+    def _release(self, model: ResidentModel) -> None:
+        model.release()
+        if model.idle:
+            self._room_changed.set()
+            if self._resident.get(model.spec.id) is model:
+                model.schedule_expiry(model.keep_alive, self._expire)
+
+    def _expire(self, model: ResidentModel) -> None:
+        if self._resident.get(model.spec.id) is model and model.idle:
+            log.info("model %s has been idle for its keep-alive; unloading it", model.spec.id)
+            self._retire(model, "keep_alive")
+
+    # -- loading -------------------------------------------------------------------------
+
+    def start_load(self, model_id: str) -> asyncio.Future[ResidentModel]:
+        """POST /models/load: make a model resident and the default; the future is done once
+        it serves, or failed.
+
+        Raises at once, before anything starts, for an unknown id or another such load.
         """
         spec = self.spec_for(model_id)
-        if self.current is not None and self.current.spec.id == spec.id:
-            loaded: asyncio.Future[ActiveModel] = asyncio.get_running_loop().create_future()
-            loaded.set_result(self.current)
+        # A model that already serves needs nothing, even while another load runs.
+        model = self.resident_model(spec.id)
+        if model is not None:
+            self._make_default(model)
+            loaded: asyncio.Future[ResidentModel] = asyncio.get_running_loop().create_future()
+            loaded.set_result(model)
             return loaded
-        if self.loading is not None:
+        if self.loading is not None and self.loading.spec.id != spec.id:
             raise LoadInProgress(
                 f"model {self.loading.spec.id!r} is being loaded; wait for it to finish "
                 f"(GET /models/status/{self.loading.spec.id}), then retry"
             )
-        progress = LoadProgress(spec)
-        self.loading = progress
-        task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")
-        self._load_task = task
-        # A load nobody waits for (?wait=false) reports its failure through state_of.
-        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        task = self._load_task(spec, pin=True)
+        self.loading = self._loads[spec.id].progress
+
+        def settled(done: asyncio.Task[ResidentModel]) -> None:
+            if self.loading is not None and self.loading.spec.id == spec.id:
+                self.loading = None
+            failed = done.cancelled() or done.exception() is not None
+            if failed:
+                self._default_failed = self.current is None
+            else:
+                self._make_default(done.result())
+
+        task.add_done_callback(settled)
         return task
 
-    async def load(self, model_id: str) -> ActiveModel:
+    async def load(self, model_id: str) -> ResidentModel:
         # Shielded: a client that hangs up does not stop a load that others may be watching.
         return await asyncio.shield(self.start_load(model_id))
 
-    async def _load(self, progress: LoadProgress) -> ActiveModel:
+    async def preload(self, model_id: str) -> ResidentModel:
+        """Load a model to keep (models.toml's `preload`), without making it the default."""
+        spec = self.spec_for(model_id)
+        model = self.resident_model(spec.id)
+        if model is None:
+            model = await asyncio.shield(self._load_task(spec, pin=True))
+        self._pin(model)
+        return model
+
+    def _make_default(self, model: ResidentModel) -> None:
+        previous = self.current
+        self.default_id = model.spec.id
+        self._default_failed = False
+        self._pin(model)
+        if (
+            previous is not None
+            and previous is not model
+            and previous.spec.id not in self._preloaded
+        ):
+            # No longer the default: it stays as long as a model loaded on demand would.
+            previous.pinned = False
+            previous.keep_alive = self._keep_alive_of(previous.spec)
+            if previous.idle:
+                previous.schedule_expiry(previous.keep_alive, self._expire)
+
+    @property
+    def _preloaded(self) -> set[str]:
+        return {spec_id for spec_id, spec in self.registry.models.items() if spec.preload}
+
+    def _pin(self, model: ResidentModel) -> None:
+        model.pinned = True
+        model.keep_alive = FOREVER
+        model.cancel_expiry()
+
+    def _keep_alive_of(self, spec: ModelSpec) -> float:
+        own = spec.keep_alive_seconds
+        return own if own is not None else self.policy.keep_alive
+
+    def _load_task(self, spec: ModelSpec, pin: bool) -> asyncio.Task[ResidentModel]:
+        """The load of `spec`: the one running, else a new one. `pin`: keep the model
+        resident once loaded (no idle unload)."""
+        if pin:
+            self._pin_on_load.add(spec.id)
+        running = self._loads.get(spec.id)
+        if running is not None:
+            return running.task
+        progress = LoadProgress(spec)
+        task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")
+        self._loads[spec.id] = _Load(progress, task)
+
+        def settled(done: asyncio.Task[ResidentModel]) -> None:
+            if self._loads.get(spec.id) is not None and self._loads[spec.id].task is done:
+                del self._loads[spec.id]
+            # A load nobody waits for (?wait=false) reports its failure through state_of.
+            if not done.cancelled():
+                done.exception()
+
+        task.add_done_callback(settled)
+        return task
+
+    async def _load(self, progress: LoadProgress) -> ResidentModel:
         spec = progress.spec
         started = time.monotonic()
         try:
             path = await asyncio.to_thread(self.files.fetch, spec, progress.on_bytes)
             progress.phase = "loading"
-            engine = await self._open_engine(spec, path)
+            async with self._load_lock:
+                plan = await self._make_room(spec, path)
+                engine = await self._open_engine(spec, path)
         except LocalLabError as exc:
             self._load_failed(spec, str(exc))
             raise
@@ -225,28 +386,113 @@ class ModelManager:
             log.exception("loading %s failed", spec.id)
             self._load_failed(spec, f"{type(exc).__name__}: {exc}")
             raise ModelLoadFailed(f"loading model {spec.id!r} failed: {exc}") from exc
-        finally:
-            self.loading = None
-        loaded = ActiveModel(spec, path, engine, time.monotonic() - started)
-        previous, self._current = self._current, loaded
-        self._failed = False
-        self._failed_id = None
-        self._load_error = None
-        log.info("model %s loaded from %s in %.1f s", spec.id, path, loaded.load_seconds)
-        if previous is not None:
-            self._retire(previous)
-        return loaded
+        pinned = spec.id in self._pin_on_load
+        self._pin_on_load.discard(spec.id)
+        seconds = time.monotonic() - started
+        model = ResidentModel(
+            spec,
+            path,
+            engine,
+            seconds,
+            estimate=plan.estimate if plan is not None else None,
+            keep_alive=FOREVER if pinned else self._keep_alive_of(spec),
+            pinned=pinned,
+        )
+        self._resident[spec.id] = model
+        self._errors.pop(spec.id, None)
+        self.history.loaded(spec.id, seconds)
+        log.info("model %s loaded from %s in %.1f s", spec.id, path, seconds)
+        model.schedule_expiry(max(model.keep_alive, LOAD_GRACE_SECONDS), self._expire)
+        return model
 
-    async def unload(self) -> ActiveModel | None:
-        if self.loading is not None:
-            raise LoadInProgress(
-                f"model {self.loading.spec.id!r} is being loaded; wait for it to finish, then retry"
-            )
-        previous, self._current = self._current, None
-        self._failed = False
-        if previous is not None:
-            self._retire(previous)
-        return previous if previous is not None and previous.engine.state != "failed" else None
+    async def _make_room(self, spec: ModelSpec, path: Path) -> OffloadPlan | None:
+        """Unload idle models until `spec` fits; wait (bounded) while busy ones hold the room."""
+        plan = None
+        if self._planner is not None:
+            plan = await asyncio.to_thread(self._planner.plan, spec, path)
+        deadline = time.monotonic() + self.policy.room_wait
+        self._drop_failed()
+        while True:
+            room = find_room(self._resident.values(), plan, self.policy.max_models)
+            if room.outcome is RoomOutcome.FITS:
+                for model in room.unload:
+                    log.info("unloading idle model %s to make room for %s", model.spec.id, spec.id)
+                    await self._retire(model, "make_room").wait()
+                return plan
+            if room.outcome is RoomOutcome.NEVER:
+                assert plan is not None  # without a plan only the count is judged
+                # The whole budget: what is free now and what every other model holds, within
+                # the machine's RAM.
+                budget = plan.ram_available_bytes + sum(m.ram_bytes for m in self.resident)
+                if plan.ram_total_bytes:
+                    budget = min(budget, plan.ram_total_bytes)
+                ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NoRoomForModel(spec.id, room.reason)
+            log.info("loading %s waits for room: %s", spec.id, room.reason)
+            self._room_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room_changed.wait(), left)
+
+    def _drop_failed(self) -> None:
+        for model in list(self._resident.values()):
+            if model.engine.state == "failed":
+                self._retire(model, "engine_failed")
+
+    def _load_failed(self, spec: ModelSpec, reason: str) -> None:
+        self._pin_on_load.discard(spec.id)
+        self._load_error = f"loading {spec.id!r} failed: {reason}"
+        self._errors[spec.id] = self._load_error
+        self.history.load_failed(spec.id)
+        log.error("%s", self._load_error)
+
+    # -- unloading -----------------------------------------------------------------------
+
+    async def unload(self, model_id: str | None = None) -> ResidentModel | None:
+        """POST /models/unload: the default model (None), or the one named. Requests in
+        flight on it finish first. Returns the model, or None when it was not resident."""
+        if model_id is None:
+            if self.loading is not None:
+                raise LoadInProgress(
+                    f"model {self.loading.spec.id!r} is being loaded; wait for it to finish, "
+                    "then retry"
+                )
+            target_id = self.default_id
+        else:
+            target_id = self.spec_for(model_id).id
+        if target_id is None:
+            return None
+        if target_id == self.default_id:
+            self.default_id = None
+            self._default_failed = False
+        model = self._resident.get(target_id)
+        if model is None:
+            return None
+        self._retire(model, "unload_request")
+        return model if model.engine.state != "failed" else None
+
+    def _retire(self, model: ResidentModel, reason: UnloadReason) -> asyncio.Event:
+        """Take `model` out of the resident set; its engine finishes what it has, then its
+        worker exits. The event is set once it has."""
+        model.cancel_expiry()
+        if self._resident.get(model.spec.id) is model:
+            del self._resident[model.spec.id]
+        self.history.unloaded(model.spec.id, reason)
+        self._room_changed.set()
+        stopped = asyncio.Event()
+
+        async def drain() -> None:
+            try:
+                await model.engine.close(drain=True)
+                log.info("model %s unloaded (%s)", model.spec.id, reason)
+            finally:
+                stopped.set()
+
+        task = asyncio.create_task(drain())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        return stopped
 
     async def close_after(self, grace_seconds: float) -> None:
         """On shutdown: requests in flight get `grace_seconds` to finish, then are stopped."""
@@ -254,7 +500,7 @@ class ModelManager:
         await self.close()
 
     async def close(self) -> None:
-        """Shut down: a download stops, requests in flight are told the server is stopping.
+        """Shut down: downloads stop, requests in flight are told the server is stopping.
 
         Every caller waits for the same shutdown, so the server's own lifespan shutdown does
         not finish (and the process exit) while a grace-period stop is still stopping workers.
@@ -264,30 +510,17 @@ class ModelManager:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        if self.loading is not None:
-            self.loading.cancel()
-        task = self._load_task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        previous, self._current = self._current, None
-        if previous is not None:
-            await previous.engine.close(drain=False)
+        loads = list(self._loads.values())
+        for load in loads:
+            load.progress.cancel()
+            load.task.cancel()
+        await asyncio.gather(*(load.task for load in loads), return_exceptions=True)
+        models, self._resident = list(self._resident.values()), {}
+        for model in models:
+            model.cancel_expiry()
+            self.history.unloaded(model.spec.id, "shutdown")
+        await asyncio.gather(
+            *(model.engine.close(drain=False) for model in models), return_exceptions=True
+        )
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
-
-    def _load_failed(self, spec: ModelSpec, reason: str) -> None:
-        self._load_error = f"loading {spec.id!r} failed: {reason}"
-        self._failed_id = spec.id
-        # A failed switch leaves the previous model serving; "failed" is only for no model.
-        self._failed = self.current is None
-        log.error("%s", self._load_error)
-
-    def _retire(self, model: ActiveModel) -> None:
-        async def drain() -> None:
-            await model.engine.close(drain=True)
-            log.info("model %s unloaded", model.spec.id)
-
-        task = asyncio.create_task(drain())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)

@@ -110,14 +110,14 @@ async def create_message(
     request: Request[Any, Any, Any],
 ) -> Message | EventStream:
     refuse_unsupported(data)
-    model = services.manager.active(data.model)
     user = data.metadata.user_id if data.metadata else None
-    stream = await services.generate(request, model, generation_of(data), user=user)
     message_id = f"msg_{uuid.uuid4().hex}"
-    if data.stream:
-        events = _MessageEvents(message_id, model.spec.id, stream.prompt_tokens)
-        return EventStream(chunked_stream(stream, events, _stream_failure, done=b""))
-    text, finished = await unless_client_leaves(request.receive, collect(stream))
+    async with services.model_for(data.model) as model:
+        stream = await services.generate(request, model, generation_of(data), user=user)
+        if data.stream:
+            events = _MessageEvents(message_id, model.spec.id, stream.prompt_tokens)
+            return EventStream(chunked_stream(stream, events, _stream_failure, done=b""))
+        text, finished = await unless_client_leaves(request.receive, collect(stream))
     return Message(
         id=message_id,
         content=[TextOut(text=text)] if text else [],
@@ -136,8 +136,8 @@ async def count_tokens(
     data: JSONBody[CountTokensRequest], services: NamedDependency[Services]
 ) -> CountTokensResponse:
     refuse_unsupported(data)
-    model = services.manager.active(data.model)
-    return CountTokensResponse(await model.engine.count_tokens(count_request(data)))
+    async with services.model_for(data.model) as model:
+        return CountTokensResponse(await model.engine.count_tokens(count_request(data)))
 
 
 anthropic_router = Router(

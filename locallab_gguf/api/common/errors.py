@@ -31,9 +31,11 @@ from locallab_gguf.errors import (
     ModelLoadFailed,
     ModelLoading,
     ModelNotFound,
+    ModelNotResident,
     ModelTooLarge,
     ModelUnavailable,
     NoModelLoaded,
+    NoRoomForModel,
     NotAuthenticated,
     NotEnoughDisk,
     Overloaded,
@@ -67,6 +69,8 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     EngineFailure: 500,
     HubError: 502,
     NoModelLoaded: 503,
+    ModelNotResident: 503,
+    NoRoomForModel: 503,
     Overloaded: 503,
     EngineRestarting: 503,
     RateLimitStoreUnavailable: 503,
@@ -96,7 +100,15 @@ def error_response(
 
 def error_headers(error: LocalLabError) -> dict[str, str] | None:
     """What tells a client when to retry, or how to authenticate."""
-    if isinstance(error, Overloaded | RateLimitStoreUnavailable | EngineRestarting | ModelLoading):
+    if isinstance(
+        error,
+        Overloaded
+        | RateLimitStoreUnavailable
+        | EngineRestarting
+        | ModelLoading
+        | ModelNotResident
+        | NoRoomForModel,
+    ):
         return {"Retry-After": str(error.retry_after)}
     if isinstance(error, RateLimited):
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -22,7 +23,9 @@ class MeteredStream:
         submitted: float,
         record: RequestRecord | None,
         clock: Callable[[], float] = time.monotonic,
+        on_end: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_end` runs once, when the stream finishes, fails or is cancelled."""
         self.prompt_tokens = stream.prompt_tokens
         self._stream = stream
         self._metrics = metrics
@@ -32,6 +35,7 @@ class MeteredStream:
         self._clock = clock
         self._first_text: float | None = None
         self._ended = False
+        self._on_end = on_end
         metrics.record_accepted(model_id, stream.prompt_tokens)
         if record is not None:
             record.prompt_tokens += stream.prompt_tokens
@@ -52,6 +56,12 @@ class MeteredStream:
         if not self._ended:
             self._ended = True
             self._metrics.record_unfinished(self._model_id, "cancelled")
+        self._on_end()
+
+    def __del__(self) -> None:
+        # A response that never started (its client left first) still lets go of its model.
+        with contextlib.suppress(RuntimeError):
+            self._on_end()
 
     def _observe(self, event: Event) -> None:
         if isinstance(event, TextDelta):
@@ -63,6 +73,8 @@ class MeteredStream:
             self._metrics.record_finished(self._model_id, event, seconds, self._first_text)
             if self._record is not None:
                 self._record.completion_tokens += event.usage.completion_tokens
+            self._on_end()
         elif isinstance(event, Failed):
             self._ended = True
             self._metrics.record_unfinished(self._model_id, "failed")
+            self._on_end()

@@ -5,16 +5,19 @@ to create_app."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from litestar import Request
 
 from locallab_gguf.api.common.metered_stream import MeteredStream
 from locallab_gguf.api.common.request_log import record_of
+from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.serving.metrics import Metrics
-from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
+from locallab_gguf.serving.model_manager import ModelManager
+from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.settings import Settings
 
 
@@ -38,10 +41,19 @@ class Services:
         self.metrics = Metrics(manager)
         self.started_at = time.time()
 
+    def model_for(
+        self, model_id: str | None, keep_alive: str | float | None = None
+    ) -> AbstractAsyncContextManager[ResidentModel]:
+        """The model a request names (None: the default), loaded first if need be, and held
+        while the block runs: `async with services.model_for(data.model_id) as model:`.
+        `keep_alive` is the request's, in Ollama's terms (a bad one is a 400)."""
+        seconds = None if keep_alive is None else keep_alive_seconds(keep_alive)
+        return self.manager.use(model_id, seconds)
+
     async def generate(
         self,
         request: Request[Any, Any, Any],
-        model: ActiveModel,
+        model: ResidentModel,
         generation: GenerationRequest,
         user: str | None = None,
     ) -> MeteredStream:
@@ -53,9 +65,15 @@ class Services:
         if record is not None and user is not None:
             record.user = user
         submitted = time.monotonic()
-        stream = await model.engine.generate(generation)
-        return MeteredStream(stream, self.metrics, model.spec.id, submitted, record)
+        # The stream holds its model until it ends, after the request's handler returned.
+        release = self.manager.hold(model)
+        try:
+            stream = await model.engine.generate(generation)
+        except BaseException:
+            release()
+            raise
+        return MeteredStream(stream, self.metrics, model.spec.id, submitted, record, on_end=release)
 
-    def new_tokens_default(self, model: ActiveModel) -> int:
+    def new_tokens_default(self, model: ResidentModel) -> int:
         # The server default never exceeds what fits beside a one-token prompt.
         return min(self.settings.default_max_tokens, model.engine.info.context_length - 1)

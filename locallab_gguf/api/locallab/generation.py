@@ -38,12 +38,12 @@ from locallab_gguf.api.locallab.wire import (
     SamplingFields,
 )
 from locallab_gguf.engine.types import ChatMessage, Event, Finished, GenerationRequest, TextDelta
-from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.serving.resident import ResidentModel
 
 
 def _engine_request(
     services: NamedDependency[Services],
-    model: ActiveModel,
+    model: ResidentModel,
     fields: SamplingFields,
     *,
     prompt: str | None = None,
@@ -71,15 +71,15 @@ async def generate(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> GenerateResponse | EventStream:
-    model = services.manager.active(data.model_id)
-    stream = await services.generate(
-        request,
-        model,
-        _engine_request(services, model, data, **_prompt_of(data.prompt, data.system_prompt)),
-    )
-    if data.stream:
-        return EventStream(event_stream(stream, encode_text_event))
-    text, finished = await unless_client_leaves(request.receive, collect(stream))
+    async with services.model_for(data.model_id, data.keep_alive) as model:
+        stream = await services.generate(
+            request,
+            model,
+            _engine_request(services, model, data, **_prompt_of(data.prompt, data.system_prompt)),
+        )
+        if data.stream:
+            return EventStream(event_stream(stream, encode_text_event))
+        text, finished = await unless_client_leaves(request.receive, collect(stream))
     return GenerateResponse(
         response=text,
         text=text,
@@ -95,22 +95,22 @@ async def generate_batch(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> BatchGenerateResponse:
-    model = services.manager.active(data.model_id)
     streams: list[EventSource] = []
-    try:
-        for prompt in data.prompts:
-            fields = _prompt_of(prompt, data.system_prompt)
-            streams.append(
-                await services.generate(
-                    request, model, _engine_request(services, model, data, **fields)
+    async with services.model_for(data.model_id, data.keep_alive) as model:
+        try:
+            for prompt in data.prompts:
+                fields = _prompt_of(prompt, data.system_prompt)
+                streams.append(
+                    await services.generate(
+                        request, model, _engine_request(services, model, data, **fields)
+                    )
                 )
+            results = await unless_client_leaves(
+                request.receive, asyncio.gather(*(collect(stream) for stream in streams))
             )
-        results = await unless_client_leaves(
-            request.receive, asyncio.gather(*(collect(stream) for stream in streams))
-        )
-    finally:
-        for stream in streams:
-            stream.cancel()
+        finally:
+            for stream in streams:
+                stream.cancel()
     prompt_tokens = sum(finished.usage.prompt_tokens for _, finished in results)
     completion_tokens = sum(finished.usage.completion_tokens for _, finished in results)
     return BatchGenerateResponse(
@@ -125,15 +125,15 @@ async def chat(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> ChatResponse | EventStream:
-    model = services.manager.active(data.model_id)
     messages = tuple(message.to_engine() for message in data.messages)
-    stream = await services.generate(
-        request, model, _engine_request(services, model, data, messages=messages)
-    )
-    chunks = ChatStreamChunks(model.spec.id)
-    if data.stream:
-        return EventStream(chunked_stream(stream, chunks))
-    text, finished = await unless_client_leaves(request.receive, collect(stream))
+    async with services.model_for(data.model_id, data.keep_alive) as model:
+        stream = await services.generate(
+            request, model, _engine_request(services, model, data, messages=messages)
+        )
+        chunks = ChatStreamChunks(model.spec.id)
+        if data.stream:
+            return EventStream(chunked_stream(stream, chunks))
+        text, finished = await unless_client_leaves(request.receive, collect(stream))
     return ChatResponse(
         id=chunks.id,
         created=chunks.created,

@@ -1,5 +1,5 @@
-"""POST /models/load and /models/unload; GET /models/current, /models/available and
-/models/status/{id}."""
+"""POST /models/load and /models/unload; GET /models/current, /models/available,
+/models/loaded and /models/status/{id}."""
 
 from __future__ import annotations
 
@@ -16,20 +16,25 @@ from locallab_gguf.api.locallab.wire import (
     AvailableModel,
     AvailableModels,
     LoadAccepted,
+    LoadedModel,
+    LoadedModels,
     LoadRequest,
     LoadResponse,
     ModelDescription,
     ModelStatusBody,
+    UnloadRequest,
     UnloadResponse,
     body_of,
 )
+from locallab_gguf.durations import FOREVER
 from locallab_gguf.errors import NoModelLoaded
 from locallab_gguf.models.catalog import model_rows
 from locallab_gguf.models.ids import HF_SCHEME
-from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.serving.model_manager import ModelManager
+from locallab_gguf.serving.resident import ResidentModel
 
 
-def describe(model: ActiveModel) -> ModelDescription:
+def describe(model: ResidentModel) -> ModelDescription:
     info = model.engine.info
     return ModelDescription(
         id=model.spec.id,
@@ -77,9 +82,15 @@ async def load_model(
     return Response(accepted, status_code=202, headers={"Location": url})
 
 
-@post("/models/unload", status_code=200, summary="Unload the model")
-async def unload_model(services: NamedDependency[Services]) -> UnloadResponse:
-    previous = await services.manager.unload()
+@post(
+    "/models/unload",
+    status_code=200,
+    summary='Unload the default model, or the one a body {"model_id": ...} names',
+)
+async def unload_model(
+    services: NamedDependency[Services], data: JSONBody[UnloadRequest | None] = None
+) -> UnloadResponse:
+    previous = await services.manager.unload(data.model_id if data is not None else None)
     message = (
         f"model {previous.spec.id!r} is unloaded; requests in flight finish first"
         if previous
@@ -88,7 +99,7 @@ async def unload_model(services: NamedDependency[Services]) -> UnloadResponse:
     return UnloadResponse(status="success", message=message)
 
 
-@get("/models/current", summary="The loaded model (404 when none)")
+@get("/models/current", summary="The default model, when it is loaded (404 when not)")
 async def current_model(services: NamedDependency[Services]) -> ModelDescription:
     current = services.manager.current
     if current is None:
@@ -101,6 +112,7 @@ async def current_model(services: NamedDependency[Services]) -> ModelDescription
 async def available_models(services: NamedDependency[Services]) -> AvailableModels:
     manager = services.manager
     current = manager.current
+    resident = {model.spec.id for model in manager.resident}
     # Off the event loop: it reads the disk, and the first look into the Hugging Face cache
     # imports huggingface_hub.
     rows = await asyncio.to_thread(model_rows, manager.registry, manager.files)
@@ -113,7 +125,7 @@ async def available_models(services: NamedDependency[Services]) -> AvailableMode
             file=spec.file,
             size_bytes=row.size_bytes,
             is_local=row.local != "no",
-            is_loaded=current is not None and current.spec.id == spec.id,
+            is_loaded=spec.id in resident,
             is_default=row.is_default,
         )
         for spec, row in zip(manager.registry.models.values(), rows, strict=True)
@@ -122,6 +134,43 @@ async def available_models(services: NamedDependency[Services]) -> AvailableMode
         models=models,
         current_model=current.spec.id if current else None,
         default_model=manager.registry.default,
+    )
+
+
+@get("/models/loaded", summary="The resident models: memory, slots, queue, last use, unload time")
+async def loaded_models(services: NamedDependency[Services]) -> LoadedModels:
+    manager = services.manager
+    return LoadedModels(
+        models=loaded_rows(manager),
+        default_model=manager.default_id,
+        max_models=manager.policy.max_models,
+    )
+
+
+def loaded_rows(manager: ModelManager) -> list[LoadedModel]:
+    return [_loaded_row(model, model.spec.id == manager.default_id) for model in manager.resident]
+
+
+def _loaded_row(model: ResidentModel, is_default: bool) -> LoadedModel:
+    engine = model.engine
+    stats = engine.stats()
+    return LoadedModel(
+        id=model.spec.id,
+        name=model.spec.name,
+        is_default=is_default,
+        pinned=model.pinned,
+        state=engine.state,
+        ram_bytes=model.ram_bytes,
+        vram_bytes=model.vram_bytes,
+        slots_busy=stats.slots_busy,
+        slots_total=stats.slots_total,
+        queue_depth=stats.queue_depth,
+        requests_in_flight=model.in_flight,
+        loaded_at=model.loaded_at,
+        load_seconds=model.load_seconds,
+        last_used=model.last_used,
+        keep_alive_seconds=None if model.keep_alive == FOREVER else model.keep_alive,
+        unload_at=model.unload_at,
     )
 
 

@@ -14,14 +14,16 @@ from litestar.di import NamedDependency
 from locallab_gguf import __version__
 from locallab_gguf.api.common.access import PUBLIC, UNLIMITED
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.locallab.models import describe
+from locallab_gguf.api.locallab.models import describe, loaded_rows
 from locallab_gguf.api.locallab.wire import (
     Backend,
     CpuBody,
     EngineStatsBody,
     GpuBody,
     HealthResponse,
+    LoadedModel,
     MemoryBody,
+    ModelActivityBody,
     ModelDescription,
     OffloadBody,
     ThreadsBody,
@@ -38,11 +40,16 @@ class Versions(msgspec.Struct):
 
 
 class ModelState(msgspec.Struct):
+    """`status`, `current` and `engine` are the default model's; `resident` lists every
+    loaded model and `activity` each model's loads and unloads since the start."""
+
     status: str
     loading: str | None
     last_error: str | None
     current: ModelDescription | None
     engine: EngineStatsBody | None
+    resident: list[LoadedModel]
+    activity: dict[str, ModelActivityBody]
 
 
 class Acceleration(msgspec.Struct, kw_only=True):
@@ -122,6 +129,11 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
             last_error=manager.last_error,
             current=describe(current) if current else None,
             engine=body_of(current.engine.stats(), EngineStatsBody) if current else None,
+            resident=loaded_rows(manager),
+            activity={
+                model_id: body_of(record, ModelActivityBody)
+                for model_id, record in sorted(manager.history.models.items())
+            },
         ),
         uptime_seconds=uptime,
         requests=RequestCounts(

@@ -22,6 +22,9 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     """Options shared by /generate, /generate/batch and /chat."""
 
     model_id: str | None = None
+    # How long the model stays loaded once idle, as in Ollama: seconds, or "5m"; 0 unloads
+    # it after this request, a negative duration keeps it.
+    keep_alive: str | float | None = None
     max_length: NewTokens | None = None
     max_tokens: NewTokens | None = None  # an alias of max_length
     temperature: Temperature = 0.7
@@ -76,6 +79,12 @@ class ChatRequest(SamplingFields, kw_only=True):
 
 class LoadRequest(msgspec.Struct, kw_only=True):
     model_id: Annotated[str, Meta(min_length=1)]
+
+
+class UnloadRequest(msgspec.Struct, kw_only=True):
+    """POST /models/unload: a model to unload; without one, the default model."""
+
+    model_id: Annotated[str, Meta(min_length=1)] | None = None
 
 
 class GenerateResponse(msgspec.Struct):
@@ -181,6 +190,44 @@ class AvailableModels(msgspec.Struct):
     models: list[AvailableModel]
     current_model: str | None
     default_model: str
+
+
+class LoadedModel(msgspec.Struct, kw_only=True):
+    """One resident model, as GET /models/loaded and /system/info list it. Times are Unix
+    seconds; memory is the estimate its load was judged by (0 when none was made)."""
+
+    id: str
+    name: str
+    is_default: bool
+    pinned: bool  # the start-up, preload or default model: never unloaded for being idle
+    state: Literal["ready", "restarting", "failed"]
+    ram_bytes: int
+    vram_bytes: int
+    slots_busy: int
+    slots_total: int
+    queue_depth: int
+    requests_in_flight: int
+    loaded_at: float
+    load_seconds: float
+    last_used: float
+    keep_alive_seconds: float | None  # null: until unloaded
+    unload_at: float | None  # set while an idle unload is scheduled
+
+
+class ModelActivityBody(msgspec.Struct, kw_only=True):
+    """What happened to one model since the server started."""
+
+    loads: int
+    load_failures: int
+    load_seconds_total: float
+    last_load_seconds: float | None
+    unloads: dict[str, int]  # by reason: keep_alive, make_room, unload_request, ...
+
+
+class LoadedModels(msgspec.Struct, kw_only=True):
+    models: list[LoadedModel]
+    default_model: str | None
+    max_models: int | None  # null: as many as the memory holds
 
 
 class HealthResponse(msgspec.Struct):

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import math
-import re
-
 import msgspec
 
 from locallab_gguf.api.common.fields import stop_strings
 from locallab_gguf.api.ollama.wire import (
     ChatRequest,
     GenerateRequest,
-    KeepAlive,
     OllamaRequest,
     Options,
 )
+from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import ChatMessage, GenerationRequest, JsonOutput, SamplingParams
 from locallab_gguf.errors import UnsupportedParameter
 
 LATEST = ":latest"
-_DURATION = re.compile(r"(?P<value>\d+(?:\.\d+)?)(?P<unit>ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 
 
 def model_id_of(name: str) -> str:
@@ -41,33 +28,10 @@ def ollama_name(model_id: str) -> str:
     return model_id if ":" in model_id else model_id + LATEST
 
 
-def keep_alive_seconds(value: KeepAlive) -> float | None:
-    """Ollama's keep_alive in seconds (negative: forever); None when not given."""
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise UnsupportedParameter("keep_alive", "must be a finite number of seconds")
-        return float(value)
-    text = value.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    parts = list(_DURATION.finditer(body))
-    if not body or "".join(part.group(0) for part in parts) != body:
-        raise UnsupportedParameter(
-            "keep_alive", f"{value!r} is not a duration; write it like 30s, 5m, 1h30m, or seconds"
-        )
-    seconds = sum(float(part["value"]) * _UNIT_SECONDS[part["unit"]] for part in parts)
-    return sign * seconds
-
-
 def refuse_unsupported(data: OllamaRequest) -> None:
     """Refuse, by name, what this server cannot do, rather than quietly ignore it."""
-    keep_alive_seconds(data.keep_alive)  # a malformed duration is a 400 before anything runs
+    if data.keep_alive is not None:  # a malformed duration is a 400 before anything runs
+        keep_alive_seconds(data.keep_alive)
     if data.think not in (None, False):
         raise UnsupportedParameter(
             "think", f"{data.model} does not support thinking; leave think unset or false"
@@ -117,8 +81,7 @@ def generation_of(
     options = data.options or Options()
     if isinstance(data, ChatRequest):
         messages: tuple[ChatMessage, ...] | None = tuple(
-            ChatMessage(message.role, message.content)
-            for message in data.messages
+            ChatMessage(message.role, message.content) for message in data.messages
         )
         prompt = None
     elif data.raw or not has_chat_template:

@@ -54,12 +54,13 @@ from locallab_gguf.api.ollama.wire import (
     Timings,
     VersionResponse,
 )
+from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
 from locallab_gguf.errors import EngineFailure, LoadCancelled, ModelNotFound, UnsupportedParameter
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
 from locallab_gguf.serving.footprint import loaded_footprint
-from locallab_gguf.serving.model_manager import ActiveModel
+from locallab_gguf.serving.resident import ResidentModel
 
 NDJSON = "application/x-ndjson"
 # What /api/ps shows for a model that stays until it is unloaded.
@@ -79,7 +80,9 @@ class _Clock:
 
     def __init__(self) -> None:
         self.started = time.monotonic_ns()
+        self.wall_started = time.time_ns()
         self.first: int | None = None
+        self.load_ns = 0  # set when the request had to wait for its model to load
 
     def mark_first(self) -> None:
         if self.first is None:
@@ -90,7 +93,7 @@ class _Clock:
         first = self.first or now
         return Timings(
             total_duration=now - self.started,
-            load_duration=0,
+            load_duration=self.load_ns,
             prompt_eval_count=finished.usage.prompt_tokens,
             prompt_eval_duration=first - self.started,
             eval_count=finished.usage.completion_tokens,
@@ -168,20 +171,19 @@ async def _whole(
     return await unless_client_leaves(request.receive, collect())
 
 
-def _loaded_answer(model: ActiveModel, chat: bool) -> Response[Any]:
+def _loaded_answer(name: str, chat: bool, reason: DoneReason) -> Response[Any]:
     created = _now()
-    name = model.spec.id
     if chat:
         body: msgspec.Struct = ChatChunk(
             model=name,
             created_at=created,
             message=AssistantMessage(content=""),
             done=True,
-            done_reason="load",
+            done_reason=reason,
         )
     else:
         body = GenerateChunk(
-            model=name, created_at=created, response="", done=True, done_reason="load"
+            model=name, created_at=created, response="", done=True, done_reason=reason
         )
     return Response(body)
 
@@ -193,22 +195,25 @@ async def _answer(
 ) -> Response[Any] | EventStream:
     clock = _Clock()
     refuse_unsupported(data)
-    model = services.manager.active(model_id_of(data.model))
     chat = isinstance(data, ChatRequest)
-    if is_load_only(data):
-        return _loaded_answer(model, chat)
-    info = model.engine.info
-    generation = generation_of(
-        data,
-        has_chat_template=info.chat_template_source is not None,
-        context_length=info.context_length,
-    )
-    stream = await services.generate(request, model, generation)
-    lines = _Lines(model.spec.id, clock, chat=chat)
-    if data.stream:
-        body = chunked_stream(stream, lines, _failure_line, done=b"")
-        return EventStream(body, media_type=NDJSON)
-    text, finished = await _whole(request, stream, clock)
+    async with services.model_for(model_id_of(data.model), data.keep_alive) as model:
+        if model.loaded_at * 1e9 >= clock.wall_started:
+            clock.load_ns = int(model.load_seconds * 1e9)  # this request waited for the load
+        if is_load_only(data):
+            unloading = data.keep_alive is not None and keep_alive_seconds(data.keep_alive) == 0
+            return _loaded_answer(model.spec.id, chat, "unload" if unloading else "load")
+        info = model.engine.info
+        generation = generation_of(
+            data,
+            has_chat_template=info.chat_template_source is not None,
+            context_length=info.context_length,
+        )
+        stream = await services.generate(request, model, generation)
+        lines = _Lines(model.spec.id, clock, chat=chat)
+        if data.stream:
+            body = chunked_stream(stream, lines, _failure_line, done=b"")
+            return EventStream(body, media_type=NDJSON)
+        text, finished = await _whole(request, stream, clock)
     return Response(lines.body(text, finished))
 
 
@@ -326,23 +331,35 @@ async def show(data: JSONBody[ModelRequest], services: NamedDependency[Services]
     return await asyncio.to_thread(_show, services, _named(data))
 
 
+def _expires_at(model: ResidentModel) -> str:
+    if model.unload_at is None:
+        return NEVER_EXPIRES  # kept until unloaded, or busy: no idle unload is scheduled
+    return datetime.fromtimestamp(model.unload_at, UTC).isoformat().replace("+00:00", "Z")
+
+
 def _running(services: Services) -> list[RunningModel]:
-    current = services.manager.current
-    if current is None:
-        return []
-    footprint = loaded_footprint(services.settings, current, services.hardware.read())
-    return [
-        RunningModel(
-            name=ollama_name(current.spec.id),
-            model=ollama_name(current.spec.id),
-            size=footprint.ram_bytes + footprint.vram_bytes,
-            digest=_digest(services, current.spec, current.path),
-            details=_details(gguf_facts(current.path)),
-            expires_at=NEVER_EXPIRES,
-            size_vram=footprint.vram_bytes,
-            context_length=current.engine.info.context_length,
+    running = []
+    hardware = None
+    for model in services.manager.resident:
+        if model.estimate is not None:
+            ram, vram = model.ram_bytes, model.vram_bytes
+        else:
+            hardware = hardware or services.hardware.read()
+            footprint = loaded_footprint(services.settings, model, hardware)
+            ram, vram = footprint.ram_bytes, footprint.vram_bytes
+        running.append(
+            RunningModel(
+                name=ollama_name(model.spec.id),
+                model=ollama_name(model.spec.id),
+                size=ram + vram,
+                digest=_digest(services, model.spec, model.path),
+                details=_details(gguf_facts(model.path)),
+                expires_at=_expires_at(model),
+                size_vram=vram,
+                context_length=model.engine.info.context_length,
+            )
         )
-    ]
+    return running
 
 
 @get("/ps", summary="Ollama: the models loaded now")

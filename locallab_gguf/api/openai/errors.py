@@ -23,7 +23,7 @@ from locallab_gguf.api.common.errors import (
 from locallab_gguf.api.openai.wire import ErrorBody, ErrorDetail
 from locallab_gguf.errors import (
     LocalLabError,
-    ModelNotServed,
+    ModelNotFound,
     NotAuthenticated,
     PromptTooLong,
     RateLimited,
@@ -79,7 +79,7 @@ def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Resp
 def _param_and_code(error: LocalLabError) -> tuple[str | None, str | None]:
     if isinstance(error, UnsupportedParameter):
         return error.param, "unsupported_parameter"
-    if isinstance(error, ModelNotServed):
+    if isinstance(error, ModelNotFound):
         return "model", "model_not_found"
     if isinstance(error, PromptTooLong):
         return None, "context_length_exceeded"

@@ -29,8 +29,7 @@ from locallab_gguf.engine.types import (
     ToolSpec,
     ToolUse,
 )
-from locallab_gguf.errors import ModelNotServed, UnsupportedParameter
-from locallab_gguf.serving.model_manager import ActiveModel, ModelManager
+from locallab_gguf.errors import UnsupportedParameter
 
 # OpenAI: "-100 should result in a ban ... of the relevant token".
 BAN_BIAS = -100.0
@@ -42,15 +41,6 @@ _ROLES: dict[str, Role] = {
     "assistant": "assistant",
     "tool": "tool",
 }
-
-
-def served_model(manager: ModelManager, requested: str) -> ActiveModel:
-    """The loaded model, when `requested` is exactly its id (as /v1/models lists it); any
-    other id is a 404."""
-    current = manager.loaded()
-    if requested != current.spec.id:
-        raise ModelNotServed(requested, current.spec.id)
-    return current
 
 
 def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> GenerationRequest:

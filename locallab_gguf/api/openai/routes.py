@@ -24,7 +24,6 @@ from locallab_gguf.api.openai.requests import (
     chat_generation,
     completion_generation,
     include_usage,
-    served_model,
 )
 from locallab_gguf.api.openai.responses import (
     ChatChunks,
@@ -42,31 +41,39 @@ from locallab_gguf.api.openai.wire import (
     ModelList,
     OpenAIModel,
 )
+from locallab_gguf.errors import ModelNotFound
 
 OWNER = "locallab-gguf"
 
 
-def _listed(services: Services) -> list[OpenAIModel]:
-    current = services.manager.current
-    if current is None:
-        return []
+def _described(services: Services, model_id: str) -> OpenAIModel:
     # OpenAI's `created` dates the model; this server knows no date for it but its own start.
-    created = int(services.started_at)
-    return [OpenAIModel(id=current.spec.id, created=created, owned_by=OWNER)]
+    state = services.manager.state_of(model_id).status
+    return OpenAIModel(id=model_id, created=int(services.started_at), owned_by=OWNER, state=state)
 
 
-@get("/models", summary="The model this server serves, in OpenAI's shape")
+@get(
+    "/models",
+    summary="The registry's models and any other resident one, each with its state; a "
+    "request for any of them loads it",
+)
 async def list_models(services: NamedDependency[Services]) -> ModelList:
-    return ModelList(data=_listed(services))
+    manager = services.manager
+    ids = list(manager.registry.models)
+    ids += [model.spec.id for model in manager.resident if model.spec.id not in ids]
+    return ModelList(data=[_described(services, model_id) for model_id in ids])
 
 
-@get("/models/{model_id:path}", summary="One served model, in OpenAI's shape")
+@get("/models/{model_id:path}", summary="One model, in OpenAI's shape")
 async def retrieve_model(
     model_id: FromPath[str], services: NamedDependency[Services]
 ) -> OpenAIModel:
     model_id = model_id.lstrip("/")  # a path parameter keeps its leading slash
-    served = served_model(services.manager, model_id)
-    return OpenAIModel(id=served.spec.id, created=int(services.started_at), owned_by=OWNER)
+    manager = services.manager
+    spec = manager.spec_for(model_id)  # a registry id or a hub file; anything else is a 404
+    if spec.id not in manager.registry.models and manager.resident_model(spec.id) is None:
+        raise ModelNotFound(f"the model {model_id!r} is neither in the registry nor loaded")
+    return _described(services, spec.id)
 
 
 @post("/chat/completions", status_code=200, summary="OpenAI chat completion")
@@ -75,14 +82,14 @@ async def chat_completions(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> ChatCompletion | EventStream:
-    model = served_model(services.manager, data.model)
-    generation = chat_generation(data, services.new_tokens_default(model))
-    stream = await services.generate(request, model, generation, user=data.user)
-    reply = Reply("chatcmpl", model.spec.id, logprobs=generation.logprobs is not None)
-    if data.stream:
-        chunks = ChatChunks(reply, include_usage=include_usage(data))
-        return EventStream(chunked_stream(stream, chunks, stream_failure))
-    events, finished = await unless_client_leaves(request.receive, collect_events(stream))
+    async with services.model_for(data.model, data.keep_alive) as model:
+        generation = chat_generation(data, services.new_tokens_default(model))
+        stream = await services.generate(request, model, generation, user=data.user)
+        reply = Reply("chatcmpl", model.spec.id, logprobs=generation.logprobs is not None)
+        if data.stream:
+            chunks = ChatChunks(reply, include_usage=include_usage(data))
+            return EventStream(chunked_stream(stream, chunks, stream_failure))
+        events, finished = await unless_client_leaves(request.receive, collect_events(stream))
     return chat_completion(reply, events, finished)
 
 
@@ -92,14 +99,14 @@ async def completions(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> Completion | EventStream:
-    model = served_model(services.manager, data.model)
-    generation = completion_generation(data, services.new_tokens_default(model))
-    stream = await services.generate(request, model, generation, user=data.user)
-    reply = Reply("cmpl", model.spec.id, logprobs=generation.logprobs is not None)
-    if data.stream:
-        chunks = CompletionChunks(reply, include_usage=include_usage(data))
-        return EventStream(chunked_stream(stream, chunks, stream_failure))
-    deltas, finished = await unless_client_leaves(request.receive, collect_deltas(stream))
+    async with services.model_for(data.model, data.keep_alive) as model:
+        generation = completion_generation(data, services.new_tokens_default(model))
+        stream = await services.generate(request, model, generation, user=data.user)
+        reply = Reply("cmpl", model.spec.id, logprobs=generation.logprobs is not None)
+        if data.stream:
+            chunks = CompletionChunks(reply, include_usage=include_usage(data))
+            return EventStream(chunked_stream(stream, chunks, stream_failure))
+        deltas, finished = await unless_client_leaves(request.receive, collect_deltas(stream))
     return completion(reply, deltas, finished)
 
 

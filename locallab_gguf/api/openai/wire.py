@@ -58,6 +58,8 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     )
 
     model: Annotated[str, Meta(min_length=1)]
+    # Not OpenAI's: how long the model stays loaded once idle, as in Ollama ("5m", 0, -1).
+    keep_alive: str | float | None = None
     max_tokens: NewTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
@@ -230,11 +232,16 @@ class CompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True)
     suffix: Annotated[Any, only("")] = None
 
 
+ModelState = Literal["loaded", "loading", "downloading", "unloaded", "failed"]
+
+
 class OpenAIModel(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # Not OpenAI's: whether the model is resident; a request for any of them loads it.
+    state: ModelState
 
 
 class ModelList(msgspec.Struct, kw_only=True):

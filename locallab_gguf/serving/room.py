@@ -1,0 +1,80 @@
+"""Whether a model can be loaded beside the resident ones, and which to unload to make room.
+
+A load needs a place under --max-models and its estimated RAM (weights, KV cache for its
+slots, compute buffers) below the available memory, less a reserve for the system; and the
+estimates of all resident models together must stay below the machine's RAM, less the
+reserve (the kernel counts a model's memory-mapped weights as available, though unloading
+it is what would really free them). Idle
+models are unloaded to make room, least recently used first, those loaded on demand before
+pinned ones (the start-up, preload and default models). A model busy with requests is never
+unloaded: when only its room would do, the load waits for it; when even unloading every
+model would not do, the model can never fit.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+
+from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan
+from locallab_gguf.serving.resident import ResidentModel
+from locallab_gguf.sizes import human_bytes
+
+
+class RoomOutcome(enum.Enum):
+    FITS = "fits"  # after unloading `unload` (possibly none)
+    WAIT = "wait"  # models busy with requests hold the room it needs
+    NEVER = "never"  # more memory than the machine has free with every model unloaded
+
+
+class Room:
+    def __init__(self, outcome: RoomOutcome, unload: list[ResidentModel], reason: str) -> None:
+        self.outcome = outcome
+        self.unload = unload
+        self.reason = reason
+
+
+def find_room(
+    resident: Iterable[ResidentModel], plan: OffloadPlan | None, max_models: int | None
+) -> Room:
+    """Which models to unload so that a model planned as `plan` fits (None: memory unknown,
+    only the count is judged)."""
+    models = list(resident)
+    idle = sorted((model for model in models if model.idle), key=lambda m: (m.pinned, m.last_used))
+    chosen = _unload_until_fits(idle, models, plan, max_models)
+    if chosen is not None:
+        return Room(RoomOutcome.FITS, chosen, "")
+    if _unload_until_fits(models, models, plan, max_models) is None:
+        return Room(RoomOutcome.NEVER, [], "")
+    busy = ", ".join(f"{m.spec.id!r} ({m.in_flight} in flight)" for m in models if not m.idle)
+    if plan is not None and not _fits_memory(plan, idle, models):
+        why = f"it needs about {human_bytes(plan.estimate.ram_bytes)} of RAM"
+    else:
+        why = f"{len(models)} of --max-models {max_models} are loaded"
+    return Room(RoomOutcome.WAIT, [], f"{why}, and only unloading {busy} would make room")
+
+
+def _unload_until_fits(
+    candidates: list[ResidentModel],
+    resident: list[ResidentModel],
+    plan: OffloadPlan | None,
+    max_models: int | None,
+) -> list[ResidentModel] | None:
+    """The fewest of `candidates`, taken in order, whose unloading makes room; None if even
+    all of them would not."""
+    for taken in range(len(candidates) + 1):
+        chosen = candidates[:taken]
+        under_count = max_models is None or len(resident) - taken < max_models
+        if under_count and (plan is None or _fits_memory(plan, chosen, resident)):
+            return chosen
+    return None
+
+
+def _fits_memory(
+    plan: OffloadPlan, unloaded: list[ResidentModel], resident: list[ResidentModel]
+) -> bool:
+    needed = plan.estimate.ram_bytes + RAM_RESERVE_BYTES
+    freed = sum(model.ram_bytes for model in unloaded)
+    staying = sum(model.ram_bytes for model in resident) - freed
+    within_total = not plan.ram_total_bytes or needed + staying <= plan.ram_total_bytes
+    return needed <= plan.ram_available_bytes + freed and within_total
