@@ -1,31 +1,34 @@
-"""Anthropic's Messages requests -> the engine's."""
+"""Anthropic's Messages requests -> the engine's: turns, tools and thinking."""
 
 from __future__ import annotations
+
+import msgspec
 
 from locallab_gguf.api.anthropic.wire import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,
-    MessageParam,
     MessagesRequest,
     TextBlock,
     ThinkingBlock,
     ToolResultBlock,
     ToolUseBlock,
 )
-from locallab_gguf.engine.types import ChatMessage, GenerationRequest, SamplingParams
+from locallab_gguf.engine.types import (
+    ChatMessage,
+    ChatOptions,
+    GenerationRequest,
+    SamplingParams,
+    ToolCall,
+    ToolChoiceMode,
+    ToolSpec,
+    ToolUse,
+)
 from locallab_gguf.errors import UnsupportedParameter
 
 
-def refuse_unsupported(data: CountTokensRequest) -> None:
-    if data.thinking is not None and data.thinking.type == "enabled":
-        raise UnsupportedParameter(
-            "thinking", f"{data.model} does not think; leave thinking unset or disabled"
-        )
-    if data.tools or data.tool_choice is not None:
-        raise UnsupportedParameter(
-            "tools", f"{data.model} does not support tools on /v1/messages here"
-        )
+def thinking_enabled(data: CountTokensRequest) -> bool:
+    return data.thinking is not None and data.thinking.type == "enabled"
 
 
 def messages_of(data: CountTokensRequest) -> tuple[ChatMessage, ...]:
@@ -33,9 +36,83 @@ def messages_of(data: CountTokensRequest) -> tuple[ChatMessage, ...]:
     system = _system_text(data.system)
     if system:
         turns.append(ChatMessage("system", system))
+    call_ids: set[str] = set()
     for index, message in enumerate(data.messages):
-        turns.append(ChatMessage(message.role, _content_text(index, message)))
+        if isinstance(message.content, str):
+            turns.append(ChatMessage(message.role, message.content))
+            continue
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        results: list[ChatMessage] = []
+        for number, block in enumerate(message.content):
+            where = f"messages[{index}].content[{number}]"
+            if isinstance(block, TextBlock):
+                texts.append(block.text)
+            elif isinstance(block, ThinkingBlock):
+                continue  # earlier thinking may be left out of the context, as Anthropic does
+            elif isinstance(block, ImageBlock | DocumentBlock):
+                raise UnsupportedParameter(where, "this server has no vision models yet")
+            elif isinstance(block, ToolUseBlock):
+                if message.role != "assistant":
+                    raise UnsupportedParameter(where, "tool_use blocks belong to the assistant")
+                arguments = msgspec.json.encode(block.input).decode()
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=arguments))
+                call_ids.add(block.id)
+            elif isinstance(block, ToolResultBlock):
+                if block.tool_use_id not in call_ids:
+                    raise UnsupportedParameter(
+                        f"{where}.tool_use_id",
+                        f"{block.tool_use_id!r} is the id of no tool_use block in an earlier "
+                        "assistant message",
+                    )
+                results.append(
+                    ChatMessage("tool", _result_text(where, block), tool_call_id=block.tool_use_id)
+                )
+        turns.extend(results)  # the results answer the calls before this turn's own text
+        if texts or calls or not results:
+            turns.append(ChatMessage(message.role, "\n".join(texts), tool_calls=tuple(calls)))
     return tuple(turns)
+
+
+def tool_use_of(data: CountTokensRequest) -> ToolUse | None:
+    tools = data.tools or []
+    choice = data.tool_choice
+    if not tools:
+        if choice is not None and choice.type not in ("auto", "none"):
+            raise UnsupportedParameter("tool_choice", "names no tool, as the request has none")
+        return None
+    names: set[str] = set()
+    specs = []
+    for index, tool in enumerate(tools):
+        if tool.type not in (None, "custom"):
+            raise UnsupportedParameter(
+                f"tools[{index}].type", f"server tools ({tool.type}) are not available here"
+            )
+        if tool.name in names:
+            raise UnsupportedParameter(f"tools[{index}].name", f"a second tool is {tool.name}")
+        names.add(tool.name)
+        specs.append(
+            ToolSpec(
+                name=tool.name,
+                description=tool.description,
+                parameters=msgspec.json.encode(tool.input_schema).decode(),
+            )
+        )
+    mode: ToolChoiceMode = "auto"
+    named = None
+    if choice is not None:
+        if choice.type == "tool":
+            if choice.name not in names:
+                raise UnsupportedParameter(
+                    "tool_choice.name", f"{choice.name!r} is not among the request's tools"
+                )
+            mode, named = "required", choice.name
+        elif choice.type == "any":
+            mode = "required"
+        else:
+            mode = choice.type
+    parallel = not (choice is not None and choice.disable_parallel_tool_use)
+    return ToolUse(tools=tuple(specs), mode=mode, named=named, parallel=parallel)
 
 
 def generation_of(data: MessagesRequest) -> GenerationRequest:
@@ -49,11 +126,17 @@ def generation_of(data: MessagesRequest) -> GenerationRequest:
             top_k=data.top_k or 0,
         ),
         stop=tuple(stop for stop in data.stop_sequences or () if stop),
+        # Thinking is always read apart from the answer; it is returned only when enabled.
+        chat=ChatOptions(tool_use=tool_use_of(data), reasoning="split"),
     )
 
 
 def count_request(data: CountTokensRequest) -> GenerationRequest:
-    return GenerationRequest(messages=messages_of(data), max_tokens=1)
+    return GenerationRequest(
+        messages=messages_of(data),
+        max_tokens=1,
+        chat=ChatOptions(tool_use=tool_use_of(data), reasoning="split"),
+    )
 
 
 def _system_text(system: str | list[TextBlock] | None) -> str:
@@ -64,18 +147,12 @@ def _system_text(system: str | list[TextBlock] | None) -> str:
     return "\n".join(block.text for block in system)
 
 
-def _content_text(index: int, message: MessageParam) -> str:
-    if isinstance(message.content, str):
-        return message.content
+def _result_text(where: str, block: ToolResultBlock) -> str:
+    if isinstance(block.content, str):
+        return block.content
     texts = []
-    for number, block in enumerate(message.content):
-        where = f"messages[{index}].content[{number}]"
-        if isinstance(block, TextBlock):
-            texts.append(block.text)
-        elif isinstance(block, ThinkingBlock):
-            continue  # earlier thinking may be left out of the context, as Anthropic does
-        elif isinstance(block, ImageBlock | DocumentBlock):
+    for part in block.content:
+        if isinstance(part, ImageBlock):
             raise UnsupportedParameter(where, "this server has no vision models yet")
-        elif isinstance(block, ToolUseBlock | ToolResultBlock):
-            raise UnsupportedParameter(where, "tool use is not supported on /v1/messages here")
+        texts.append(part.text)
     return "\n".join(texts)

@@ -16,15 +16,17 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf.api.anthropic.errors import ANTHROPIC_EXCEPTION_HANDLERS
-from locallab_gguf.api.anthropic.requests import count_request, generation_of, refuse_unsupported
+from locallab_gguf.api.anthropic.requests import count_request, generation_of, thinking_enabled
 from locallab_gguf.api.anthropic.wire import (
     ContentBlockDelta,
     ContentBlockStart,
     ContentBlockStop,
+    ContentOut,
     CountTokensRequest,
     CountTokensResponse,
     ErrorBody,
     ErrorDetail,
+    InputJsonDelta,
     Message,
     MessageDelta,
     MessageDeltaBody,
@@ -36,19 +38,32 @@ from locallab_gguf.api.anthropic.wire import (
     StopReason,
     TextDeltaBody,
     TextOut,
+    ThinkingDeltaBody,
+    ThinkingOut,
+    ToolUseOut,
     Usage,
 )
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
     EventStream,
     chunked_stream,
-    collect,
+    collect_events,
     unless_client_leaves,
 )
-from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
+from locallab_gguf.engine.types import (
+    Event,
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallArguments,
+    ToolCallStarted,
+)
 
 
 def _stop_reason(finished: Finished) -> StopReason:
+    if finished.finish_reason == "tool_calls":
+        return "tool_use"
     if finished.finish_reason == "length":
         return "max_tokens"
     return "stop_sequence" if finished.stop_sequence is not None else "end_turn"
@@ -60,13 +75,58 @@ def _named_event(body: msgspec.Struct) -> bytes:
     return b"event: " + str(name).encode() + b"\ndata: " + msgspec.json.encode(body) + b"\n\n"
 
 
-class _MessageEvents:
-    """One streamed message: a single text block, then how it stopped."""
+def _tool_input(arguments: str) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(arguments)
+    except msgspec.DecodeError:
+        return {}  # cut off by max_tokens: the call is incomplete
+    return value if isinstance(value, dict) else {}
 
-    def __init__(self, message_id: str, model_id: str, input_tokens: int) -> None:
+
+def content_of(events: list[Event], *, thinking: bool) -> list[ContentOut]:
+    """The blocks of a whole answer, in the order the model wrote them."""
+    blocks: list[ContentOut] = []
+    arguments: dict[int, list[str]] = {}
+    calls: dict[int, ToolCallStarted] = {}
+    for event in events:
+        if isinstance(event, ReasoningDelta) and thinking:
+            if blocks and isinstance(blocks[-1], ThinkingOut):
+                blocks[-1] = ThinkingOut(thinking=blocks[-1].thinking + event.text)
+            else:
+                blocks.append(ThinkingOut(thinking=event.text))
+        elif isinstance(event, TextDelta) and event.text:
+            if blocks and isinstance(blocks[-1], TextOut):
+                blocks[-1] = TextOut(text=blocks[-1].text + event.text)
+            else:
+                blocks.append(TextOut(text=event.text))
+        elif isinstance(event, ToolCallStarted):
+            calls[event.index] = event
+            arguments[event.index] = []
+            blocks.append(ToolUseOut(id=event.id, name=event.name, input={}))
+        elif isinstance(event, ToolCallArguments):
+            arguments[event.index].append(event.text)
+    by_id = {call.id: "".join(arguments[index]) for index, call in calls.items()}
+    return [
+        ToolUseOut(id=block.id, name=block.name, input=_tool_input(by_id[block.id]))
+        if isinstance(block, ToolUseOut)
+        else block
+        for block in blocks
+    ]
+
+
+class _MessageEvents:
+    """One streamed message: its blocks (thinking, text, tool_use) each opened, filled with
+    deltas and closed in turn, then how it stopped."""
+
+    def __init__(
+        self, message_id: str, model_id: str, input_tokens: int, *, thinking: bool
+    ) -> None:
         self.message_id = message_id
         self.model_id = model_id
         self.input_tokens = input_tokens
+        self.thinking = thinking
+        self._index = -1
+        self._open: str | None = None  # the kind of the block being written
 
     def opening(self) -> bytes:
         start = Message(
@@ -77,26 +137,49 @@ class _MessageEvents:
             stop_sequence=None,
             usage=Usage(input_tokens=self.input_tokens, output_tokens=0),
         )
-        return (
-            _named_event(MessageStart(start))
-            + _named_event(ContentBlockStart(0, TextOut(text="")))
-            + _named_event(Ping())
-        )
+        return _named_event(MessageStart(start)) + _named_event(Ping())
 
     def encode(self, event: Event) -> bytes | None:
+        if isinstance(event, ReasoningDelta):
+            if not self.thinking or not event.text:
+                return None
+            opened = self._ensure("thinking", ThinkingOut(thinking=""))
+            delta = ThinkingDeltaBody(event.text)
+            return opened + _named_event(ContentBlockDelta(self._index, delta))
         if isinstance(event, TextDelta):
             if not event.text:
                 return None
-            return _named_event(ContentBlockDelta(0, TextDeltaBody(event.text)))
+            opened = self._ensure("text", TextOut(text=""))
+            return opened + _named_event(ContentBlockDelta(self._index, TextDeltaBody(event.text)))
+        if isinstance(event, ToolCallStarted):
+            block = ToolUseOut(id=event.id, name=event.name, input={})
+            return self._begin("tool_use", block)
+        if isinstance(event, ToolCallArguments):
+            return _named_event(ContentBlockDelta(self._index, InputJsonDelta(event.text)))
         if isinstance(event, Finished):
             stop = MessageDeltaBody(_stop_reason(event), event.stop_sequence)
             usage = OutputUsage(event.usage.completion_tokens)
             return (
-                _named_event(ContentBlockStop(0))
+                self._close()
                 + _named_event(MessageDelta(stop, usage))
                 + _named_event(MessageStop())
             )
         return None
+
+    def _ensure(self, kind: str, empty: ContentOut) -> bytes:
+        return b"" if self._open == kind else self._begin(kind, empty)
+
+    def _begin(self, kind: str, empty: ContentOut) -> bytes:
+        closed = self._close()
+        self._index += 1
+        self._open = kind
+        return closed + _named_event(ContentBlockStart(self._index, empty))
+
+    def _close(self) -> bytes:
+        if self._open is None:
+            return b""
+        self._open = None
+        return _named_event(ContentBlockStop(self._index))
 
 
 def _stream_failure(event: Failed) -> bytes:
@@ -109,18 +192,21 @@ async def create_message(
     services: NamedDependency[Services],
     request: Request[Any, Any, Any],
 ) -> Message | EventStream:
-    refuse_unsupported(data)
     user = data.metadata.user_id if data.metadata else None
     message_id = f"msg_{uuid.uuid4().hex}"
+    thinking = thinking_enabled(data)
+    generation = generation_of(data)
     async with services.model_for(data.model) as model:
-        stream = await services.generate(request, model, generation_of(data), user=user)
+        stream = await services.generate(request, model, generation, user=user)
         if data.stream:
-            events = _MessageEvents(message_id, model.spec.id, stream.prompt_tokens)
+            events = _MessageEvents(
+                message_id, model.spec.id, stream.prompt_tokens, thinking=thinking
+            )
             return EventStream(chunked_stream(stream, events, _stream_failure, done=b""))
-        text, finished = await unless_client_leaves(request.receive, collect(stream))
+        answer, finished = await unless_client_leaves(request.receive, collect_events(stream))
     return Message(
         id=message_id,
-        content=[TextOut(text=text)] if text else [],
+        content=content_of(answer, thinking=thinking),
         model=model.spec.id,
         stop_reason=_stop_reason(finished),
         stop_sequence=finished.stop_sequence,
@@ -135,9 +221,9 @@ async def create_message(
 async def count_tokens(
     data: JSONBody[CountTokensRequest], services: NamedDependency[Services]
 ) -> CountTokensResponse:
-    refuse_unsupported(data)
+    generation = count_request(data)
     async with services.model_for(data.model) as model:
-        return CountTokensResponse(await model.engine.count_tokens(count_request(data)))
+        return CountTokensResponse(await model.engine.count_tokens(generation))
 
 
 anthropic_router = Router(

@@ -65,12 +65,28 @@ class ThinkingConfig(msgspec.Struct, kw_only=True):
     budget_tokens: int | None = None
 
 
+class ToolParam(msgspec.Struct, kw_only=True):
+    """A client tool; Anthropic's server tools (a `type` such as web_search_…) are refused."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=128)]
+    description: str | None = None
+    input_schema: dict[str, Any]
+    type: str | None = None
+    cache_control: Any = None
+
+
+class ToolChoiceParam(msgspec.Struct, kw_only=True):
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = None  # with type "tool"
+    disable_parallel_tool_use: bool | None = None
+
+
 class CountTokensRequest(msgspec.Struct, kw_only=True):
     model: Annotated[str, Meta(min_length=1)]
     messages: Annotated[list[MessageParam], Meta(min_length=1)]
     system: str | list[TextBlock] | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
     thinking: ThinkingConfig | None = None
 
 
@@ -89,16 +105,29 @@ class Usage(msgspec.Struct, kw_only=True):
     output_tokens: int
 
 
-class TextOut(msgspec.Struct, kw_only=True):
-    type: Literal["text"] = "text"
+class TextOut(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
     text: str
+
+
+class ToolUseOut(msgspec.Struct, tag_field="type", tag="tool_use", kw_only=True):
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+class ThinkingOut(msgspec.Struct, tag_field="type", tag="thinking", kw_only=True):
+    thinking: str
+    signature: str = ""  # this server signs nothing; clients send it back unchanged
+
+
+ContentOut = TextOut | ToolUseOut | ThinkingOut
 
 
 class Message(msgspec.Struct, kw_only=True):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
-    content: list[TextOut]
+    content: list[ContentOut]
     model: str
     stop_reason: StopReason | None
     stop_sequence: str | None
@@ -118,16 +147,24 @@ class MessageStart(msgspec.Struct, tag_field="type", tag="message_start"):
 
 class ContentBlockStart(msgspec.Struct, tag_field="type", tag="content_block_start"):
     index: int
-    content_block: TextOut
+    content_block: ContentOut
 
 
 class TextDeltaBody(msgspec.Struct, tag_field="type", tag="text_delta"):
     text: str
 
 
+class InputJsonDelta(msgspec.Struct, tag_field="type", tag="input_json_delta"):
+    partial_json: str
+
+
+class ThinkingDeltaBody(msgspec.Struct, tag_field="type", tag="thinking_delta"):
+    thinking: str
+
+
 class ContentBlockDelta(msgspec.Struct, tag_field="type", tag="content_block_delta"):
     index: int
-    delta: TextDeltaBody
+    delta: TextDeltaBody | InputJsonDelta | ThinkingDeltaBody
 
 
 class ContentBlockStop(msgspec.Struct, tag_field="type", tag="content_block_stop"):
