@@ -185,7 +185,7 @@ def test_version_answers(server: RunningServer) -> None:
     [
         ({"model": "no-such-model", "prompt": "Hi"}, 404, "no-such-model"),
         ({"model": NAME, "prompt": "Hi", "images": ["aGk="]}, 400, "images"),
-        ({"model": NAME, "prompt": "Hi", "think": True}, 400, "think"),
+        ({"model": NAME, "prompt": "Hi", "tools": [{"function": {"name": "f"}}]}, 400, "tools"),
         ({"model": NAME, "prompt": "Hi", "keep_alive": "soon"}, 400, "keep_alive"),
         ({"model": NAME, "prompt": "Hi", "options": {"temperature": "hot"}}, 400, "temperature"),
     ],
@@ -196,9 +196,10 @@ def test_bad_requests_get_ollamas_error_shape_and_the_server_keeps_serving(
     reply = server.client.post("/api/generate", json=body)
     assert reply.status_code == status, reply.text
     assert set(reply.json()) == {"error"} and words in reply.json()["error"]
-    with pytest.raises(ollama.ResponseError) as raised:
-        client(server).generate(**body)
-    assert raised.value.status_code == status
+    if "tools" not in body:  # the client itself has no tools on generate
+        with pytest.raises(ollama.ResponseError) as raised:
+            client(server).generate(**body)
+        assert raised.value.status_code == status
     assert client(server).generate(model=NAME, prompt="Hi", options={"num_predict": 2}).done
 
 
@@ -241,3 +242,80 @@ def test_ollama_routes_need_the_api_key_like_the_others(make_server: ServerFacto
     assert NAME in {model.model for model in allowed.models}
     metrics = httpx.get(f"{keyed.url}/metrics", headers={"Authorization": "Bearer k1"}).text
     assert 'route="/api/tags"' in metrics
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Lyon"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_a_tool_round_trip_answers_after_the_tools_result(server: RunningServer) -> None:
+    ask = {"role": "user", "content": "What is the weather in Paris?"}
+    first = client(server).chat(
+        model=NAME, messages=[ask], tools=[WEATHER], options={"num_predict": 60}
+    )
+    # The model decides whether to call; a call it makes is held to the tool's schema.
+    for call in first.message.tool_calls or []:
+        assert call.function.name == "get_weather"
+        assert call.function.arguments["city"] in ("Paris", "Lyon")
+    history = [
+        ask,
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+        },
+        {"role": "tool", "content": "18 degrees and sunny", "tool_name": "get_weather"},
+    ]
+    answer = client(server).chat(model=NAME, messages=history, options={"num_predict": 20})
+    assert answer.done and answer.message.role == "assistant"
+    assert answer.message.content or answer.message.tool_calls
+
+
+def test_a_tool_message_that_answers_no_call_is_refused(server: RunningServer) -> None:
+    with pytest.raises(ollama.ResponseError) as refused:
+        client(server).chat(
+            model=NAME,
+            messages=[
+                {"role": "user", "content": "Hi"},
+                {"role": "tool", "content": "18 degrees", "tool_name": "get_weather"},
+            ],
+        )
+    assert refused.value.status_code == 400 and "tool message" in str(refused.value)
+
+
+def test_tools_are_part_of_the_prompt_and_show_says_the_model_takes_them(
+    server: RunningServer,
+) -> None:
+    plain = client(server).chat(
+        model=NAME, messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 1}
+    )
+    with_tools = client(server).chat(
+        model=NAME,
+        messages=[{"role": "user", "content": "Hi"}],
+        tools=[WEATHER],
+        options={"num_predict": 1},
+    )
+    assert (with_tools.prompt_eval_count or 0) > (plain.prompt_eval_count or 0)
+    shown = client(server).show(NAME)
+    assert shown.capabilities is not None and "tools" in shown.capabilities
+
+
+def test_think_is_accepted_and_thinking_stays_apart_from_the_answer(server: RunningServer) -> None:
+    answer = client(server).chat(
+        model=NAME,
+        messages=[{"role": "user", "content": "Hi"}],
+        think=True,
+        options={"num_predict": 8},
+    )
+    assert answer.done
+    assert "<think>" not in answer.message.content

@@ -12,7 +12,16 @@ from locallab_gguf.api.ollama.wire import (
     Options,
 )
 from locallab_gguf.durations import keep_alive_seconds
-from locallab_gguf.engine.types import ChatMessage, GenerationRequest, JsonOutput, SamplingParams
+from locallab_gguf.engine.types import (
+    ChatMessage,
+    ChatOptions,
+    GenerationRequest,
+    JsonOutput,
+    SamplingParams,
+    ToolCall,
+    ToolSpec,
+    ToolUse,
+)
 from locallab_gguf.errors import UnsupportedParameter
 
 LATEST = ":latest"
@@ -32,15 +41,9 @@ def refuse_unsupported(data: OllamaRequest) -> None:
     """Refuse, by name, what this server cannot do, rather than quietly ignore it."""
     if data.keep_alive is not None:  # a malformed duration is a 400 before anything runs
         keep_alive_seconds(data.keep_alive)
-    if data.think not in (None, False):
-        raise UnsupportedParameter(
-            "think", f"{data.model} does not support thinking; leave think unset or false"
-        )
-    if data.tools:
-        raise UnsupportedParameter(
-            "tools", f"{data.model} does not support tools here; use /v1/chat/completions"
-        )
     if isinstance(data, GenerateRequest):
+        if data.tools:
+            raise UnsupportedParameter("tools", "tools belong to /api/chat, as in Ollama")
         if data.images:
             raise UnsupportedParameter("images", "this server has no vision models yet")
         if data.suffix:
@@ -59,10 +62,6 @@ def refuse_unsupported(data: OllamaRequest) -> None:
                 raise UnsupportedParameter(
                     f"messages[{index}].images", "this server has no vision models yet"
                 )
-            if message.role == "tool" or message.tool_calls:
-                raise UnsupportedParameter(
-                    f"messages[{index}]", "tool calls are not supported on /api/chat here"
-                )
 
 
 def is_load_only(data: GenerateRequest | ChatRequest) -> bool:
@@ -70,6 +69,72 @@ def is_load_only(data: GenerateRequest | ChatRequest) -> bool:
     if isinstance(data, GenerateRequest):
         return not data.prompt and not data.system
     return not data.messages
+
+
+def _chat_messages(data: ChatRequest) -> tuple[ChatMessage, ...]:
+    """Ollama's turns; its calls carry no ids, so each gets one, and a tool message answers
+    the earliest call not yet answered (by `tool_name` when it gives one)."""
+    turns: list[ChatMessage] = []
+    unanswered: list[ToolCall] = []
+    for index, message in enumerate(data.messages):
+        calls: tuple[ToolCall, ...] = ()
+        if message.tool_calls:
+            calls = tuple(
+                ToolCall(
+                    id=f"call_{index}_{number}",
+                    name=call.function.name,
+                    arguments=msgspec.json.encode(call.function.arguments).decode(),
+                )
+                for number, call in enumerate(message.tool_calls)
+            )
+            unanswered.extend(calls)
+        answered = None
+        if message.role == "tool":
+            matching = [c for c in unanswered if message.tool_name in (None, c.name)]
+            if not matching:
+                raise UnsupportedParameter(
+                    f"messages[{index}]",
+                    "a tool message answers a call of an earlier assistant message; none is "
+                    "left to answer" + (f" for {message.tool_name!r}" if message.tool_name else ""),
+                )
+            answered = matching[0]
+            unanswered.remove(answered)
+        turns.append(
+            ChatMessage(
+                message.role,
+                message.content,
+                tool_calls=calls,
+                tool_call_id=None if answered is None else answered.id,
+            )
+        )
+    return tuple(turns)
+
+
+def _chat_options(data: GenerateRequest | ChatRequest) -> ChatOptions:
+    tool_use = None
+    if isinstance(data, ChatRequest) and data.tools:
+        specs = tuple(
+            ToolSpec(
+                name=tool.function.name,
+                description=tool.function.description,
+                parameters=(
+                    None
+                    if tool.function.parameters is None
+                    else msgspec.json.encode(tool.function.parameters).decode()
+                ),
+            )
+            for tool in data.tools
+        )
+        tool_use = ToolUse(tools=specs, mode="auto")
+    # think true: thinking apart from the answer; false: asked not to think (templates that
+    # know enable_thinking); unset: the model's own way, tags left in the text.
+    kwargs = '{"enable_thinking": false}' if data.think is False else None
+    return ChatOptions(
+        tool_use=tool_use,
+        reasoning="none" if data.think is None else "split",
+        template_kwargs=kwargs,
+        reasoning_effort=data.think if isinstance(data.think, str) else None,
+    )
 
 
 def generation_of(
@@ -80,9 +145,7 @@ def generation_of(
 ) -> GenerationRequest:
     options = data.options or Options()
     if isinstance(data, ChatRequest):
-        messages: tuple[ChatMessage, ...] | None = tuple(
-            ChatMessage(message.role, message.content) for message in data.messages
-        )
+        messages: tuple[ChatMessage, ...] | None = _chat_messages(data)
         prompt = None
     elif data.raw or not has_chat_template:
         # A base model's template is the prompt itself: Ollama sends it as written.
@@ -96,6 +159,7 @@ def generation_of(
         max_tokens=_new_tokens(options.num_predict, context_length),
         sampling=_sampling(options, data.format, context_length),
         stop=stop_strings(options.stop),
+        chat=_chat_options(data),
     )
 
 

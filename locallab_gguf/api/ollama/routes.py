@@ -41,6 +41,7 @@ from locallab_gguf.api.ollama.wire import (
     ChatRequest,
     DoneReason,
     ErrorBody,
+    FunctionCall,
     GenerateChunk,
     GenerateRequest,
     ListedModel,
@@ -52,11 +53,26 @@ from locallab_gguf.api.ollama.wire import (
     ShowResponse,
     TagsResponse,
     Timings,
+    ToolCallBody,
     VersionResponse,
 )
 from locallab_gguf.durations import keep_alive_seconds
-from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
-from locallab_gguf.errors import EngineFailure, LoadCancelled, ModelNotFound, UnsupportedParameter
+from locallab_gguf.engine.types import (
+    Event,
+    Failed,
+    Finished,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallArguments,
+    ToolCallStarted,
+)
+from locallab_gguf.errors import (
+    EngineFailure,
+    InvalidRequest,
+    LoadCancelled,
+    ModelNotFound,
+    UnsupportedParameter,
+)
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
 from locallab_gguf.serving.footprint import loaded_footprint
@@ -105,13 +121,52 @@ def _done_reason(finished: Finished) -> DoneReason:
     return "length" if finished.finish_reason == "length" else "stop"
 
 
+class _Calls:
+    """Tool calls as the engine streams them (opened, then arguments in pieces), gathered into
+    Ollama's form: whole calls with their arguments as objects."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, str] = {}
+        self._arguments: dict[int, list[str]] = {}
+
+    def feed(self, event: Event) -> bool:
+        if isinstance(event, ToolCallStarted):
+            self._names[event.index] = event.name
+            self._arguments[event.index] = []
+            return True
+        if isinstance(event, ToolCallArguments):
+            self._arguments[event.index].append(event.text)
+            return True
+        return False
+
+    def take(self) -> list[ToolCallBody] | None:
+        if not self._names:
+            return None
+        calls = [
+            ToolCallBody(function=FunctionCall(name=name, arguments=self._arguments_of(index)))
+            for index, name in sorted(self._names.items())
+        ]
+        self._names.clear()
+        self._arguments.clear()
+        return calls
+
+    def _arguments_of(self, index: int) -> dict[str, Any]:
+        try:
+            value = msgspec.json.decode("".join(self._arguments[index]))
+        except msgspec.DecodeError:
+            return {}  # cut off by num_predict: the call is incomplete
+        return value if isinstance(value, dict) else {}
+
+
 class _Lines:
-    """Ollama's NDJSON answer: a line per text piece, then the `done` line with the counts."""
+    """Ollama's NDJSON answer: a line per piece of text (or thinking), the tool calls whole
+    once they are written, then the `done` line with the counts."""
 
     def __init__(self, model_id: str, clock: _Clock, *, chat: bool) -> None:
         self.model_id = model_id
         self.clock = clock
         self.chat = chat
+        self.calls = _Calls()
 
     def opening(self) -> bytes:
         return b""
@@ -119,21 +174,37 @@ class _Lines:
     def encode(self, event: Event) -> bytes | None:
         self.clock.mark_first()
         if isinstance(event, TextDelta):
-            return _line(self.body(event.text, None)) if event.text else None
+            return _line(self.body(event.text)) if event.text else None
+        if isinstance(event, ReasoningDelta):
+            return _line(self.body("", thinking=event.text)) if event.text else None
+        if self.calls.feed(event):
+            return None
         if isinstance(event, Finished):
-            return _line(self.body("", event))
+            calls = self.calls.take()
+            line = _line(self.body("", calls=calls)) if calls else b""
+            return line + _line(self.body("", finished=event))
         return None
 
-    def body(self, text: str, finished: Finished | None) -> msgspec.Struct:
+    def body(
+        self,
+        text: str,
+        *,
+        thinking: str | None = None,
+        calls: list[ToolCallBody] | None = None,
+        finished: Finished | None = None,
+    ) -> msgspec.Struct:
         counts: dict[str, Any] = {}
         if finished is not None:
             counts = msgspec.structs.asdict(self.clock.timings(finished))
             counts["done_reason"] = _done_reason(finished)
         if self.chat:
+            message = AssistantMessage(
+                role="assistant", content=text, thinking=thinking or None, tool_calls=calls
+            )
             return ChatChunk(
                 model=self.model_id,
                 created_at=_now(),
-                message=AssistantMessage(content=text),
+                message=message,
                 done=finished is not None,
                 **counts,
             )
@@ -141,9 +212,18 @@ class _Lines:
             model=self.model_id,
             created_at=_now(),
             response=text,
+            thinking=thinking or None,
             done=finished is not None,
             **counts,
         )
+
+    def whole(self, events: list[Event], finished: Finished) -> msgspec.Struct:
+        text = "".join(event.text for event in events if isinstance(event, TextDelta))
+        thinking = "".join(event.text for event in events if isinstance(event, ReasoningDelta))
+        for event in events:
+            self.calls.feed(event)
+        calls = self.calls.take()
+        return self.body(text, thinking=thinking, calls=calls, finished=finished)
 
 
 def _failure_line(event: Failed) -> bytes:
@@ -152,18 +232,19 @@ def _failure_line(event: Failed) -> bytes:
 
 async def _whole(
     request: Request[Any, Any, Any], stream: EventSource, clock: _Clock
-) -> tuple[str, Finished]:
-    async def collect() -> tuple[str, Finished]:
-        parts: list[str] = []
+) -> tuple[list[Event], Finished]:
+    async def collect() -> tuple[list[Event], Finished]:
+        events: list[Event] = []
         try:
             async for event in stream:
                 clock.mark_first()
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                elif isinstance(event, Finished):
-                    return "".join(parts), event
-                elif isinstance(event, Failed):
+                if isinstance(event, Finished):
+                    return events, event
+                if isinstance(event, Failed):
+                    if event.cause == "request":
+                        raise InvalidRequest(event.detail)
                     raise EngineFailure(f"generation failed: {event.detail}")
+                events.append(event)
         finally:
             stream.cancel()
         raise EngineFailure("generation ended without finishing")
@@ -177,7 +258,7 @@ def _loaded_answer(name: str, chat: bool, reason: DoneReason) -> Response[Any]:
         body: msgspec.Struct = ChatChunk(
             model=name,
             created_at=created,
-            message=AssistantMessage(content=""),
+            message=AssistantMessage(role="assistant", content=""),
             done=True,
             done_reason=reason,
         )
@@ -213,8 +294,8 @@ async def _answer(
         if data.stream:
             body = chunked_stream(stream, lines, _failure_line, done=b"")
             return EventStream(body, media_type=NDJSON)
-        text, finished = await _whole(request, stream, clock)
-    return Response(lines.body(text, finished))
+        events, finished = await _whole(request, stream, clock)
+    return Response(lines.whole(events, finished))
 
 
 @post("/generate", status_code=200, summary="Ollama: complete a prompt (NDJSON by default)")
@@ -300,6 +381,13 @@ def _local_spec(services: Services, name: str) -> tuple[ModelSpec, Path]:
     return spec, path
 
 
+def _capabilities(template: str) -> list[str]:
+    if not template:
+        return ["completion"]  # a base model: no chat, so no tools
+    # Tool calls work with any chat template (a generic format where it has none of its own).
+    return ["completion", "tools", *(["thinking"] if "<think>" in template else [])]
+
+
 def _show(services: Services, name: str) -> ShowResponse:
     spec, path = _local_spec(services, name)
     facts = gguf_facts(path)
@@ -321,7 +409,7 @@ def _show(services: Services, name: str) -> ShowResponse:
         template=template,
         details=_details(facts),
         model_info=info,
-        capabilities=["completion"],
+        capabilities=_capabilities(template),
         modified_at=_modified_at(path),
     )
 

@@ -39,6 +39,26 @@ class Options(msgspec.Struct, kw_only=True):
     num_ctx: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
 
 
+class FunctionSpec(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class FunctionCall(msgspec.Struct, kw_only=True):
+    name: str
+    arguments: dict[str, Any] = {}  # an object, as Ollama sends it (not JSON text)
+
+
+class ToolCallBody(msgspec.Struct, kw_only=True, omit_defaults=True):
+    function: FunctionCall
+
+
 class OllamaRequest(msgspec.Struct, kw_only=True):
     """What /api/generate and /api/chat share."""
 
@@ -48,7 +68,7 @@ class OllamaRequest(msgspec.Struct, kw_only=True):
     options: Options | None = None
     keep_alive: KeepAlive = None
     think: bool | Literal["high", "medium", "low"] | None = None
-    tools: list[Any] | None = None
+    tools: list[Tool] | None = None
 
 
 class GenerateRequest(OllamaRequest, kw_only=True):
@@ -66,7 +86,7 @@ class ChatMessage(msgspec.Struct, kw_only=True):
     content: str = ""
     images: list[str] | None = None
     thinking: str | None = None
-    tool_calls: list[Any] | None = None
+    tool_calls: list[ToolCallBody] | None = None
     tool_name: str | None = None
 
 
@@ -89,6 +109,7 @@ class GenerateChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str
     created_at: str
     response: str
+    thinking: str | None = None
     done: bool
     done_reason: DoneReason | None = None
     total_duration: int | None = None
@@ -99,9 +120,11 @@ class GenerateChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     eval_duration: int | None = None
 
 
-class AssistantMessage(msgspec.Struct, kw_only=True):
-    role: Literal["assistant"] = "assistant"
+class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    role: Literal["assistant"]  # no default: omit_defaults would leave it out
     content: str
+    thinking: str | None = None
+    tool_calls: list[ToolCallBody] | None = None
 
 
 class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
