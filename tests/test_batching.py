@@ -191,7 +191,8 @@ def test_multibyte_characters_split_across_tokens_stream_whole(
     whole = server.client.post("/generate", json=body).json()["response"]
     with server.client.stream("POST", "/generate", json={**body, "stream": True}) as reply:
         pieces = sse_events(reply.iter_lines())[:-1]
-    assert whole == reference.complete(prompt, 30).text
+    # llama-cpp-python may end its text with a character the 30th token only began.
+    assert reference.complete(prompt, 30).text.startswith(whole)
     assert "\ufffd" not in whole
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces) == whole
