@@ -149,4 +149,8 @@ def test_switching_models_starts_a_new_worker_and_the_old_one_exits(
     assert server.client.post("/models/load", json={"model_id": "smollm2-twin"}).status_code == 200
     new = worker_pid(server)
     assert new != old
+    # The previous default stays resident beside the new one until it is unloaded.
+    assert not gone(old)
+    unloaded = server.client.post("/models/unload", json={"model_id": DEFAULT_ID})
+    assert unloaded.status_code == 200
     wait_until(lambda: gone(old))

@@ -247,8 +247,10 @@ class ModelManager:
 
     async def model_for(self, model_id: str | None) -> ResidentModel:
         if model_id is None:
-            if self.default_id is None or self.loading is not None:
-                return self.loaded()  # what LocalLab answers when nothing is loaded
+            # Nothing to load, a load under way, or a default model that failed for good
+            # (its worker kept crashing): requests do not reload it; POST /models/load does.
+            if self.default_id is None or self.loading is not None or self.status == "failed":
+                return self.loaded()  # what LocalLab answers when nothing serves
             model_id = self.default_id
         spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
         model = self.resident_model(spec.id)
