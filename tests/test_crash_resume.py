@@ -26,10 +26,12 @@ from locallab_gguf.engine.process_runner import WorkerEngine
 from locallab_gguf.engine.resume import InFlightJobs
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV
-from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
+from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, ServerFactory, sse_events
 from tests.servers import RunningServer, wait_until
 
-WORKER_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, engine_isolation="process")
+# A resumed request's text must equal the same request alone: that holds in the deterministic
+# mode, where re-evaluating the produced tokens uses the arithmetic that produced them.
+WORKER_SETTINGS = msgspec.structs.replace(DETERMINISTIC_SETTINGS, engine_isolation="process")
 PROMPTS = ("Once upon a time", "The best way to learn a language is", "My favourite food is")
 MAX_TOKENS = 32
 CRASH_MARKER = "CRASH-THE-ENGINE-HERE"

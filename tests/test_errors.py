@@ -76,11 +76,15 @@ def test_body_that_is_not_json_is_400(server: RunningServer) -> None:
     assert_still_serving(server)
 
 
-def test_registry_model_that_is_not_loaded_is_400(server: RunningServer) -> None:
+def test_a_registry_model_not_on_this_machine_is_refused_offline_saying_how_to_get_it(
+    server: RunningServer,
+) -> None:
+    # A request loads the model it names; the tests run offline, and this one is not local.
     reply = server.client.post("/generate", json={**OK, "model_id": "qwen2.5-0.5b-instruct"})
-    assert reply.status_code == 400
+    assert reply.status_code == 500
     detail = reply.json()["detail"]
-    assert "qwen2.5-0.5b-instruct" in detail and "POST /models/load" in detail
+    assert "qwen2.5-0.5b-instruct" in detail and "locallab-gguf pull" in detail
+    assert_still_serving(server)
 
 
 def test_unknown_model_is_404(server: RunningServer) -> None:

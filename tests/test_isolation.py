@@ -25,10 +25,12 @@ from locallab_gguf.engine.scheduler import BatchEngine
 from locallab_gguf.engine.thread_runner import LocalEngine
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.errors import InvalidRequest
-from tests.conftest import DEFAULT_ID, TEST_SETTINGS, sse_events
+from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, sse_events
 from tests.servers import RunningServer, wait_until
 
-THREAD_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, engine_isolation="thread")
+# The healthy stream beside each bad request must equal the same request alone: that holds
+# in the deterministic mode (one KV region per slot, one attention kernel).
+THREAD_SETTINGS = msgspec.structs.replace(DETERMINISTIC_SETTINGS, engine_isolation="thread")
 HEALTHY = {"model": DEFAULT_ID, "prompt": "Once upon a time", "max_tokens": 64, "temperature": 0}
 BOOLEAN = {"name": "answer", "schema": {"type": "boolean"}}
 
@@ -88,6 +90,11 @@ class Beside:
         if exc[0] is None:
             assert self._result == [self.alone], "the healthy stream was disturbed"
             assert self.alone[1] in ("stop", "length")
+
+
+@pytest.fixture(scope="module")
+def server(deterministic_server: RunningServer) -> RunningServer:
+    return deterministic_server
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,10 @@ export class ModelPicker {
       this.onFailure(error);
       return false;
     }
-    const resident = new Set(served.data.map((model) => model.id));
+    // /v1/models lists every model it can serve; `state` says which are loaded now.
+    const resident = new Set(
+      served.data.filter((model) => (model.state ?? "loaded") === "loaded").map((model) => model.id),
+    );
     const load = health.model_status === "loading" ? await this.loadInProgress() : null;
     const entries = registry.models.map((model) => ({
       id: model.id,
