@@ -43,6 +43,7 @@ from locallab_gguf.api.anthropic.wire import (
     ToolUseOut,
     Usage,
 )
+from locallab_gguf.api.common.fields import arguments_object
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
     EventStream,
@@ -75,14 +76,6 @@ def _named_event(body: msgspec.Struct) -> bytes:
     return b"event: " + str(name).encode() + b"\ndata: " + msgspec.json.encode(body) + b"\n\n"
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
-    try:
-        value = msgspec.json.decode(arguments)
-    except msgspec.DecodeError:
-        return {}  # cut off by max_tokens: the call is incomplete
-    return value if isinstance(value, dict) else {}
-
-
 def content_of(events: list[Event], *, thinking: bool) -> list[ContentOut]:
     """The blocks of a whole answer, in the order the model wrote them."""
     blocks: list[ContentOut] = []
@@ -107,7 +100,7 @@ def content_of(events: list[Event], *, thinking: bool) -> list[ContentOut]:
             arguments[event.index].append(event.text)
     by_id = {call.id: "".join(arguments[index]) for index, call in calls.items()}
     return [
-        ToolUseOut(id=block.id, name=block.name, input=_tool_input(by_id[block.id]))
+        ToolUseOut(id=block.id, name=block.name, input=arguments_object(by_id[block.id]))
         if isinstance(block, ToolUseOut)
         else block
         for block in blocks

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
@@ -21,6 +21,16 @@ def stop_strings(stop: Stop) -> tuple[str, ...]:
     if stop is None:
         return ()
     return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def arguments_object(text: str) -> dict[str, Any]:
+    """A tool call's arguments (JSON text) as the object Ollama and Anthropic send; {} for a
+    call cut off before its arguments were whole."""
+    try:
+        value = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 class UsageBody(msgspec.Struct):

@@ -46,11 +46,16 @@ async def collect_deltas(stream: EventSource) -> tuple[list[TextDelta], Finished
     return [event for event in events if isinstance(event, TextDelta)], finished
 
 
-async def collect_events(stream: EventSource) -> tuple[list[Event], Finished]:
-    """Every event before the end, and how it finished; a failure raises."""
+async def collect_events(
+    stream: EventSource, seen: Callable[[], None] | None = None
+) -> tuple[list[Event], Finished]:
+    """Every event before the end, and how it finished; a failure raises. `seen` is called
+    at each event (Ollama times the first one)."""
     events: list[Event] = []
     try:
         async for event in stream:
+            if seen is not None:
+                seen()
             if isinstance(event, Finished):
                 return events, event
             if isinstance(event, Failed):

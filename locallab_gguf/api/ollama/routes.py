@@ -20,11 +20,12 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf import __version__
+from locallab_gguf.api.common.fields import arguments_object
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
-    EventSource,
     EventStream,
     chunked_stream,
+    collect_events,
     unless_client_leaves,
 )
 from locallab_gguf.api.ollama.errors import OLLAMA_EXCEPTION_HANDLERS
@@ -67,8 +68,6 @@ from locallab_gguf.engine.types import (
     ToolCallStarted,
 )
 from locallab_gguf.errors import (
-    EngineFailure,
-    InvalidRequest,
     LoadCancelled,
     ModelNotFound,
     UnsupportedParameter,
@@ -143,19 +142,16 @@ class _Calls:
         if not self._names:
             return None
         calls = [
-            ToolCallBody(function=FunctionCall(name=name, arguments=self._arguments_of(index)))
+            ToolCallBody(
+                function=FunctionCall(
+                    name=name, arguments=arguments_object("".join(self._arguments[index]))
+                )
+            )
             for index, name in sorted(self._names.items())
         ]
         self._names.clear()
         self._arguments.clear()
         return calls
-
-    def _arguments_of(self, index: int) -> dict[str, Any]:
-        try:
-            value = msgspec.json.decode("".join(self._arguments[index]))
-        except msgspec.DecodeError:
-            return {}  # cut off by num_predict: the call is incomplete
-        return value if isinstance(value, dict) else {}
 
 
 class _Lines:
@@ -230,28 +226,6 @@ def _failure_line(event: Failed) -> bytes:
     return _line(ErrorBody(error=event.detail))
 
 
-async def _whole(
-    request: Request[Any, Any, Any], stream: EventSource, clock: _Clock
-) -> tuple[list[Event], Finished]:
-    async def collect() -> tuple[list[Event], Finished]:
-        events: list[Event] = []
-        try:
-            async for event in stream:
-                clock.mark_first()
-                if isinstance(event, Finished):
-                    return events, event
-                if isinstance(event, Failed):
-                    if event.cause == "request":
-                        raise InvalidRequest(event.detail)
-                    raise EngineFailure(f"generation failed: {event.detail}")
-                events.append(event)
-        finally:
-            stream.cancel()
-        raise EngineFailure("generation ended without finishing")
-
-    return await unless_client_leaves(request.receive, collect())
-
-
 def _loaded_answer(name: str, chat: bool, reason: DoneReason) -> Response[Any]:
     created = _now()
     if chat:
@@ -294,7 +268,9 @@ async def _answer(
         if data.stream:
             body = chunked_stream(stream, lines, _failure_line, done=b"")
             return EventStream(body, media_type=NDJSON)
-        events, finished = await _whole(request, stream, clock)
+        events, finished = await unless_client_leaves(
+            request.receive, collect_events(stream, clock.mark_first)
+        )
     return Response(lines.whole(events, finished))
 
 
