@@ -257,7 +257,8 @@ def test_a_forced_tool_call_is_a_tool_use_block_and_the_round_trip_answers(
         max_tokens=80,
         messages=ASK_WEATHER,
         tools=[WEATHER],
-        tool_choice={"type": "tool", "name": "get_weather"},
+        # One call: the answer ends when it is written, whatever else the model would add.
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
     )
     assert called.stop_reason == "tool_use"
     uses = [block for block in called.content if block.type == "tool_use"]
@@ -291,7 +292,7 @@ def test_a_streamed_tool_call_sends_input_json_deltas_that_build_the_input(
         max_tokens=80,
         messages=ASK_WEATHER,
         tools=[WEATHER],
-        tool_choice={"type": "any"},
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
     ) as stream:
         events = list(stream)
         final = stream.get_final_message()

@@ -62,8 +62,10 @@ ASK_WEATHER: Any = [{"role": "user", "content": "What is the weather in Paris?"}
 
 
 @pytest.fixture(scope="module")
-def client(server: RunningServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="any", max_retries=0) as client:
+def client(deterministic_server: RunningServer) -> Iterator[openai.OpenAI]:
+    # Whole and streamed answers are compared: the deterministic mode makes them one answer.
+    base_url = deterministic_server.url + "/v1"
+    with openai.OpenAI(base_url=base_url, api_key="any", max_retries=0) as client:
         yield client
 
 
