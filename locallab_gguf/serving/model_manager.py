@@ -288,7 +288,9 @@ class ModelManager:
             loaded: asyncio.Future[ResidentModel] = asyncio.get_running_loop().create_future()
             loaded.set_result(model)
             return loaded
-        if self.loading is not None and self.loading.spec.id != spec.id:
+        # One /models/load at a time, as LocalLab's clients expect (409 while one runs);
+        # requests that name a model still wait for its load through model_for.
+        if self.loading is not None:
             raise LoadInProgress(
                 f"model {self.loading.spec.id!r} is being loaded; wait for it to finish "
                 f"(GET /models/status/{self.loading.spec.id}), then retry"
