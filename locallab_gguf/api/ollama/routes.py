@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -396,9 +397,15 @@ async def show(data: JSONBody[ModelRequest], services: NamedDependency[Services]
 
 
 def _expires_at(model: ResidentModel) -> str:
-    if model.unload_at is None:
-        return NEVER_EXPIRES  # kept until unloaded, or busy: no idle unload is scheduled
-    return datetime.fromtimestamp(model.unload_at, UTC).isoformat().replace("+00:00", "Z")
+    unload_at = model.unload_at
+    # None: kept until unloaded, or busy; a keep_alive beyond any date is forever too.
+    if unload_at is None or not math.isfinite(unload_at):
+        return NEVER_EXPIRES
+    try:
+        stamp = datetime.fromtimestamp(unload_at, UTC)
+    except (ValueError, OverflowError, OSError):
+        return NEVER_EXPIRES
+    return stamp.isoformat().replace("+00:00", "Z")
 
 
 def _running(services: Services) -> list[RunningModel]:
