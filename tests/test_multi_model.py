@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,11 +19,11 @@ import pytest
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry
 from locallab_gguf.placement.hardware import HardwareProbe, MemoryInfo
-from locallab_gguf.placement.offload import RAM_RESERVE_BYTES
+from locallab_gguf.placement.offload import GPU_SAFETY_FRACTION, RAM_RESERVE_BYTES
 from locallab_gguf.serving.loader import LocalPlanner
 from locallab_gguf.settings import Settings
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory, sse_events
-from tests.nvml_standin import NvmlStandIn
+from tests.nvml_standin import GIB, NvmlStandIn, SimulatedGpu, simulated_probe
 from tests.servers import RunningServer, wait_until
 from tests.two_models import (
     BROKEN_FILE,
@@ -156,6 +157,72 @@ def test_with_room_for_one_the_idle_model_makes_way_for_the_requested_one(
     metrics = server.client.get("/metrics").text
     assert f'locallab_model_unloads_total{{model="{GEMMA_ID}",reason="make_room"}} 1.0' in metrics
     assert f'locallab_model_loads_total{{model="{DEFAULT_ID}"}} 2.0' in metrics
+
+
+class _GpuHoldingResidents(NvmlStandIn):
+    """One simulated GPU whose free memory is what the resident models' estimates leave: the
+    VRAM their workers would hold on a CUDA build (this one runs them on the CPU)."""
+
+    def __init__(self, total_bytes: int) -> None:
+        super().__init__([SimulatedGpu("Simulated GPU", total_bytes, total_bytes)])
+        self.server: RunningServer | None = None
+
+    def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+        gpu = self.gpus[handle]
+        manager = self.server.services.manager if self.server is not None else None
+        held = sum(model.vram_bytes for model in manager.resident) if manager else 0
+        return SimpleNamespace(total=gpu.total_bytes, free=gpu.total_bytes - held, used=held)
+
+
+def _gpu_for_one(
+    registry2: Registry, two_models: ModelFiles
+) -> tuple[_GpuHoldingResidents, dict[str, int]]:
+    """A GPU that holds all the layers of either model, not of both; and the VRAM each model
+    takes with all its layers there."""
+    roomy = simulated_probe(NvmlStandIn([SimulatedGpu("Big GPU", 64 * GIB, 64 * GIB)]))
+    planner = LocalPlanner(TEST_SETTINGS, roomy)
+    whole = {
+        model_id: planner.plan(spec, two_models.resolve(spec)).estimate.vram_bytes
+        for model_id, spec in ((m, registry2.get(m)) for m in (DEFAULT_ID, GEMMA_ID))
+    }
+    total = int(max(whole.values()) / (1 - GPU_SAFETY_FRACTION)) + 64 * MIB
+    assert sum(whole.values()) > total * (1 - GPU_SAFETY_FRACTION)
+    return _GpuHoldingResidents(total), whole
+
+
+def _vram_of(server: RunningServer) -> dict[str, int]:
+    models = server.client.get("/models/loaded").json()["models"]
+    return {model["id"]: model["vram_bytes"] for model in models}
+
+
+def test_an_idle_model_gives_way_for_the_vram_another_needs_but_a_busy_one_does_not(
+    start: Any, registry2: Registry, two_models: ModelFiles
+) -> None:
+    gpu, whole = _gpu_for_one(registry2, two_models)
+    server = start(hardware=simulated_probe(gpu))
+    gpu.server = server
+    assert _vram_of(server) == {DEFAULT_ID: whole[DEFAULT_ID]}  # alone: every layer on the GPU
+
+    # Idle, the default model is unloaded so that every layer of Gemma goes to the GPU
+    # (RAM and --max-models would have let both stay).
+    assert generate(server, GEMMA_ID).status_code == 200
+    assert _vram_of(server) == {GEMMA_ID: whole[GEMMA_ID]}
+    metrics = server.client.get("/metrics").text
+    assert f'locallab_model_unloads_total{{model="{DEFAULT_ID}",reason="make_room"}} 1.0' in metrics
+
+    # Busy with a stream, Gemma stays; the default model loads beside it with the layers
+    # that fit, instead of waiting for the stream to end.
+    with server.client.stream(
+        "POST", "/generate", json={**LONG, "model_id": GEMMA_ID, "stream": True}
+    ) as stream:
+        lines = stream.iter_lines()
+        first_event(lines)
+        assert generate(server, None).status_code == 200
+        vram = _vram_of(server)
+        events = sse_events(lines)
+    assert events[-1] == "[DONE]"
+    assert vram[GEMMA_ID] == whole[GEMMA_ID]
+    assert vram[DEFAULT_ID] < whole[DEFAULT_ID]
 
 
 def test_a_model_busy_with_a_stream_is_not_unloaded_the_load_waits_for_it(start: Any) -> None:

@@ -30,6 +30,7 @@ from locallab_gguf.placement.offload import (
     plan_model_file,
     plan_offload,
     read_model_memory,
+    with_freed_vram,
 )
 from tests.nvml_standin import (
     GIB,
@@ -314,3 +315,15 @@ def test_the_estimate_matches_what_llama_cpp_allocates(
     # The compute estimate errs high, by little.
     reported = (compute_mib + output_mib) * MIB
     assert reported <= estimate.ram_compute_bytes <= 1.1 * reported
+
+
+def test_vram_freed_by_unloading_is_credited_to_the_gpus_in_use_within_their_size() -> None:
+    gpus = hardware_with(
+        [SimulatedGpu("a", 24 * GIB, 4 * GIB), SimulatedGpu("b", 24 * GIB, 14 * GIB)]
+    )
+    a, b = with_freed_vram(gpus.offload_gpus, 15 * GIB)
+    # 20 GiB and 10 GiB in use: two thirds of what is freed was on the first GPU.
+    assert (a.free_memory_bytes, b.free_memory_bytes) == (14 * GIB, 19 * GIB)
+    a, b = with_freed_vram(gpus.offload_gpus, 60 * GIB)
+    assert (a.free_memory_bytes, b.free_memory_bytes) == (24 * GIB, 24 * GIB)
+    assert with_freed_vram(gpus.offload_gpus, 0) == gpus.offload_gpus

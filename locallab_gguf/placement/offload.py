@@ -170,6 +170,44 @@ def estimate_loaded(
     return _estimate(model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by)
 
 
+def gpu_layers_fitting(
+    path: Path,
+    hardware: HardwareInfo,
+    config: EngineConfig,
+    wanted: GpuLayers,
+    freed_vram_bytes: int,
+) -> int:
+    """How many of the layers `wanted` (auto: all) would fit the offload GPUs if
+    `freed_vram_bytes` more were free there: what unloading resident models would give."""
+    gpus = with_freed_vram(hardware.offload_gpus, freed_vram_bytes)
+    if not gpus:
+        return 0
+    model = read_model_memory(path)
+    total = model.offloadable_layers
+    cap = total if wanted == "auto" or wanted < 0 else min(wanted, total)
+    context = config.context_per_slot(model.n_ctx_train)
+    return min(cap, _most_layers(model, gpus, context, config.n_parallel))
+
+
+def with_freed_vram(gpus: list[GpuInfo], freed_bytes: int) -> list[GpuInfo]:
+    """The GPUs as they would be with `freed_bytes` more free. Which GPU a model's layers sit
+    on is not recorded, so the bytes are spread in proportion to each GPU's memory in use
+    (exact with one GPU), never beyond a GPU's total."""
+    used = [gpu.total_memory_bytes - gpu.free_memory_bytes for gpu in gpus]
+    in_use = sum(used)
+    if freed_bytes <= 0 or in_use <= 0:
+        return gpus
+    return [
+        msgspec.structs.replace(
+            gpu,
+            free_memory_bytes=min(
+                gpu.total_memory_bytes, gpu.free_memory_bytes + freed_bytes * share // in_use
+            ),
+        )
+        for gpu, share in zip(gpus, used, strict=True)
+    ]
+
+
 def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0) -> None:
     """Refuse, with the sizes, a model whose part in RAM exceeds the available memory, even
     with `other_models_bytes` freed by unloading the other resident models."""

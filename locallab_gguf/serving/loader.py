@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from locallab_gguf.engine.client import EngineClient
@@ -16,7 +18,12 @@ from locallab_gguf.placement.hardware import (
     choose_threads,
     read_memory,
 )
-from locallab_gguf.placement.offload import OffloadPlan, plan_model_file
+from locallab_gguf.placement.offload import (
+    OffloadPlan,
+    gpu_layers_fitting,
+    gpu_layers_request,
+    plan_model_file,
+)
 from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import human_bytes
@@ -99,6 +106,17 @@ class LocalPlanner:
 
     def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan:
         return offload_plan(self._settings, spec, path, self._probe.read())
+
+    def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
+        """How many of the model's layers would fit the GPUs, as a function of the VRAM that
+        unloading resident models would free; None where layers cannot go to a GPU (a CPU or
+        Metal build: Metal's memory is the RAM the plan already judges)."""
+        hardware = self._probe.read()
+        if hardware.backend != "cuda":
+            return None
+        wanted, _ = gpu_layers_request(self._settings.gpu_layers, spec.n_gpu_layers)
+        config = engine_config(self._settings, spec)
+        return functools.partial(gpu_layers_fitting, path, hardware, config, wanted)
 
 
 def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) -> EngineOpener:

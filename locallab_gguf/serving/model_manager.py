@@ -62,6 +62,11 @@ class Planner(Protocol):
 
     def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan: ...
 
+    def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
+        """Layers of `spec` that would fit the GPUs with a given number of bytes of VRAM freed
+        (None: no GPU takes layers here)."""
+        ...
+
 
 class ResidencyPolicy(msgspec.Struct, frozen=True, kw_only=True):
     max_models: int | None = None  # None: as many as the memory holds
@@ -412,16 +417,28 @@ class ModelManager:
     async def _make_room(self, spec: ModelSpec, path: Path) -> OffloadPlan | None:
         """Unload idle models until `spec` fits; wait (bounded) while busy ones hold the room."""
         plan = None
+        gpu_layers_after = None
         if self._planner is not None:
             plan = await asyncio.to_thread(self._planner.plan, spec, path)
+            gpu_layers_after = await asyncio.to_thread(self._planner.gpu_layers_after, spec, path)
         deadline = time.monotonic() + self.policy.room_wait
         self._drop_failed()
         while True:
-            room = find_room(self._resident.values(), plan, self.policy.max_models)
+            room = find_room(
+                self._resident.values(), plan, self.policy.max_models, gpu_layers_after
+            )
             if room.outcome is RoomOutcome.FITS:
                 for model in room.unload:
-                    log.info("unloading idle model %s to make room for %s", model.spec.id, spec.id)
+                    log.info(
+                        "unloading idle model %s to make room for %s%s",
+                        model.spec.id,
+                        spec.id,
+                        room.reason,
+                    )
                     await self._retire(model, "make_room").wait()
+                if room.unload and self._planner is not None:
+                    # What the unloaded models held is free now: the engine is planned on that.
+                    plan = await asyncio.to_thread(self._planner.plan, spec, path)
                 return plan
             if room.outcome is RoomOutcome.NEVER:
                 assert plan is not None  # without a plan only the count is judged

@@ -9,12 +9,17 @@ models are unloaded to make room, least recently used first, those loaded on dem
 pinned ones (the start-up, preload and default models). A model busy with requests is never
 unloaded: when only its room would do, the load waits for it; when even unloading every
 model would not do, the model can never fit.
+
+On an NVIDIA GPU the same idle models also give way for VRAM: when unloading them would let
+more of the new model's layers run on the GPU, the fewest of them that give it as many layers
+as unloading all of them would are unloaded too. Busy models are not waited for on that
+account: a model that fits in RAM loads with the layers that fit, rather than not at all.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan
 from locallab_gguf.serving.resident import ResidentModel
@@ -27,23 +32,32 @@ class RoomOutcome(enum.Enum):
     NEVER = "never"  # more memory than the machine has free with every model unloaded
 
 
+# Layers of the new model that fit the GPUs, given the bytes of VRAM unloading would free.
+GpuLayersAfter = Callable[[int], int]
+
+
 class Room:
     def __init__(self, outcome: RoomOutcome, unload: list[ResidentModel], reason: str) -> None:
         self.outcome = outcome
         self.unload = unload
-        self.reason = reason
+        self.reason = reason  # why it waits; with FITS, what unloading buys beyond the room
 
 
 def find_room(
-    resident: Iterable[ResidentModel], plan: OffloadPlan | None, max_models: int | None
+    resident: Iterable[ResidentModel],
+    plan: OffloadPlan | None,
+    max_models: int | None,
+    gpu_layers_after: GpuLayersAfter | None = None,
 ) -> Room:
     """Which models to unload so that a model planned as `plan` fits (None: memory unknown,
-    only the count is judged)."""
+    only the count is judged), and, with `gpu_layers_after`, gets the most GPU layers that
+    unloading idle models can give it."""
     models = list(resident)
     idle = sorted((model for model in models if model.idle), key=lambda m: (m.pinned, m.last_used))
-    chosen = _unload_until_fits(idle, models, plan, max_models)
+    gpu_goal = _gpu_goal(idle, gpu_layers_after)
+    chosen = _unload_until_fits(idle, models, plan, max_models, gpu_goal)
     if chosen is not None:
-        return Room(RoomOutcome.FITS, chosen, "")
+        return Room(RoomOutcome.FITS, chosen, gpu_goal.why(chosen) if gpu_goal else "")
     if _unload_until_fits(models, models, plan, max_models) is None:
         return Room(RoomOutcome.NEVER, [], "")
     busy = ", ".join(f"{m.spec.id!r} ({m.in_flight} in flight)" for m in models if not m.idle)
@@ -54,18 +68,52 @@ def find_room(
     return Room(RoomOutcome.WAIT, [], f"{why}, and only unloading {busy} would make room")
 
 
+class _GpuGoal:
+    """The GPU layers unloading every idle model would give the new model, which the chosen
+    models must reach."""
+
+    def __init__(self, layers_after: GpuLayersAfter, layers_now: int, goal: int) -> None:
+        self.layers_after = layers_after
+        self.layers_now = layers_now
+        self.goal = goal
+
+    def reached(self, unloaded: list[ResidentModel]) -> bool:
+        return self.layers_after(sum(model.vram_bytes for model in unloaded)) >= self.goal
+
+    def why(self, unloaded: list[ResidentModel]) -> str:
+        if not any(model.vram_bytes for model in unloaded):
+            return ""
+        return (
+            f" (freeing VRAM: {self.goal} of its layers fit the GPU then, "
+            f"{self.layers_now} without unloading)"
+        )
+
+
+def _gpu_goal(idle: list[ResidentModel], layers_after: GpuLayersAfter | None) -> _GpuGoal | None:
+    if layers_after is None or not any(model.vram_bytes for model in idle):
+        return None
+    now = layers_after(0)
+    goal = layers_after(sum(model.vram_bytes for model in idle))
+    return _GpuGoal(layers_after, now, goal) if goal > now else None
+
+
 def _unload_until_fits(
     candidates: list[ResidentModel],
     resident: list[ResidentModel],
     plan: OffloadPlan | None,
     max_models: int | None,
+    gpu_goal: _GpuGoal | None = None,
 ) -> list[ResidentModel] | None:
-    """The fewest of `candidates`, taken in order, whose unloading makes room; None if even
-    all of them would not."""
+    """The fewest of `candidates`, taken in order, whose unloading makes room (and reaches
+    the GPU goal); None if even all of them would not."""
     for taken in range(len(candidates) + 1):
         chosen = candidates[:taken]
         under_count = max_models is None or len(resident) - taken < max_models
-        if under_count and (plan is None or _fits_memory(plan, chosen, resident)):
+        if (
+            under_count
+            and (plan is None or _fits_memory(plan, chosen, resident))
+            and (gpu_goal is None or gpu_goal.reached(chosen))
+        ):
             return chosen
     return None
 
