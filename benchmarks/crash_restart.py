@@ -29,7 +29,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import free_port, start_server  # noqa: E402
+from launch import free_port  # noqa: E402
+from throughput import start_server  # noqa: E402
 
 PROMPTS = [
     "Once upon a time",

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from launch import free_port, start_ours  # noqa: E402
 
 from tests.two_models import (  # noqa: E402
     GEMMA_FILE,
@@ -71,12 +72,6 @@ sha256 = "{GEMMA_SHA256}"
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(
     workdir: Path, threads: int, extra: list[str], log: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
@@ -84,28 +79,12 @@ def start_server(
     models_file = workdir / "models.toml"
     models_file.write_text(registry_text())
     cache = hub_cache_with(workdir / "hub", {(GEMMA_REPO, GEMMA_FILE): assembled_gemma()})
-    command = [
-        str(Path(sys.executable).parent / "locallab-gguf"),
-        "serve",
-        *("--port", str(port), "--threads", str(threads), "--threads-batch", str(threads)),
+    options = [
         *("--models-file", str(models_file), "--cache-dir", str(cache), "--offline"),
-        *("--parallel", "4", "--ctx", "1024", "--no-rate-limit", "--log-level", "warning"),
+        *("--parallel", "4", "--ctx", "1024"),
         *extra,
     ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health").json()["model_status"] == "loaded":
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
+    return start_ours(port, threads, options, log), f"http://127.0.0.1:{port}"
 
 
 def first_token_seconds(client: httpx.Client, model_id: str) -> float:

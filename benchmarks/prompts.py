@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import throughput
-from throughput import PEER, free_port, percentile, stream, wait_ready
+from launch import free_port, percentile, start_llama_server, start_ours
+from throughput import PEER, stream
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOT_TOKENS = 4096
@@ -103,62 +104,11 @@ def text_of(tokens: int, seed: int) -> str:
     return " ".join(words)
 
 
-def start_ours(port: int, threads: int, deterministic: bool, log: Path) -> subprocess.Popen[bytes]:
-    cli = Path(sys.executable).parent / "locallab-gguf"
-    command = [
-        str(cli),
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--threads-batch",
-        str(threads),
-        "--parallel",
-        "8",
-        "--ctx",
-        str(SLOT_TOKENS),
-        "--no-rate-limit",
-        "--log-level",
-        "warning",
-    ]
-    if deterministic:
-        command.append("--deterministic")
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    health = f"http://127.0.0.1:{port}/health"
-    wait_ready(process, health, log, lambda reply: reply["model_status"] == "loaded")
-    return process
-
-
-def start_peer(
-    binary: Path, port: int, threads: int, model_path: str, log: Path
+def start_server(
+    port: int, threads: int, deterministic: bool, log: Path
 ) -> subprocess.Popen[bytes]:
-    """llama-server as the issue measured it: 8 slots of 4,096 tokens, flash attention."""
-    command = [
-        str(binary),
-        "--model",
-        model_path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--threads-batch",
-        str(threads),
-        "--parallel",
-        "8",
-        "--ctx-size",
-        str(8 * SLOT_TOKENS),
-        "--flash-attn",
-        "on",
-        "--no-webui",
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    wait_ready(process, f"http://127.0.0.1:{port}/health", log, lambda reply: True)
-    return process
+    options = ["--parallel", "8", "--ctx", str(SLOT_TOKENS)]
+    return start_ours(port, threads, options + (["--deterministic"] if deterministic else []), log)
 
 
 async def chat(
@@ -374,19 +324,25 @@ def main() -> int:
     load_before = os.getloadavg()
     try:
         ports[OURS] = free_port()
-        servers[OURS] = start_ours(
+        servers[OURS] = start_server(
             ports[OURS], args.threads, False, args.json.with_suffix(".ours.log")
         )
         if args.llama_server is not None:
             ports[PEER] = free_port()
             log = args.json.with_suffix(f".{PEER}.log")
-            servers[PEER] = start_peer(
-                args.llama_server, ports[PEER], args.threads, model_path, log
+            servers[PEER] = start_llama_server(
+                args.llama_server,
+                ports[PEER],
+                args.threads,
+                model_path,
+                slots=8,
+                slot_tokens=SLOT_TOKENS,
+                log=log,
             )
         if args.deterministic:
             ports[DETERMINISTIC] = free_port()
             log = args.json.with_suffix(".deterministic.log")
-            servers[DETERMINISTIC] = start_ours(ports[DETERMINISTIC], args.threads, True, log)
+            servers[DETERMINISTIC] = start_server(ports[DETERMINISTIC], args.threads, True, log)
         results = measure(ports, args)
     finally:
         for server in servers.values():

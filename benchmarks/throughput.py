@@ -27,17 +27,18 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from launch import free_port, percentile, start_llama_server, start_ours
+
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 128
+SLOT_TOKENS = 2048
 # Prompts whose greedy continuation runs past 128 tokens with the default model. Slots keep
 # their cache and a repeated prompt would start from it, so each run's 8 clients get the next
 # set: when a set comes round again, two others have since taken every slot.
@@ -235,92 +236,9 @@ def conversation(topic: str) -> list[dict[str, str]]:
     return turns
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(port: int, threads: int, isolation: str, log: Path) -> subprocess.Popen[bytes]:
-    cli = Path(sys.executable).parent / "locallab-gguf"
-    command = [
-        str(cli),
-        "serve",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--threads-batch",
-        str(threads),
-        "--parallel",
-        "8",
-        "--ctx",
-        "2048",
-        "--engine-isolation",
-        isolation,
-        "--no-rate-limit",
-        "--log-level",
-        "warning",
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    health = f"http://127.0.0.1:{port}/health"
-    wait_ready(process, health, log, lambda reply: reply["model_status"] == "loaded")
-    return process
-
-
-def start_llama_server(
-    binary: Path, port: int, threads: int, model_path: str, log: Path
-) -> subprocess.Popen[bytes]:
-    """llama.cpp's server set up like ours: 8 slots of 2,048 tokens, flash attention."""
-    command = [
-        str(binary),
-        "--model",
-        model_path,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--threads-batch",
-        str(threads),
-        "--parallel",
-        "8",
-        "--ctx-size",
-        str(8 * 2048),
-        "--flash-attn",
-        "on",
-        "--no-webui",
-    ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    wait_ready(process, f"http://127.0.0.1:{port}/health", log, lambda reply: True)
-    return process
-
-
-def wait_ready(
-    process: subprocess.Popen[bytes], url: str, log: Path, ready: Callable[[Any], bool]
-) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()}")
-        try:
-            with urllib.request.urlopen(url) as reply:
-                if ready(json.load(reply)):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    options = ["--parallel", "8", "--ctx", str(SLOT_TOKENS), "--engine-isolation", isolation]
+    return start_ours(port, threads, options, log)
 
 
 GREEDY = {"max_length": NEW_TOKENS, "temperature": 0, "stream": True}
@@ -432,7 +350,13 @@ def main() -> int:
             ports[PEER] = free_port()
             log = args.json.with_suffix(f".{PEER}.log")
             servers[PEER] = start_llama_server(
-                args.llama_server, ports[PEER], args.threads, model_path, log
+                args.llama_server,
+                ports[PEER],
+                args.threads,
+                model_path,
+                slots=8,
+                slot_tokens=SLOT_TOKENS,
+                log=log,
             )
         measured = measure(model_path, args.threads, ports, args.runs)
     finally:
