@@ -189,11 +189,16 @@ class _Lines:
         thinking: str | None = None,
         calls: list[ToolCallBody] | None = None,
         finished: Finished | None = None,
+        done_reason: DoneReason | None = None,
     ) -> msgspec.Struct:
+        """A line with `text`; the last one (`done`) once `finished`, with the counts, or with
+        `done_reason` alone when nothing was generated (a load or an unload)."""
         counts: dict[str, Any] = {}
         if finished is not None:
             counts = msgspec.structs.asdict(self.clock.timings(finished))
-            counts["done_reason"] = _done_reason(finished)
+            done_reason = _done_reason(finished)
+        if done_reason is not None:
+            counts["done_reason"] = done_reason
         if self.chat:
             message = AssistantMessage(
                 role="assistant", content=text, thinking=thinking or None, tool_calls=calls
@@ -202,7 +207,7 @@ class _Lines:
                 model=self.model_id,
                 created_at=_now(),
                 message=message,
-                done=finished is not None,
+                done=done_reason is not None,
                 **counts,
             )
         return GenerateChunk(
@@ -210,7 +215,7 @@ class _Lines:
             created_at=_now(),
             response=text,
             thinking=thinking or None,
-            done=finished is not None,
+            done=done_reason is not None,
             **counts,
         )
 
@@ -227,23 +232,6 @@ def _failure_line(event: Failed) -> bytes:
     return _line(ErrorBody(error=event.detail))
 
 
-def _loaded_answer(name: str, chat: bool, reason: DoneReason) -> Response[Any]:
-    created = _now()
-    if chat:
-        body: msgspec.Struct = ChatChunk(
-            model=name,
-            created_at=created,
-            message=AssistantMessage(role="assistant", content=""),
-            done=True,
-            done_reason=reason,
-        )
-    else:
-        body = GenerateChunk(
-            model=name, created_at=created, response="", done=True, done_reason=reason
-        )
-    return Response(body)
-
-
 async def _answer(
     data: GenerateRequest | ChatRequest,
     services: Services,
@@ -257,7 +245,8 @@ async def _answer(
             clock.load_ns = int(model.load_seconds * 1e9)  # this request waited for the load
         if is_load_only(data):
             unloading = data.keep_alive is not None and keep_alive_seconds(data.keep_alive) == 0
-            return _loaded_answer(model.spec.id, chat, "unload" if unloading else "load")
+            done = _Lines(model.spec.id, clock, chat=chat)
+            return Response(done.body("", done_reason="unload" if unloading else "load"))
         info = model.engine.info
         generation = generation_of(
             data,
