@@ -128,6 +128,16 @@ class LlamaModel:
             self._pieces[token] = cached
         return cached
 
+    def rendered_piece(self, token: int) -> bytes:
+        """The bytes a token stands for, a control token as its text (<|im_start|>), as
+        llama.cpp's server shows tokens. Safe from any thread: it shares no buffer."""
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
+        if size < 0:  # the piece is longer than the buffer: -size is its length
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
+        return buffer.raw[: max(size, 0)]
+
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))
 
