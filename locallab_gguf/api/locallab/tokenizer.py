@@ -48,14 +48,12 @@ class TokenPiece(msgspec.Struct):
     piece: str | list[Byte]
 
 
-class TokenIds(msgspec.Struct):
-    tokens: list[int]
-
-
-class TokenPieces(msgspec.Struct):
-    """/tokenize's answer with `with_pieces`."""
-
-    tokens: list[TokenPiece]
+class TokenizeResponse(msgspec.Struct):
+    # One type for both answers: a schema of two alternatives would match `[]` twice.
+    tokens: Annotated[
+        list[int | TokenPiece],
+        Meta(description="ids; with with_pieces, {id, piece} objects"),
+    ]
 
 
 class DetokenizeRequest(msgspec.Struct, kw_only=True):
@@ -70,15 +68,15 @@ class DetokenizeResponse(msgspec.Struct):
 @post("/tokenize", status_code=200, summary="Text to the model's token ids (llama.cpp's shape)")
 async def tokenize(
     data: JSONBody[TokenizeRequest], services: NamedDependency[Services]
-) -> TokenIds | TokenPieces:
+) -> TokenizeResponse:
     async with services.model_for(data.model) as model:
         tokens = await model.engine.tokenize(
             data.content, add_special=data.add_special, parse_special=data.parse_special
         )
         if not data.with_pieces:
-            return TokenIds(tokens)
+            return TokenizeResponse(list(tokens))
         pieces = await model.engine.token_pieces(tokens)
-    return TokenPieces(
+    return TokenizeResponse(
         [TokenPiece(token, _piece_body(piece)) for token, piece in zip(tokens, pieces, strict=True)]
     )
 
