@@ -4,7 +4,11 @@ the vocabulary, and the model a request names (Gemma 3 270M, tests/two_models.py
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,10 @@ import pytest
 from llama_cpp import Llama
 from prometheus_client.parser import text_string_to_metric_families
 
+from locallab_gguf.engine.process_runner import WorkerEngine
 from locallab_gguf.models.files import ModelFiles
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
-from tests.servers import RunningServer
+from tests.servers import RunningServer, wait_until
 from tests.two_models import (
     GEMMA_FILE,
     GEMMA_ID,
@@ -256,3 +261,28 @@ def test_a_named_model_is_loaded_and_its_own_tokenizer_answers_with_its_bos(
     assert detokenize(server, without, model=GEMMA_ID) == text
     loaded = {model["id"] for model in server.client.get("/models/loaded").json()["models"]}
     assert GEMMA_ID in loaded
+
+
+def test_a_call_the_worker_dies_during_fails_asking_to_retry_and_the_next_is_answered(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server()
+    model = server.services.manager.current
+    assert model is not None and isinstance(model.engine, WorkerEngine)
+    pid = model.engine.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the worker takes the call but never answers it
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(server.client.post, "/tokenize", json={"content": "hi"})
+            # The request holds the model from just before its call is sent.
+            wait_until(lambda: model.in_flight == 1)
+            os.kill(pid, signal.SIGKILL)
+            reply = pending.result(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # never leave it stopped
+            os.kill(pid, signal.SIGKILL)
+    assert reply.status_code == 500
+    assert "SIGKILL" in reply.json()["detail"] and "retry" in reply.json()["detail"]
+    server.wait_for_model("loaded")
+    assert detokenize(server, tokenize(server, "hi")) == "hi"
