@@ -32,6 +32,7 @@ from locallab_gguf.api.locallab.models import (
     unload_model,
 )
 from locallab_gguf.api.locallab.system import health, system_info
+from locallab_gguf.api.locallab.tokenizer import detokenize, tokenize
 from locallab_gguf.api.ollama.routes import ollama_router
 from locallab_gguf.api.openai.routes import openai_router
 from locallab_gguf.api.ui.routes import ui_router
@@ -45,6 +46,8 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     generate,
     generate_batch,
     chat,
+    tokenize,
+    detokenize,
     load_model,
     unload_model,
     current_model,

@@ -91,6 +91,18 @@ class EngineClient(Protocol):
 
     async def close(self, drain: bool) -> None: ...
 
+    # -- the model's tokenizer (POST /tokenize, /detokenize) -----------------------------
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        """The ids of `text` in the model's vocabulary; `add_special` adds its BOS (where it
+        has one), `parse_special` reads control-token text (<|im_start|>) as that token."""
+        ...
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        """The bytes each token stands for, control tokens as their text; InvalidRequest
+        naming the first id outside the vocabulary."""
+        ...
+
 
 class StreamRouter:
     """Routes batches of (job id, event) to the queue of each request's stream, on the loop."""

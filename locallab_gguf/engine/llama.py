@@ -74,8 +74,9 @@ class LlamaModel:
         self.metadata = self._read_metadata()
         self.bos_token = self._special_text(llama_cpp.llama_vocab_bos(self._vocab))
         self.eos_token = self._special_text(llama_cpp.llama_vocab_eos(self._vocab))
+        # Filled as tokens are met; at most one entry per token of the vocabulary each.
         self._pieces: dict[int, bytes] = {}
-        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._rendered_pieces: dict[int, bytes] = {}
 
     @property
     def handle(self) -> Any:
@@ -121,12 +122,28 @@ class LlamaModel:
         """The bytes a token stands for; control tokens stand for nothing."""
         cached = self._pieces.get(token)
         if cached is None:
-            size = llama_cpp.llama_token_to_piece(
-                self._vocab, token, self._piece_buffer, len(self._piece_buffer), 0, False
-            )
-            cached = self._piece_buffer.raw[: max(size, 0)]
-            self._pieces[token] = cached
+            cached = self._pieces[token] = self._token_bytes(token, special=False)
         return cached
+
+    def rendered_piece(self, token: int) -> bytes:
+        """The bytes a token stands for, a control token as its text (<|im_start|>), as
+        llama.cpp's server shows tokens."""
+        cached = self._rendered_pieces.get(token)
+        if cached is None:
+            cached = self._rendered_pieces[token] = self._token_bytes(token, special=True)
+        return cached
+
+    def _token_bytes(self, token: int, special: bool) -> bytes:
+        # A buffer per call: pieces are asked for from several threads at once (the engine's
+        # and those that prepare requests), and llama.cpp writes into it without the GIL.
+        buffer = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, special)
+        if size < 0:  # longer than the buffer: -size is its length
+            buffer = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(
+                self._vocab, token, buffer, len(buffer), 0, special
+            )
+        return buffer.raw[: max(size, 0)]
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self._vocab, token))

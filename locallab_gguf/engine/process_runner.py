@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 
@@ -46,11 +47,15 @@ from locallab_gguf.engine.worker_protocol import (
     Events,
     FromWorker,
     LoadFailed,
+    Pieces,
     Ready,
     Start,
     Stop,
     Submit,
     SubmitReply,
+    Tokenize,
+    TokenizerCall,
+    TokenizerReply,
     ToWorker,
     error_from_wire,
 )
@@ -144,6 +149,7 @@ class WorkerEngine:
         self._streams = StreamRouter()
         self._inflight = InFlightJobs()  # what each request has produced, to resume it
         self._submits: dict[int, asyncio.Future[SubmitReply]] = {}
+        self._tokenizer_calls: dict[int, asyncio.Future[TokenizerReply]] = {}
         self._process: _Process | None = None
         self._ready: asyncio.Future[Ready] | None = None
         self._state: EngineState = "restarting"
@@ -190,6 +196,42 @@ class WorkerEngine:
         if answer.error is not None:
             raise error_from_wire(answer.error)
         return answer.prompt_tokens
+
+    # -- the model's tokenizer ------------------------------------------------------------
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        reply = await self._call_tokenizer(
+            lambda call_id: Tokenize(call_id, text, add_special, parse_special)
+        )
+        return reply.tokens
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        reply = await self._call_tokenizer(lambda call_id: Pieces(call_id, tokens))
+        return reply.pieces
+
+    async def _call_tokenizer(self, make: Callable[[int], TokenizerCall]) -> TokenizerReply:
+        process = self._ready_process()
+        call_id, _ = self._streams.open()
+        self._streams.close(call_id)  # the id only names the reply; no events will come
+        reply: asyncio.Future[TokenizerReply] = self._loop.create_future()
+        self._tokenizer_calls[call_id] = reply
+        process.send(make(call_id))
+        try:
+            answer = await reply
+        finally:
+            self._tokenizer_calls.pop(call_id, None)
+        if answer.error is not None:
+            raise error_from_wire(answer.error)
+        return answer
+
+    def _fail_tokenizer_calls(self, reason: str) -> None:
+        # A tokenizer call has nothing to resume: it fails, and the client may ask again.
+        calls, self._tokenizer_calls = self._tokenizer_calls, {}
+        for reply in calls.values():
+            if not reply.done():
+                reply.set_exception(EngineFailure(f"{reason}; retry the request"))
+
+    # ------------------------------------------------------------------------------------
 
     def activity(self) -> list[Note]:
         """What the running worker last noted it was doing (for tests: a crash's suspects)."""
@@ -333,6 +375,11 @@ class WorkerEngine:
             elif message.error is not None and self._inflight.get(message.job_id) is not None:
                 # A resumed request the new worker refused.
                 self._end_job(message.job_id, str(error_from_wire(message.error)))
+        elif isinstance(message, TokenizerReply):
+            self._stats = message.stats
+            call = self._tokenizer_calls.pop(message.call_id, None)
+            if call is not None and not call.done():
+                call.set_result(message)
         elif isinstance(message, Ready):
             process.ready = True
             if self._ready is not None and not self._ready.done():
@@ -343,6 +390,7 @@ class WorkerEngine:
     def _on_exit(self, process: _Process, reason: str, notes: list[Note]) -> None:
         if process is not self._process:
             return
+        self._fail_tokenizer_calls(reason)
         if not process.ready:
             # It died while loading. A clean refusal (LoadFailed) has already settled the
             # future; anything else is a crash.

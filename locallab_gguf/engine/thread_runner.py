@@ -14,6 +14,7 @@ from locallab_gguf.engine.client import (
     StreamRouter,
 )
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
 from locallab_gguf.engine.types import EngineConfig, EngineStats, EventBatch, GenerationRequest
 
 
@@ -48,6 +49,20 @@ class LocalEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    # -- the model's tokenizer ------------------------------------------------------------
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return await asyncio.to_thread(
+            tokenize_text,
+            self.engine.model,
+            text,
+            add_special=add_special,
+            parse_special=parse_special,
+        )
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return await asyncio.to_thread(token_pieces, self.engine.model, tokens)
 
     async def close(self, drain: bool) -> None:
         if not drain:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from locallab_gguf.engine.activity import ActivityBlock
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
 from locallab_gguf.engine.types import EventBatch
 from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
 from locallab_gguf.engine.worker_protocol import (
@@ -28,11 +29,15 @@ from locallab_gguf.engine.worker_protocol import (
     Events,
     FromWorker,
     LoadFailed,
+    Pieces,
     Ready,
     Start,
     Stop,
     Submit,
     SubmitReply,
+    Tokenize,
+    TokenizerCall,
+    TokenizerReply,
     ToWorker,
     error_to_wire,
 )
@@ -107,6 +112,8 @@ class Worker:
                 self._submitters.submit(self._submit, engine, message)
             elif isinstance(message, Cancel):
                 engine.cancel(message.job_id)
+            elif isinstance(message, Tokenize | Pieces):
+                self._submitters.submit(self._tokenizer_call, engine, message)
             elif isinstance(message, Stop):
                 self._submitters.shutdown(wait=True)
                 engine.close(drain=message.drain)
@@ -132,6 +139,27 @@ class Worker:
             log.exception("submit failed")
             failure = EngineFailure(f"the engine could not take the request: {exc}")
             reply = SubmitReply(message.job_id, 0, error_to_wire(failure), engine.stats())
+        self.send(reply)
+
+    def _tokenizer_call(self, engine: BatchEngine, message: TokenizerCall) -> None:
+        try:
+            if isinstance(message, Tokenize):
+                tokens = tokenize_text(
+                    engine.model,
+                    message.text,
+                    add_special=message.add_special,
+                    parse_special=message.parse_special,
+                )
+                reply = TokenizerReply(message.call_id, engine.stats(), tokens=tokens)
+            else:
+                pieces = token_pieces(engine.model, message.tokens)
+                reply = TokenizerReply(message.call_id, engine.stats(), pieces=pieces)
+        except LocalLabError as exc:
+            reply = TokenizerReply(message.call_id, engine.stats(), error=error_to_wire(exc))
+        except Exception as exc:  # never leave the server waiting for an answer
+            log.exception("tokenizer call failed")
+            failure = EngineFailure(f"the tokenizer failed: {exc}")
+            reply = TokenizerReply(message.call_id, engine.stats(), error=error_to_wire(failure))
         self.send(reply)
 
     def _on_step(self, events: EventBatch) -> None:

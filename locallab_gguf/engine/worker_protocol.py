@@ -1,7 +1,8 @@
 """What the server and its engine worker process say to each other, and how it is framed.
 
 Each message is a msgspec Struct, sent as msgpack behind a 4-byte length over a pipe.
-Server -> worker: Start once, then Submit / Cancel, and Stop at the end.
+Server -> worker: Start once, then Submit / Cancel, and Stop at the end; at any time between,
+tokenizer calls (Tokenize / Pieces), each answered by a TokenizerReply.
 Worker -> server: Ready (or LoadFailed) once, then SubmitReply and Events; every message after
 Ready carries the engine's latest stats, so the server can report them without asking. Events
 also carry the token each generating request produced, so that a request can be resumed on a
@@ -69,7 +70,36 @@ class Stop(msgspec.Struct, frozen=True, tag=True):
     drain: bool
 
 
-ToWorker = Start | Submit | Cancel | Stop
+# -- the model's tokenizer: each call is answered by one TokenizerReply with its call_id --
+
+
+class Tokenize(msgspec.Struct, frozen=True, tag=True):
+    call_id: int
+    text: str
+    add_special: bool
+    parse_special: bool
+
+
+class Pieces(msgspec.Struct, frozen=True, tag=True):
+    """The bytes of each token (what /detokenize joins)."""
+
+    call_id: int
+    tokens: list[int]
+
+
+class TokenizerReply(msgspec.Struct, frozen=True, tag=True):
+    call_id: int
+    stats: EngineStats
+    tokens: list[int] = []  # Tokenize's answer
+    pieces: list[bytes] = []  # Pieces' answer
+    error: WireError | None = None
+
+
+TokenizerCall = Tokenize | Pieces
+
+# ----------------------------------------------------------------------------------------
+
+ToWorker = Start | Submit | Cancel | Stop | TokenizerCall
 
 
 class WireError(msgspec.Struct, frozen=True):
@@ -105,7 +135,7 @@ class Events(msgspec.Struct, frozen=True, tag=True):
     progress: list[Progress] = []
 
 
-FromWorker = Ready | LoadFailed | SubmitReply | Events
+FromWorker = Ready | LoadFailed | SubmitReply | Events | TokenizerReply
 
 _HEADER = struct.Struct("<I")
 

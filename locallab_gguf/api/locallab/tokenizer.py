@@ -1,0 +1,98 @@
+"""POST /tokenize and /detokenize: a model's tokenizer, in the shapes llama.cpp's server uses.
+
+`model` picks the model as every route does (absent: the default), loading it if need be.
+A token's piece is its text when its bytes are valid UTF-8 on their own, otherwise the list of
+its byte values, as llama.cpp's server gives them: byte-level vocabularies split an emoji or
+a CJK character across tokens. /detokenize joins the pieces, control tokens as their text.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
+from msgspec import Meta
+
+from locallab_gguf.api.common.fields import INT32_MAX
+from locallab_gguf.api.common.services import Services
+
+ModelField = Annotated[
+    str | None,
+    Meta(description="a registry id or hub file id; absent: the default model"),
+]
+TokenId = Annotated[int, Meta(ge=0, le=INT32_MAX, description="an id in the model's vocabulary")]
+Byte = Annotated[int, Meta(ge=0, le=255)]
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True):
+    model: ModelField = None
+    content: Annotated[str, Meta(description="the text to tokenize")]
+    add_special: Annotated[
+        bool, Meta(description="add the tokens the model puts before every text (its BOS)")
+    ] = False
+    parse_special: Annotated[
+        bool,
+        Meta(description="read control-token text such as <|im_start|> as that token"),
+    ] = True
+    with_pieces: Annotated[
+        bool, Meta(description="answer {id, piece} objects instead of bare ids")
+    ] = False
+
+
+class TokenPiece(msgspec.Struct):
+    id: int
+    # The bytes as a list of values where they are not valid UTF-8 on their own.
+    piece: str | list[Byte]
+
+
+class TokenizeResponse(msgspec.Struct):
+    # One type for both answers: a schema of two alternatives would match `[]` twice.
+    tokens: Annotated[
+        list[int | TokenPiece],
+        Meta(description="ids; with with_pieces, {id, piece} objects"),
+    ]
+
+
+class DetokenizeRequest(msgspec.Struct, kw_only=True):
+    model: ModelField = None
+    tokens: list[TokenId]
+
+
+class DetokenizeResponse(msgspec.Struct):
+    content: str
+
+
+@post("/tokenize", status_code=200, summary="Text to the model's token ids (llama.cpp's shape)")
+async def tokenize(
+    data: JSONBody[TokenizeRequest], services: NamedDependency[Services]
+) -> TokenizeResponse:
+    async with services.model_for(data.model) as model:
+        tokens = await model.engine.tokenize(
+            data.content, add_special=data.add_special, parse_special=data.parse_special
+        )
+        if not data.with_pieces:
+            return TokenizeResponse(list(tokens))
+        pieces = await model.engine.token_pieces(tokens)
+    return TokenizeResponse(
+        [TokenPiece(token, _piece_body(piece)) for token, piece in zip(tokens, pieces, strict=True)]
+    )
+
+
+@post("/detokenize", status_code=200, summary="Token ids to text (llama.cpp's shape)")
+async def detokenize(
+    data: JSONBody[DetokenizeRequest], services: NamedDependency[Services]
+) -> DetokenizeResponse:
+    async with services.model_for(data.model) as model:
+        pieces = await model.engine.token_pieces(data.tokens)
+    # Ids that end inside a character (a cut-off emoji) leave bytes no text can hold.
+    return DetokenizeResponse(b"".join(pieces).decode("utf-8", errors="replace"))
+
+
+def _piece_body(piece: bytes) -> str | list[int]:
+    try:
+        return piece.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(piece)

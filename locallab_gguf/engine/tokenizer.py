@@ -1,0 +1,35 @@
+"""A model's tokenizer, as llama.cpp's server offers it at /tokenize and /detokenize.
+
+Both runners call these with their engine's model; the model tokenizes while its context
+decodes, so neither waits for a generation step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.errors import InvalidRequest
+
+
+def tokenize_text(
+    model: LlamaModel, text: str, *, add_special: bool, parse_special: bool
+) -> list[int]:
+    """The ids of `text`; `add_special` adds the tokens the model puts around every text (its
+    BOS, where it has one); `parse_special` reads control-token text such as <|im_start|> as
+    that token rather than as characters."""
+    return model.tokenize(text, add_special, parse_special)
+
+
+def token_pieces(model: LlamaModel, tokens: Sequence[int]) -> list[bytes]:
+    """The bytes each token stands for (control tokens as their text); one piece may hold
+    part of a character whose other bytes are in the next pieces."""
+    n_vocab = model.n_vocab
+    for index, token in enumerate(tokens):
+        if not 0 <= token < n_vocab:
+            raise InvalidRequest(
+                f"tokens[{index}] is {token}, which is not in the vocabulary of "
+                f"{model.path.name} (ids 0 to {n_vocab - 1:,}); send ids that /tokenize "
+                "gave for this model"
+            )
+    return [model.rendered_piece(token) for token in tokens]
