@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,10 @@ def test_metadata_and_tensors_agree_with_the_gguf_package(model_path: Path) -> N
             assert header.array_lengths[key] == len(field.data), key
 
 
-def test_reading_the_header_is_quick_and_skips_the_vocabulary(model_path: Path) -> None:
-    started = time.perf_counter()
+def test_reading_the_header_skips_the_vocabulary(model_path: Path) -> None:
+    # The 49,152 token strings are counted, not read: that is what keeps a header read in
+    # milliseconds (the gguf package reads them all, in seconds).
     header = read_gguf_header(model_path)
-    assert time.perf_counter() - started < 2  # about 0.07 s here; the gguf package takes 6 s
     assert header.architecture == "llama"
     assert header.metadata["llama.block_count"] == 30
     assert header.metadata["general.languages"] == ["en"]

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -103,9 +102,7 @@ def test_pull_shows_progress_verifies_prints_the_path_and_a_second_pull_is_insta
     assert "done in" in first.stderr and f"sha256 {SHA} matches the registry" in first.stderr
     asked = hub.count()
 
-    started = time.monotonic()
     second = pulls.run("pull", "smollm2-hub")
-    assert time.monotonic() - started < 10  # a process start and a hash; no transfer
     assert second.returncode == 0 and Path(second.stdout.strip()) == path
     assert "already on this machine (in the cache, 98.4 MB); nothing downloaded" in second.stderr
     assert hub.count() == asked
