@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -89,13 +90,20 @@ def status_of(error: LocalLabError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error answer outside the surfaces that have their own shape."""
+
+    detail: str
+    retry_after: int | None = None  # seconds, with a 429
+
+
 def error_response(
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Response[Any]:
-    return Response({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
+    retry_after: int | None = None,
+) -> Response[ErrorBody]:
+    return Response(ErrorBody(detail, retry_after), status_code=status, headers=headers)
 
 
 def error_headers(error: LocalLabError) -> dict[str, str] | None:
@@ -120,16 +128,18 @@ def error_headers(error: LocalLabError) -> dict[str, str] | None:
     return None
 
 
-def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
-    extra = {"retry_after": error.retry_after} if isinstance(error, RateLimited) else None
-    return error_response(status_of(error), str(error), error_headers(error), extra)
+def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[ErrorBody]:
+    retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    return error_response(status_of(error), str(error), error_headers(error), retry_after)
 
 
-def handle_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
+def handle_validation_error(
+    _: Request[Any, Any, Any], error: ValidationException
+) -> Response[ErrorBody]:
     return error_response(400, validation_detail(error))
 
 
-def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorBody]:
     return error_response(error.status_code, http_error_detail(request, error), error.headers)
 
 
@@ -172,7 +182,7 @@ def report_unexpected(request: Request[Any, Any, Any], error: Exception) -> str:
     return f"the server failed: {type(error).__name__}; see the server log"
 
 
-def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, report_unexpected(request, error))
 
 

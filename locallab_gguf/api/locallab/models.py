@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody
 
+from locallab_gguf.api.common.answers import ANY_ROUTE, error_statuses
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.wire import (
     AvailableModel,
@@ -99,7 +100,11 @@ async def unload_model(
     return UnloadResponse(status="success", message=message)
 
 
-@get("/models/current", summary="The default model, when it is loaded (404 when not)")
+@get(
+    "/models/current",
+    summary="The default model, when it is loaded (404 when not)",
+    opt=error_statuses(*ANY_ROUTE, 404),
+)
 async def current_model(services: NamedDependency[Services]) -> ModelDescription:
     current = services.manager.current
     if current is None:

@@ -11,6 +11,7 @@ from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
     EventStream,
@@ -38,6 +39,7 @@ from locallab_gguf.api.openai.wire import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    ErrorBody,
     ModelList,
     OpenAIModel,
 )
@@ -114,4 +116,5 @@ openai_router = Router(
     path="/v1",
     route_handlers=[list_models, retrieve_model, chat_completions, completions],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,
+    opt=error_body(ErrorBody),
 )
