@@ -11,7 +11,14 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX, NewTokens, Stop, UsageBody, stop_strings
+from locallab_gguf.api.common.fields import (
+    INT32_MAX,
+    KeepAlive,
+    NewTokens,
+    Stop,
+    UsageBody,
+    stop_strings,
+)
 from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
@@ -22,9 +29,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     """Options shared by /generate, /generate/batch and /chat."""
 
     model_id: str | None = None
-    # How long the model stays loaded once idle, as in Ollama: seconds, or "5m"; 0 unloads
-    # it after this request, a negative duration keeps it.
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
     max_length: NewTokens | None = None
     max_tokens: NewTokens | None = None  # an alias of max_length
     temperature: Temperature = 0.7
