@@ -33,7 +33,8 @@ _NO_DOTS = r"(?![A-Za-z0-9_./-]*\.\.)"
 _FILE = r"(?:(?!\.\.?/)[^/\\]+/)*[^/\\]*\.[Gg][Gg][Uu][Ff]"
 _HUB_ID = rf"{_NAME}/{_NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
 _HUB_URL = rf"hf://{_NAME}/{_NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
-MODEL_ID_PATTERN = rf"^(?:[^/:]+|{_HUB_ID}|{_HUB_URL})$"
+MODEL_ID_FORMS = rf"[^/:]+|{_HUB_ID}|{_HUB_URL}"
+MODEL_ID_PATTERN = rf"^(?:{MODEL_ID_FORMS})$"
 
 
 class HubFile(msgspec.Struct, frozen=True):

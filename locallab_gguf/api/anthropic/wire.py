@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.api.common.constraints import is_set, non_empty_list, only, when
-from locallab_gguf.api.common.fields import INT32_MAX
+from locallab_gguf.api.common.fields import INT32_MAX, ModelId
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
@@ -116,7 +116,7 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
         ),
     )
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: ModelId
     messages: Annotated[
         list[Annotated[MessageParam, Meta(extra_json_schema=_USER_CALLS_NO_TOOL)]],
         Meta(min_length=1),

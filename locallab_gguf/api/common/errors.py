@@ -29,6 +29,7 @@ from locallab_gguf.errors import (
     LoadCancelled,
     LoadInProgress,
     LocalLabError,
+    ModelFilePackaged,
     ModelLoadFailed,
     ModelLoading,
     ModelNotFound,
@@ -60,6 +61,7 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     HubNotFound: 404,
     RequestTimedOut: 408,
     LoadInProgress: 409,
+    ModelFilePackaged: 409,
     PromptTooLong: 413,
     RateLimited: 429,
     # nginx's "client closed request": nobody reads it, but logs and metrics tell it from a 500.

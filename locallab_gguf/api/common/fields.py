@@ -10,7 +10,7 @@ from msgspec import Meta
 
 from locallab_gguf.durations import DURATION_PATTERN
 from locallab_gguf.engine.types import Usage
-from locallab_gguf.models.ids import MODEL_ID_PATTERN
+from locallab_gguf.models.ids import MODEL_ID_FORMS, MODEL_ID_PATTERN
 
 # llama.cpp counts tokens in 32-bit ints; bounding every count here also keeps an absurd number
 # from reaching the engine (the worker pipe cannot carry integers beyond 64 bits).
@@ -23,13 +23,34 @@ Stop = str | list[str] | None
 # same pattern it applies.
 KeepAlive = Annotated[str, Meta(extra_json_schema={"pattern": DURATION_PATTERN})] | float | None
 
+_MODEL_ID_DESCRIPTION = (
+    "a registry id, or a hub file as owner/repo:file.gguf or hf://owner/repo/file.gguf"
+)
+# A model id in a body. Any string decodes; the handler names what is wrong with a malformed
+# hub id, and the schema states the forms it accepts.
+ModelId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        description=_MODEL_ID_DESCRIPTION,
+        extra_json_schema={"pattern": MODEL_ID_PATTERN},
+    ),
+]
+# Ollama's names: a model id, or one with Ollama's default tag.
+OllamaModelName = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        description=_MODEL_ID_DESCRIPTION + ", each optionally followed by :latest",
+        extra_json_schema={"pattern": rf"^(?:{MODEL_ID_FORMS})(?::latest)?$"},
+    ),
+]
 # A model id in a path: a registry id or a hub file. The handler parses it, naming what is
 # wrong with a malformed one; the schema states the same forms.
 ModelIdInPath = Annotated[
     str,
     PathParameter(
-        description="a registry id, or a hub file as owner/repo:file.gguf or "
-        "hf://owner/repo/file.gguf",
+        description=_MODEL_ID_DESCRIPTION,
         schema_extra={"pattern": MODEL_ID_PATTERN},
     ),
 ]

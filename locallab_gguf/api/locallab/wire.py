@@ -14,6 +14,7 @@ from msgspec import Meta
 from locallab_gguf.api.common.fields import (
     INT32_MAX,
     KeepAlive,
+    ModelId,
     NewTokens,
     Stop,
     UsageBody,
@@ -28,7 +29,7 @@ TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 class SamplingFields(msgspec.Struct, kw_only=True):
     """Options shared by /generate, /generate/batch and /chat."""
 
-    model_id: str | None = None
+    model_id: ModelId | None = None
     keep_alive: KeepAlive = None
     max_length: NewTokens | None = None
     max_tokens: NewTokens | None = None  # an alias of max_length
@@ -83,13 +84,13 @@ class ChatRequest(SamplingFields, kw_only=True):
 
 
 class LoadRequest(msgspec.Struct, kw_only=True):
-    model_id: Annotated[str, Meta(min_length=1)]
+    model_id: ModelId
 
 
 class UnloadRequest(msgspec.Struct, kw_only=True):
     """POST /models/unload: a model to unload; without one, the default model."""
 
-    model_id: Annotated[str, Meta(min_length=1)] | None = None
+    model_id: ModelId | None = None
 
 
 class GenerateResponse(msgspec.Struct):

@@ -13,7 +13,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.api.common.constraints import empty, never, one_of_named
-from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive
+from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, OllamaModelName
 
 OllamaRole = Literal["system", "user", "assistant", "tool"]
 DoneReason = Literal["stop", "length", "load", "unload"]
@@ -61,7 +61,7 @@ class ToolCallBody(msgspec.Struct, kw_only=True, omit_defaults=True):
 class OllamaRequest(msgspec.Struct, kw_only=True):
     """What /api/generate and /api/chat share."""
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: OllamaModelName
     stream: bool = True
     format: Literal["json", ""] | dict[str, Any] | None = None
     options: Options | None = None
@@ -194,8 +194,8 @@ class ModelRequest(msgspec.Struct, kw_only=True):
 
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (one_of_named("model", "name"),)
 
-    model: str | None = None
-    name: str | None = None
+    model: OllamaModelName | None = None
+    name: OllamaModelName | None = None
     stream: bool = True
     insecure: bool = False
     verbose: bool = False

@@ -21,7 +21,14 @@ from locallab_gguf.api.common.constraints import (
     only_with,
     when,
 )
-from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, NewTokens, Stop, UsageBody
+from locallab_gguf.api.common.fields import (
+    INT32_MAX,
+    KeepAlive,
+    ModelId,
+    NewTokens,
+    Stop,
+    UsageBody,
+)
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason
 
 # A field of OpenAI's API that this server does not implement: accepted only when null.
@@ -47,7 +54,7 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         only_with("stream_options", "stream", True),
     )
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: ModelId
     # Not OpenAI's: how long the model stays loaded once idle, as in Ollama ("5m", 0, -1).
     keep_alive: KeepAlive = None
     max_tokens: NewTokens | None = None
@@ -247,7 +254,7 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=T
     # Extra variables for the model's chat template, e.g. {"enable_thinking": false}.
     chat_template_kwargs: dict[str, Any] | None = None
     functions: Unsupported = None
-    function_call: Unsupported = None
+    function_call: Annotated[Any, only("none")] = None
     audio: Unsupported = None
     modalities: Annotated[Any, only(["text"])] = None
     prediction: Unsupported = None
