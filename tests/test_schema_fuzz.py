@@ -39,7 +39,7 @@ CHECKS = (
 )
 
 
-def test_no_input_gets_a_server_error_and_the_schema_states_what_is_accepted(tmp_path: Path) -> None:
+def test_no_input_gets_a_server_error_and_the_schema_says_what_is_served(tmp_path: Path) -> None:
     # A 64-token context and one new token by default keep every generation short.
     with serve(tmp_path, "--ctx", "64", "--parallel", "4", "--default-max-tokens", "1") as served:
         run = subprocess.run(
