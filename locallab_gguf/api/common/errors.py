@@ -173,7 +173,10 @@ def validation_problems(error: ValidationException) -> list[tuple[str | None, st
         key = problem.get("key")
         # Litestar names the whole body by the handler's parameter, `data`.
         field = str(key) if key and key != "data" else None
-        found.append((field, str(problem.get("message", ""))))
+        message = str(problem.get("message", ""))
+        if key == "data" and message == "'data'":  # Litestar's KeyError: no body was sent
+            message = "the request body is missing; send a JSON object"
+        found.append((field, message))
     return found
 
 
