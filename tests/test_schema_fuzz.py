@@ -3,8 +3,8 @@ schemathesis sends what the server's own document allows, and what it nearly all
 every route but /models/load and /models/unload.
 
 The checks: no response is a 5xx; a body the document allows is served (or meets a state of
-the server, see schema_fuzz/schemathesis.toml) and one it refuses is refused; every status
-and content type answered is one the document lists. The examples are bounded (per route,
+the server, see schema_fuzz/schemathesis.toml) and one it refuses is refused; every status,
+content type and body answered is one the document lists. The examples are bounded (per route,
 and by a time budget that a busy machine spends on fewer of them) and the seed is fixed;
 `tests/schema_fuzz/hooks.py` keeps each generation to one token, and makes the bodies the
 document allows meet the rules it states only in words (ids of earlier tool calls).
@@ -36,6 +36,7 @@ CHECKS = (
     "content_type_conformance",
     "positive_data_acceptance",
     "negative_data_rejection",
+    "response_schema_conformance",
 )
 
 

@@ -128,6 +128,14 @@ def _streams(handler: HTTPRouteHandler) -> bool:
     )
 
 
+# Each event of a stream: its JSON (or `[DONE]`) in `data`, its kind in `event` where named.
+_SSE_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def _add_stream(responses: dict[str, Any], media_type: str) -> None:
     """A 200 that is a whole JSON body or, when asked for, a stream."""
     success = responses.setdefault("200", {"description": "OK"})
@@ -137,4 +145,4 @@ def _add_stream(responses: dict[str, Any], media_type: str) -> None:
     choices = [each for each in whole.get("oneOf", ()) if each]
     if len(choices) == 1:
         content["application/json"]["schema"] = choices[0]
-    content[media_type] = {"schema": {"type": "string"}}
+    content[media_type] = {"schema": _SSE_EVENT if media_type == SSE else {"type": "string"}}
