@@ -16,7 +16,13 @@ from locallab_gguf.errors import InvalidRequest
 FOREVER = math.inf
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_PART = re.compile(rf"({_NUMBER})(ms|s|m|h)")
+# Every text keep-alive: a minus or not, then seconds ("300", "0.5") or numbers with units
+# ("1h30m", "500ms"). The same pattern is what the OpenAPI document states (ECMA and Python
+# regular expressions read it alike: ASCII digits, no flags).
+DURATION_PATTERN = rf"^-?(?:{_NUMBER}|(?:{_NUMBER}(?:ms|s|m|h))+)$"
+_DURATION = re.compile(DURATION_PATTERN)
 
 
 class InvalidKeepAlive(InvalidRequest):
@@ -31,31 +37,22 @@ def keep_alive_seconds(value: str | float, field: str = "keep_alive") -> float:
     """Seconds an idle model stays resident: 0 for none, FOREVER for a negative duration."""
     if isinstance(value, bool):
         raise InvalidKeepAlive(value, field)
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        seconds = _parse_duration(value.strip(), field)
+    seconds = float(value) if isinstance(value, int | float) else _parse_duration(value, field)
     if math.isnan(seconds):
         raise InvalidKeepAlive(value, field)
     return FOREVER if seconds < 0 else seconds
 
 
 def _parse_duration(text: str, field: str) -> float:
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text.lstrip("+-")
-    try:
-        return sign * float(body)  # "300" means seconds, as Ollama reads it
-    except ValueError:
-        pass
-    position, seconds = 0, 0.0
-    for match in _PART.finditer(body):
-        if match.start() != position:
-            raise InvalidKeepAlive(text, field)
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        position = match.end()
-    if position == 0 or position != len(body):
+    # fullmatch: `$` alone would let a trailing newline through.
+    if _DURATION.fullmatch(text) is None:
         raise InvalidKeepAlive(text, field)
-    return sign * seconds
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.removeprefix("-")
+    parts = _PART.findall(body)
+    if not parts:  # "300" means seconds, as Ollama reads it
+        return sign * float(body)
+    return sign * sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
 def describe_keep_alive(seconds: float) -> str:

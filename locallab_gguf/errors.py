@@ -187,6 +187,11 @@ class LoadInProgress(LocalLabError):
     pass
 
 
+class ModelFilePackaged(LocalLabError):
+    """The model's file ships inside a Python package, which owns it: the request is sound,
+    the file's state refuses it (409)."""
+
+
 class LoadCancelled(LocalLabError):
     pass
 

@@ -229,7 +229,7 @@ def test_pull_reports_progress_then_success_and_delete_removes_the_file(
 def test_a_packaged_model_is_not_deleted(server: RunningServer, model_path: Path) -> None:
     with pytest.raises(ollama.ResponseError) as refused:
         client(server).delete(NAME)
-    assert refused.value.status_code == 400
+    assert refused.value.status_code == 409
     assert "package" in str(refused.value)
     assert model_path.exists()
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from locallab_gguf.errors import ChecksumMismatch, InvalidRequest, ModelUnavailable
+from locallab_gguf.errors import ChecksumMismatch, ModelFilePackaged, ModelUnavailable
 from locallab_gguf.models.hub_access import HubAccess, hub_access
 from locallab_gguf.models.progress import ProgressCallback
 from locallab_gguf.models.registry import ModelSpec
@@ -71,9 +71,9 @@ class ModelFiles:
 
     def remove_cached(self, spec: ModelSpec) -> bool:
         """Delete the model's copy in the cache; False when there is none. A model that ships
-        inside a Python package is not the cache's to delete: InvalidRequest says so."""
+        inside a Python package is not the cache's to delete: ModelFilePackaged says so."""
         if packaged_path(spec) is not None:
-            raise InvalidRequest(
+            raise ModelFilePackaged(
                 f"model {spec.id!r} ships inside the Python package {spec.package!r}; "
                 f"uninstall that package to remove it"
             )

@@ -27,6 +27,15 @@ _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}"
 _REPO = re.compile(rf"{_NAME}/{_NAME}")
 _REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
 
+# Every id that names a model or may name one (an unknown registry id is a 404, a malformed hub
+# id a 400), as a regular expression that ECMA (JSON Schema) and Python read alike.
+_NO_DOTS = r"(?![A-Za-z0-9_./-]*\.\.)"
+_FILE = r"(?:(?!\.\.?/)[^/\\]+/)*[^/\\]*\.[Gg][Gg][Uu][Ff]"
+_HUB_ID = rf"{_NAME}/{_NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
+_HUB_URL = rf"hf://{_NAME}/{_NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
+MODEL_ID_FORMS = rf"[^/:]+|{_HUB_ID}|{_HUB_URL}"
+MODEL_ID_PATTERN = rf"^(?:{MODEL_ID_FORMS})$"
+
 
 class HubFile(msgspec.Struct, frozen=True):
     repo: str

@@ -1,7 +1,14 @@
 """Keeps schemathesis' bodies within what the loaded model allows, which the schema cannot
 state: the served model's id, a few new tokens (each test stays short), token ids inside
 its vocabulary. A value the schema refuses is left as it is, so negative cases stay
-negative."""
+negative.
+
+Bodies the schema allows (positive cases) are also made to meet the rules that no JSON
+Schema can state, which the handlers check and the document describes in words: an id that
+answers a tool call names a call made earlier in the same conversation, tools have distinct
+names and a named tool choice is one of them, and a JSON Schema given for the output or a
+tool's arguments is one llama.cpp's grammar converter understands.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +16,21 @@ import re
 from typing import Any
 
 import schemathesis
+from schemathesis import GenerationMode
+
+from locallab_gguf.models.ids import MODEL_ID_PATTERN
 
 SERVED_MODEL = "smollm2-135m-instruct"
 VOCABULARY = 49_152
 NEW_TOKENS = 1
 INT32_MAX = 2**31 - 1
 _TOKEN_ID = re.compile(r"-?[0-9]+")
+_MODEL_ID = re.compile(MODEL_ID_PATTERN)
+_OLLAMA_NAME = re.compile(MODEL_ID_PATTERN.removesuffix("$") + "(?::latest)?$")
+# Deleting the served model's file is refused (it ships inside a Python package), and would
+# take the model away from the rest of the run; /api/delete keeps the names it is sent.
+_KEEPS_ITS_NAMES = {"/api/delete"}
+ANY_OBJECT = {"type": "object"}
 
 
 @schemathesis.hook
@@ -22,10 +38,13 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if isinstance(body.get("model"), str):
-        body["model"] = SERVED_MODEL
-    if isinstance(body.get("model_id"), str):
-        body["model_id"] = SERVED_MODEL
+    path = case.operation.path
+    if path not in _KEEPS_ITS_NAMES:
+        names = _OLLAMA_NAME if path.startswith("/api/") else _MODEL_ID
+        for field in ("model", "model_id", "name"):
+            value = body.get(field)
+            if isinstance(value, str) and names.fullmatch(value):
+                body[field] = SERVED_MODEL
     for name in ("max_tokens", "max_length", "max_completion_tokens"):
         value = body.get(name)
         # JSON Schema's integers include 7.0.
@@ -35,6 +54,8 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     bias = body.get("logit_bias")
     if isinstance(bias, dict):
         body["logit_bias"] = {_in_vocabulary(key): value for key, value in bias.items()}
+    if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
+        _meet_unstated_rules(body)
 
 
 def _in_vocabulary(key: Any) -> Any:
@@ -45,3 +66,105 @@ def _in_vocabulary(key: Any) -> Any:
     ):
         return str(abs(int(key)) % VOCABULARY)
     return key
+
+
+def _meet_unstated_rules(body: dict[str, Any]) -> None:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        _openai_calls_answered(messages)
+        _ollama_calls_answered(messages)
+        _anthropic_calls_answered(messages)
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        _tools_named_apart(body, tools)
+    _plain_schemas(body)
+
+
+def _openai_calls_answered(messages: list[Any]) -> None:
+    call_ids: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict) and isinstance(call.get("id"), str):
+                call_ids.append(call["id"])
+        answered = message.get("tool_call_id")
+        if message.get("role") == "tool" and isinstance(answered, str) and answered not in call_ids:
+            if call_ids:
+                message["tool_call_id"] = call_ids[0]
+            else:
+                message["role"], message["tool_call_id"] = "user", None
+
+
+def _ollama_calls_answered(messages: list[Any]) -> None:
+    unanswered: list[str] = []
+    for message in messages:
+        if not isinstance(message, dict) or "tool_call_id" in message:
+            continue
+        for call in message.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                unanswered.append(function["name"])
+        if message.get("role") != "tool":
+            continue
+        name = message.get("tool_name")
+        if name in unanswered:
+            unanswered.remove(name)
+        elif unanswered:
+            message["tool_name"] = unanswered.pop(0)
+        else:
+            message["role"] = "user"
+
+
+def _anthropic_calls_answered(messages: list[Any]) -> None:
+    call_ids: list[str] = []
+    for message in messages:
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for number, block in enumerate(content):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use" and isinstance(block.get("id"), str):
+                call_ids.append(block["id"])
+            elif block.get("type") == "tool_result" and block.get("tool_use_id") not in call_ids:
+                if call_ids:
+                    block["tool_use_id"] = call_ids[0]
+                else:
+                    content[number] = {"type": "text", "text": ""}
+
+
+def _tools_named_apart(body: dict[str, Any], tools: list[Any]) -> None:
+    names = []
+    for index, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            continue
+        named = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+        if isinstance(named.get("name"), str):
+            named["name"] = f"tool_{index}"
+            names.append(named["name"])
+    choice = body.get("tool_choice")
+    if names and isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict):  # OpenAI's named choice
+            function["name"] = names[0]
+        elif choice.get("type") == "tool":  # Anthropic's
+            choice["name"] = names[0]
+
+
+def _plain_schemas(body: dict[str, Any]) -> None:
+    if isinstance(body.get("format"), dict):  # Ollama
+        body["format"] = ANY_OBJECT
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        spec = response_format.get("json_schema")
+        if isinstance(spec, dict) and isinstance(spec.get("schema"), dict):
+            spec["schema"] = ANY_OBJECT
+    for tool in body.get("tools") or ():
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")
+        if isinstance(function, dict) and isinstance(function.get("parameters"), dict):
+            function["parameters"] = ANY_OBJECT
+        if isinstance(tool.get("input_schema"), dict):
+            tool["input_schema"] = ANY_OBJECT

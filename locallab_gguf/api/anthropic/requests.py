@@ -9,6 +9,7 @@ from locallab_gguf.api.anthropic.wire import (
     DocumentBlock,
     ImageBlock,
     MessagesRequest,
+    SystemBlock,
     TextBlock,
     ThinkingBlock,
     ToolResultBlock,
@@ -139,7 +140,7 @@ def count_request(data: CountTokensRequest) -> GenerationRequest:
     )
 
 
-def _system_text(system: str | list[TextBlock] | None) -> str:
+def _system_text(system: str | list[SystemBlock] | None) -> str:
     if system is None:
         return ""
     if isinstance(system, str):

@@ -43,6 +43,7 @@ from locallab_gguf.api.anthropic.wire import (
     ToolUseOut,
     Usage,
 )
+from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.fields import arguments_object
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
@@ -223,4 +224,5 @@ anthropic_router = Router(
     path="/v1/messages",
     route_handlers=[create_message, count_tokens],
     exception_handlers=ANTHROPIC_EXCEPTION_HANDLERS,
+    opt=error_body(ErrorBody),
 )

@@ -7,17 +7,28 @@ honour (images, documents, extended thinking) are refused by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX
+from locallab_gguf.api.common.constraints import is_set, non_empty_list, only, when
+from locallab_gguf.api.common.fields import INT32_MAX, ModelId
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
 
 class TextBlock(msgspec.Struct, tag_field="type", tag="text", kw_only=True):
+    text: str
+    cache_control: Any = None
+    citations: Any = None
+
+
+class SystemBlock(msgspec.Struct, kw_only=True):
+    """A text block of the system prompt. Not a tagged Struct: decoded alone, a tagged Struct
+    would take a block without its `type`, which the schema requires."""
+
+    type: Literal["text"]
     text: str
     cache_control: Any = None
     citations: Any = None
@@ -37,9 +48,15 @@ class ToolUseBlock(msgspec.Struct, tag_field="type", tag="tool_use", kw_only=Tru
     input: dict[str, Any]
 
 
+# Blocks this server refuses by name: the schema leaves them out.
+_NO_IMAGES = {"not": is_set("type", {"enum": ["image", "document"]})}
+
+
 class ToolResultBlock(msgspec.Struct, tag_field="type", tag="tool_result", kw_only=True):
-    tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] = ""
+    tool_use_id: Annotated[
+        str, Meta(description="the id of a tool_use block of an earlier assistant message")
+    ]
+    content: str | list[Annotated[TextBlock | ImageBlock, Meta(extra_json_schema=_NO_IMAGES)]] = ""
     is_error: bool = False
 
 
@@ -51,9 +68,17 @@ class ThinkingBlock(msgspec.Struct, tag_field="type", tag="thinking", kw_only=Tr
 InputBlock = TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock
 
 
+_NO_TOOL_USE = {"not": is_set("type", {"const": "tool_use"})}
+# tool_use blocks belong to assistant messages.
+_USER_CALLS_NO_TOOL = when(
+    is_set("role", {"const": "user"}),
+    {"properties": {"content": {"anyOf": [{"type": "string"}, {"items": _NO_TOOL_USE}]}}},
+)
+
+
 class MessageParam(msgspec.Struct, kw_only=True):
     role: Literal["user", "assistant"]
-    content: str | list[InputBlock]
+    content: str | list[Annotated[InputBlock, Meta(extra_json_schema=_NO_IMAGES)]]
 
 
 class Metadata(msgspec.Struct, kw_only=True):
@@ -71,21 +96,33 @@ class ToolParam(msgspec.Struct, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     description: str | None = None
     input_schema: dict[str, Any]
-    type: str | None = None
+    type: Annotated[str | None, only("custom")] = None
     cache_control: Any = None
 
 
 class ToolChoiceParam(msgspec.Struct, kw_only=True):
     type: Literal["auto", "any", "tool", "none"]
-    name: str | None = None  # with type "tool"
+    name: Annotated[str | None, Meta(description='with type "tool": one of the tools')] = None
     disable_parallel_tool_use: bool | None = None
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
-    model: Annotated[str, Meta(min_length=1)]
-    messages: Annotated[list[MessageParam], Meta(min_length=1)]
-    system: str | list[TextBlock] | None = None
-    tools: list[ToolParam] | None = None
+    # Rules between fields, for the OpenAPI document (api/common/openapi.py).
+    json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
+        # tool_choice any or tool asks for a tool call, so it needs tools.
+        when(
+            is_set("tool_choice", is_set("type", {"enum": ["any", "tool"]})),
+            non_empty_list("tools"),
+        ),
+    )
+
+    model: ModelId
+    messages: Annotated[
+        list[Annotated[MessageParam, Meta(extra_json_schema=_USER_CALLS_NO_TOOL)]],
+        Meta(min_length=1),
+    ]
+    system: str | list[SystemBlock] | None = None
+    tools: Annotated[list[ToolParam] | None, Meta(description="each with its own name")] = None
     tool_choice: ToolChoiceParam | None = None
     thinking: ThinkingConfig | None = None
 

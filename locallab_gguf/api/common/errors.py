@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -28,6 +29,7 @@ from locallab_gguf.errors import (
     LoadCancelled,
     LoadInProgress,
     LocalLabError,
+    ModelFilePackaged,
     ModelLoadFailed,
     ModelLoading,
     ModelNotFound,
@@ -59,6 +61,7 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     HubNotFound: 404,
     RequestTimedOut: 408,
     LoadInProgress: 409,
+    ModelFilePackaged: 409,
     PromptTooLong: 413,
     RateLimited: 429,
     # nginx's "client closed request": nobody reads it, but logs and metrics tell it from a 500.
@@ -89,13 +92,20 @@ def status_of(error: LocalLabError) -> int:
     return HTTP_500_INTERNAL_SERVER_ERROR
 
 
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    """Every error answer outside the surfaces that have their own shape."""
+
+    detail: str
+    retry_after: int | None = None  # seconds, with a 429
+
+
 def error_response(
     status: int,
     detail: str,
     headers: dict[str, str] | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Response[Any]:
-    return Response({"detail": detail, **(extra or {})}, status_code=status, headers=headers)
+    retry_after: int | None = None,
+) -> Response[ErrorBody]:
+    return Response(ErrorBody(detail, retry_after), status_code=status, headers=headers)
 
 
 def error_headers(error: LocalLabError) -> dict[str, str] | None:
@@ -120,16 +130,18 @@ def error_headers(error: LocalLabError) -> dict[str, str] | None:
     return None
 
 
-def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[Any]:
-    extra = {"retry_after": error.retry_after} if isinstance(error, RateLimited) else None
-    return error_response(status_of(error), str(error), error_headers(error), extra)
+def handle_domain_error(_: Request[Any, Any, Any], error: LocalLabError) -> Response[ErrorBody]:
+    retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    return error_response(status_of(error), str(error), error_headers(error), retry_after)
 
 
-def handle_validation_error(_: Request[Any, Any, Any], error: ValidationException) -> Response[Any]:
+def handle_validation_error(
+    _: Request[Any, Any, Any], error: ValidationException
+) -> Response[ErrorBody]:
     return error_response(400, validation_detail(error))
 
 
-def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[Any]:
+def handle_http_error(request: Request[Any, Any, Any], error: HTTPException) -> Response[ErrorBody]:
     return error_response(error.status_code, http_error_detail(request, error), error.headers)
 
 
@@ -161,7 +173,10 @@ def validation_problems(error: ValidationException) -> list[tuple[str | None, st
         key = problem.get("key")
         # Litestar names the whole body by the handler's parameter, `data`.
         field = str(key) if key and key != "data" else None
-        found.append((field, str(problem.get("message", ""))))
+        message = str(problem.get("message", ""))
+        if key == "data" and message == "'data'":  # Litestar's KeyError: no body was sent
+            message = "the request body is missing; send a JSON object"
+        found.append((field, message))
     return found
 
 
@@ -172,7 +187,7 @@ def report_unexpected(request: Request[Any, Any, Any], error: Exception) -> str:
     return f"the server failed: {type(error).__name__}; see the server log"
 
 
-def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+def handle_unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, report_unexpected(request, error))
 
 

@@ -9,8 +9,10 @@ from urllib.parse import quote
 from litestar import Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromQuery, JSONBody
 
+from locallab_gguf.api.common.answers import ANY_ROUTE, error_statuses
+from locallab_gguf.api.common.fields import ModelIdInPath
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.wire import (
     AvailableModel,
@@ -99,7 +101,11 @@ async def unload_model(
     return UnloadResponse(status="success", message=message)
 
 
-@get("/models/current", summary="The default model, when it is loaded (404 when not)")
+@get(
+    "/models/current",
+    summary="The default model, when it is loaded (404 when not)",
+    opt=error_statuses(*ANY_ROUTE, 404),
+)
 async def current_model(services: NamedDependency[Services]) -> ModelDescription:
     current = services.manager.current
     if current is None:
@@ -180,7 +186,7 @@ def _loaded_row(model: ResidentModel, is_default: bool) -> LoadedModel:
     "unloaded or failed",
 )
 async def model_status(
-    model_id: FromPath[str], services: NamedDependency[Services]
+    model_id: ModelIdInPath, services: NamedDependency[Services]
 ) -> ModelStatusBody:
     # A path parameter keeps its leading slash, and the router folds the '//' of hf://.
     model_id = model_id.removeprefix("/")

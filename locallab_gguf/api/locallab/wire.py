@@ -11,7 +11,15 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX, NewTokens, Stop, UsageBody, stop_strings
+from locallab_gguf.api.common.fields import (
+    INT32_MAX,
+    KeepAlive,
+    ModelId,
+    NewTokens,
+    Stop,
+    UsageBody,
+    stop_strings,
+)
 from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
@@ -21,10 +29,8 @@ TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
 class SamplingFields(msgspec.Struct, kw_only=True):
     """Options shared by /generate, /generate/batch and /chat."""
 
-    model_id: str | None = None
-    # How long the model stays loaded once idle, as in Ollama: seconds, or "5m"; 0 unloads
-    # it after this request, a negative duration keeps it.
-    keep_alive: str | float | None = None
+    model_id: ModelId | None = None
+    keep_alive: KeepAlive = None
     max_length: NewTokens | None = None
     max_tokens: NewTokens | None = None  # an alias of max_length
     temperature: Temperature = 0.7
@@ -78,13 +84,13 @@ class ChatRequest(SamplingFields, kw_only=True):
 
 
 class LoadRequest(msgspec.Struct, kw_only=True):
-    model_id: Annotated[str, Meta(min_length=1)]
+    model_id: ModelId
 
 
 class UnloadRequest(msgspec.Struct, kw_only=True):
     """POST /models/unload: a model to unload; without one, the default model."""
 
-    model_id: Annotated[str, Meta(min_length=1)] | None = None
+    model_id: ModelId | None = None
 
 
 class GenerateResponse(msgspec.Struct):

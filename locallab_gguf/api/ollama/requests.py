@@ -41,6 +41,8 @@ def refuse_unsupported(data: OllamaRequest) -> None:
     """Refuse, by name, what this server cannot do, rather than quietly ignore it."""
     if data.keep_alive is not None:  # a malformed duration is a 400 before anything runs
         keep_alive_seconds(data.keep_alive)
+    if data.options is not None and data.options.num_predict == 0:
+        raise UnsupportedParameter("options.num_predict", "must be at least 1, or -1")
     if isinstance(data, GenerateRequest):
         if data.tools:
             raise UnsupportedParameter("tools", "tools belong to /api/chat, as in Ollama")
@@ -165,10 +167,9 @@ def generation_of(
 
 def _new_tokens(num_predict: int | None, context_length: int) -> int:
     # -1 (Ollama's default) and -2 both run until the model stops or the context is full.
-    if num_predict is None or num_predict < 0:
+    # 0 is refused with the request's other fields (refuse_unsupported).
+    if num_predict is None or num_predict <= 0:
         return context_length - 1
-    if num_predict == 0:
-        raise UnsupportedParameter("options.num_predict", "must be at least 1, or -1")
     return num_predict
 
 

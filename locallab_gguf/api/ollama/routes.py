@@ -21,6 +21,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf import __version__
+from locallab_gguf.api.common.answers import error_body, stream_media_type
 from locallab_gguf.api.common.fields import arguments_object
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
@@ -510,4 +511,5 @@ ollama_router = Router(
     path="/api",
     route_handlers=[generate, chat, tags, show, ps, pull, remove, version],
     exception_handlers=OLLAMA_EXCEPTION_HANDLERS,
+    opt={**error_body(ErrorBody), **stream_media_type(NDJSON)},
 )

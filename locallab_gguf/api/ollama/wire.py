@@ -7,17 +7,16 @@ server cannot honour (`images`, `suffix`, `template`) are refused by name when s
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX
+from locallab_gguf.api.common.constraints import empty, never, one_of_named
+from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, OllamaModelName
 
 OllamaRole = Literal["system", "user", "assistant", "tool"]
 DoneReason = Literal["stop", "length", "load", "unload"]
-# Ollama's keep_alive: a duration ("5m", "1h30m", "10s"), a number of seconds, or negative.
-KeepAlive = str | float | None
 
 
 class Options(msgspec.Struct, kw_only=True):
@@ -28,7 +27,7 @@ class Options(msgspec.Struct, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     # -1: until the model stops or the context is full (Ollama's default); -2: fill the context.
-    num_predict: Annotated[int, Meta(ge=-2, le=INT32_MAX)] | None = None
+    num_predict: Annotated[int, Meta(ge=-2, le=INT32_MAX), never(0)] | None = None
     stop: list[str] | str | None = None
     seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
     repeat_penalty: Annotated[float, Meta(gt=0.0, le=10.0)] | None = None
@@ -62,36 +61,44 @@ class ToolCallBody(msgspec.Struct, kw_only=True, omit_defaults=True):
 class OllamaRequest(msgspec.Struct, kw_only=True):
     """What /api/generate and /api/chat share."""
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: OllamaModelName
     stream: bool = True
     format: Literal["json", ""] | dict[str, Any] | None = None
     options: Options | None = None
     keep_alive: KeepAlive = None
     think: bool | Literal["high", "medium", "low"] | None = None
-    tools: list[Tool] | None = None
 
 
+# Fields this server refuses by name when set; the schema allows them only empty or null.
 class GenerateRequest(OllamaRequest, kw_only=True):
     prompt: str = ""
     system: str | None = None
     raw: bool = False
-    images: list[str] | None = None
-    suffix: str | None = None
-    template: str | None = None
-    context: list[int] | None = None
+    tools: Annotated[list[Tool] | None, empty()] = None  # tools belong to /api/chat
+    images: Annotated[list[str] | None, empty()] = None
+    suffix: Annotated[str | None, empty()] = None
+    template: Annotated[str | None, empty()] = None
+    context: Annotated[list[int] | None, empty()] = None
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):
     role: OllamaRole
     content: str = ""
-    images: list[str] | None = None
+    images: Annotated[list[str] | None, empty()] = None
     thinking: str | None = None
     tool_calls: list[ToolCallBody] | None = None
-    tool_name: str | None = None
+    tool_name: Annotated[
+        str | None,
+        Meta(
+            description="tool messages: the call of an earlier assistant message they answer "
+            "(the earliest unanswered one when null)"
+        ),
+    ] = None
 
 
 class ChatRequest(OllamaRequest, kw_only=True):
     messages: list[ChatMessage] = []
+    tools: list[Tool] | None = None
 
 
 class Timings(msgspec.Struct, kw_only=True):
@@ -185,8 +192,10 @@ class PsResponse(msgspec.Struct):
 class ModelRequest(msgspec.Struct, kw_only=True):
     """/api/show, /api/pull, /api/delete: the model by `model` (or the older `name`)."""
 
-    model: str | None = None
-    name: str | None = None
+    json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (one_of_named("model", "name"),)
+
+    model: OllamaModelName | None = None
+    name: OllamaModelName | None = None
     stream: bool = True
     insecure: bool = False
     verbose: bool = False

@@ -118,7 +118,7 @@ def _refuse_common(data: OpenAIRequest) -> None:
 
 
 def _refuse_chat_only(data: ChatCompletionRequest) -> None:
-    if data.functions:
+    if data.functions is not None:
         _refuse("functions", "the legacy functions field is not supported; send tools")
     if data.function_call not in (None, "none"):
         _refuse("function_call", "the legacy function_call is not supported; send tool_choice")

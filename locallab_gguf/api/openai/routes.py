@@ -9,8 +9,10 @@ from typing import Any
 
 from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
+from locallab_gguf.api.common.answers import error_body
+from locallab_gguf.api.common.fields import ModelIdInPath
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.sse import (
     EventStream,
@@ -38,6 +40,7 @@ from locallab_gguf.api.openai.wire import (
     ChatCompletionRequest,
     Completion,
     CompletionRequest,
+    ErrorBody,
     ModelList,
     OpenAIModel,
 )
@@ -66,7 +69,7 @@ async def list_models(services: NamedDependency[Services]) -> ModelList:
 
 @get("/models/{model_id:path}", summary="One model, in OpenAI's shape")
 async def retrieve_model(
-    model_id: FromPath[str], services: NamedDependency[Services]
+    model_id: ModelIdInPath, services: NamedDependency[Services]
 ) -> OpenAIModel:
     model_id = model_id.lstrip("/")  # a path parameter keeps its leading slash
     manager = services.manager
@@ -114,4 +117,5 @@ openai_router = Router(
     path="/v1",
     route_handlers=[list_models, retrieve_model, chat_completions, completions],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,
+    opt=error_body(ErrorBody),
 )

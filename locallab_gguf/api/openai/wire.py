@@ -13,26 +13,23 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX, NewTokens, Stop, UsageBody
+from locallab_gguf.api.common.constraints import (
+    NULL,
+    absent_or_null,
+    non_empty_list,
+    only,
+    only_with,
+    when,
+)
+from locallab_gguf.api.common.fields import (
+    INT32_MAX,
+    KeepAlive,
+    ModelId,
+    NewTokens,
+    Stop,
+    UsageBody,
+)
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason
-
-
-def only(*values: Any) -> Meta:
-    """The schema of a field accepted only as null or one of `values` (a value that asks for
-    nothing: n = 1, store = false, ...). Decoding lets anything through, so that the handler
-    can refuse the rest by name; the schema says what it accepts."""
-    return Meta(extra_json_schema={"enum": [None, *values]})
-
-
-def _only_with(field: str, needs: str, value: Any) -> dict[str, Any]:
-    """A schema rule: `field` may be set only when `needs` is `value`."""
-    return {
-        "anyOf": [
-            {"properties": {field: {"type": "null"}}},
-            {"properties": {needs: {"const": value}}, "required": [needs]},
-        ]
-    }
-
 
 # A field of OpenAI's API that this server does not implement: accepted only when null.
 Unsupported = Annotated[Any, only()]
@@ -54,12 +51,12 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # Rules between fields, for the OpenAPI document (api/common/openapi.py).
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
-        _only_with("stream_options", "stream", True),
+        only_with("stream_options", "stream", True),
     )
 
-    model: Annotated[str, Meta(min_length=1)]
+    model: ModelId
     # Not OpenAI's: how long the model stays loaded once idle, as in Ollama ("5m", 0, -1).
-    keep_alive: str | float | None = None
+    keep_alive: KeepAlive = None
     max_tokens: NewTokens | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
@@ -97,12 +94,28 @@ _TEXT_PART = {
     "required": ["type", "text"],
     "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
 }
-# Content may be null only on an assistant message that makes tool calls.
-_WITH_CONTENT = {
+_ROLE_TOOL = {"properties": {"role": {"const": "tool"}}, "required": ["role"]}
+_ROLE_ASSISTANT = {"properties": {"role": {"const": "assistant"}}, "required": ["role"]}
+_MAKES_CALLS = {"allOf": [_ROLE_ASSISTANT, non_empty_list("tool_calls")]}
+_HAS_CONTENT = {"required": ["content"], "properties": {"content": {"not": NULL}}}
+_ANSWERS_A_CALL = {
+    "required": ["tool_call_id"],
+    "properties": {"tool_call_id": {"type": "string"}},
+}
+# Content may be null only on an assistant message that makes tool calls; a tool message
+# names the call it answers, and only it does; only assistant messages make calls. (That the
+# id names a call of an earlier assistant message, no schema can state: the handler checks.)
+_MESSAGE_RULES = {
     "required": ["role"],
-    "if": {"properties": {"role": {"const": "assistant"}}, "required": ["tool_calls"]},
-    "then": {},
-    "else": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    "allOf": [
+        {"if": _MAKES_CALLS, "then": {}, "else": _HAS_CONTENT},
+        {"if": _ROLE_TOOL, "then": _ANSWERS_A_CALL, "else": absent_or_null("tool_call_id")},
+        {
+            "if": _ROLE_ASSISTANT,
+            "then": {},
+            "else": {"properties": {"tool_calls": {"anyOf": [NULL, {"maxItems": 0}]}}},
+        },
+    ],
 }
 
 ToolName = Annotated[str, Meta(min_length=1, max_length=64, pattern="^[a-zA-Z0-9_.-]+$")]
@@ -127,7 +140,10 @@ class ChatMessageBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     content: str | list[Annotated[ContentPart, Meta(extra_json_schema=_TEXT_PART)]] | None = None
     name: Unsupported = None
     tool_calls: list[ToolCallBody] | None = None  # assistant messages
-    tool_call_id: str | None = None  # tool messages: the call they answer
+    tool_call_id: Annotated[
+        str | None,
+        Meta(description="tool messages: the id of a call of an earlier assistant message"),
+    ] = None
     # Sent back by clients that keep a reasoning model's thinking; not shown to the model.
     reasoning_content: str | None = None
     function_call: Unsupported = None
@@ -188,18 +204,49 @@ ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
 class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True):
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
         *OpenAIRequest.json_schema_rules,
-        _only_with("top_logprobs", "logprobs", True),
+        only_with("top_logprobs", "logprobs", True),
+        # tool_choice other than none names a tool to call, so it needs tools.
+        when(
+            {
+                "properties": {"tool_choice": {"not": {"enum": [None, "none"]}}},
+                "required": ["tool_choice"],
+            },
+            non_empty_list("tools"),
+        ),
+        # A JSON answer cannot be shaped while the answer may be a tool call.
+        when(
+            {
+                "properties": {
+                    "response_format": {
+                        "properties": {"type": {"enum": ["json_object", "json_schema"]}},
+                        "required": ["type"],
+                    },
+                    "tools": {"type": "array", "minItems": 1},
+                },
+                "required": ["response_format", "tools"],
+            },
+            {"properties": {"tool_choice": {"const": "none"}}, "required": ["tool_choice"]},
+        ),
     )
 
     messages: Annotated[
-        list[Annotated[ChatMessageBody, Meta(extra_json_schema=_WITH_CONTENT)]], Meta(min_length=1)
+        list[Annotated[ChatMessageBody, Meta(extra_json_schema=_MESSAGE_RULES)]], Meta(min_length=1)
     ]
     max_completion_tokens: NewTokens | None = None
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    # OpenAI's bound is 20; this server reports fewer, and refuses more by name.
+    top_logprobs: (
+        Annotated[int, Meta(ge=0, le=20, extra_json_schema={"maximum": MAX_TOP_LOGPROBS})] | None
+    ) = None
     response_format: ResponseFormat | None = None
-    tools: list[ToolDefinition] | None = None
-    tool_choice: ToolChoice | None = None
+    tools: Annotated[
+        list[ToolDefinition] | None,
+        Meta(description="each tool with its own name"),
+    ] = None
+    tool_choice: Annotated[
+        ToolChoice | None,
+        Meta(description="a named tool is one of `tools`"),
+    ] = None
     parallel_tool_calls: bool | None = None  # None: true, as OpenAI
     # How thinking (<think>...</think>) is returned: apart in reasoning_content (auto,
     # deepseek), or left in content (none). As llama.cpp's server names them.
@@ -207,7 +254,7 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=T
     # Extra variables for the model's chat template, e.g. {"enable_thinking": false}.
     chat_template_kwargs: dict[str, Any] | None = None
     functions: Unsupported = None
-    function_call: Unsupported = None
+    function_call: Annotated[Any, only("none")] = None
     audio: Unsupported = None
     modalities: Annotated[Any, only(["text"])] = None
     prediction: Unsupported = None
