@@ -1,13 +1,14 @@
 """Keeps schemathesis' bodies within what the loaded model allows, which the schema cannot
 state: the served model's id, a few new tokens (each test stays short), token ids inside
-its vocabulary. A value the schema refuses is left as it is, so negative cases stay
-negative.
+its vocabulary (logit_bias, /detokenize). A value the schema refuses is left as it is, so
+negative cases stay negative.
 
 Bodies the schema allows (positive cases) are also made to meet the rules that no JSON
 Schema can state, which the handlers check and the document describes in words: an id that
 answers a tool call names a call made earlier in the same conversation, tools have distinct
-names and a named tool choice is one of them, and a JSON Schema given for the output or a
-tool's arguments is one llama.cpp's grammar converter understands.
+names and a named tool choice is one of them, a JSON Schema given for the output or a
+tool's arguments is one llama.cpp's grammar converter understands, and a prompt comes to at
+least one token.
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     bias = body.get("logit_bias")
     if isinstance(bias, dict):
         body["logit_bias"] = {_in_vocabulary(key): value for key, value in bias.items()}
+    tokens = body.get("tokens")
+    if path == "/detokenize" and isinstance(tokens, list):
+        body["tokens"] = [_id_in_vocabulary(token) for token in tokens]
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
         _meet_unstated_rules(body)
+        _prompts_have_tokens(path, body)
 
 
 def _in_vocabulary(key: Any) -> Any:
@@ -66,6 +71,29 @@ def _in_vocabulary(key: Any) -> Any:
     ):
         return str(abs(int(key)) % VOCABULARY)
     return key
+
+
+def _id_in_vocabulary(token: Any) -> Any:
+    # JSON Schema's integers include 7.0.
+    whole = type(token) in (int, float) and float(token).is_integer()
+    if whole and 0 <= token <= INT32_MAX:
+        return int(token) % VOCABULARY
+    return token
+
+
+def _prompts_have_tokens(path: str, body: dict[str, Any]) -> None:
+    """A prompt must come to at least one token, and the tokenizer drops some characters
+    (an information separator such as U+001D alone is no token): each text gets one."""
+    for field in ("prompt", "prompts"):
+        value = body.get(field)
+        if isinstance(value, str) and value:
+            body[field] = value + "."
+        elif isinstance(value, list):
+            body[field] = [item + "." if isinstance(item, str) else item for item in value]
+    # Ollama's raw prompt is the whole prompt: empty, it is no load request once a system
+    # prompt is given, and nothing to continue.
+    if path == "/api/generate" and body.get("raw") is True and not body.get("prompt"):
+        body["prompt"] = "."
 
 
 def _meet_unstated_rules(body: dict[str, Any]) -> None:

@@ -16,13 +16,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
 
-from locallab_gguf.api.common.fields import INT32_MAX
+from locallab_gguf.api.common.fields import INT32_MAX, ModelId
 from locallab_gguf.api.common.services import Services
 
-ModelField = Annotated[
-    str | None,
-    Meta(description="a registry id or hub file id; absent: the default model"),
-]
+ModelField = ModelId | None  # absent: the default model
 TokenId = Annotated[int, Meta(ge=0, le=INT32_MAX, description="an id in the model's vocabulary")]
 Byte = Annotated[int, Meta(ge=0, le=255)]
 
