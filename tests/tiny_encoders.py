@@ -19,13 +19,18 @@ N_HEAD = 4
 N_LAYER = 2
 N_CTX_TRAIN = 128
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = (
-    "the a an is are was of to in on and or for with what which who how why where when "
-    "cat cats dog dogs sat mat sun moon sky blue red green fast slow city capital france "
-    "paris london river sea fish bird tree leaf rain snow day night hello world machine "
-    "learning deep neural network apple fruit sweet grows trees theory relativity einstein "
-    "query document relevant answer question search text vector embedding model local"
-).split()
+WORDS = tuple(
+    " ".join(
+        (
+            "the a an is are was of to in on and or for with what which who how why where",
+            "when cat cats dog dogs sat mat sun moon sky blue red green fast slow city capital",
+            "france paris london river sea fish bird tree leaf rain snow day night hello world",
+            "machine learning deep neural network apple fruit sweet grows trees theory",
+            "relativity einstein query document relevant answer question search text vector",
+            "embedding model local",
+        )
+    ).split(" ")
+)
 LETTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'")
 
 

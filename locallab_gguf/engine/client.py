@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
 from locallab_gguf.engine.types import (
+    EmbeddingRequest,
+    Embeddings,
     EngineInfo,
     EngineStats,
     Event,
@@ -22,6 +24,8 @@ from locallab_gguf.engine.types import (
     Failed,
     Finished,
     GenerationRequest,
+    Rankings,
+    RerankRequest,
 )
 
 
@@ -90,6 +94,13 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats: ...
 
     async def close(self, drain: bool) -> None: ...
+
+    # -- Embeddings and reranking (models of kind "embedding" and "reranker"; any other
+    # -- model raises WrongModelKind, as generation from those models does)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings: ...
+
+    async def rerank(self, request: RerankRequest) -> Rankings: ...
 
 
 class StreamRouter:

@@ -21,7 +21,9 @@ import llama_cpp
 import numpy as np
 
 from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.resume import Resume
 from locallab_gguf.engine.types import (
+    Accepted,
     EmbeddingMode,
     EmbeddingRequest,
     Embeddings,
@@ -140,7 +142,7 @@ class EmbeddingEngine:
             if self.pooling != "rank":
                 raise WrongModelKind(
                     "this model is an embedding model: it answers /v1/embeddings, not "
-                    "/v1/rerank; load a reranker model (models.toml kind = \"reranker\")"
+                    '/v1/rerank; load a reranker model (models.toml kind = "reranker")'
                 )
             sequences = [self._rerank_tokens(request.query, doc) for doc in request.documents]
         else:
@@ -154,7 +156,9 @@ class EmbeddingEngine:
                     f"dimensions is {request.dimensions}; this model's vectors have "
                     f"{self.dimensions}"
                 )
-            sequences = [self._input_tokens(index, item) for index, item in enumerate(request.inputs)]
+            sequences = [
+                self._input_tokens(index, item) for index, item in enumerate(request.inputs)
+            ]
         sequences = [
             self._fitted(index, tokens, request.truncate) for index, tokens in enumerate(sequences)
         ]
@@ -168,7 +172,9 @@ class EmbeddingEngine:
             self._queue.extend(_Input(job, index, tokens) for index, tokens in enumerate(sequences))
             self._lock.notify()
 
-    def submit(self, job_id: int, request: GenerationRequest, resume: object = None) -> object:
+    def submit(
+        self, job_id: int, request: GenerationRequest, resume: Resume | None = None
+    ) -> Accepted:
         raise WrongModelKind(self._not_for_generation())
 
     def count_prompt_tokens(self, request: GenerationRequest) -> int:
@@ -396,7 +402,7 @@ class EmbeddingEngine:
         problem = None
         if pooling is None:
             problem = (
-                "its GGUF declares no pooling; set pooling = \"mean\" (or \"cls\", \"last\") "
+                'its GGUF declares no pooling; set pooling = "mean" (or "cls", "last") '
                 "for it in models.toml"
             )
         elif wanted_rank and pooling != "rank":

@@ -19,6 +19,7 @@ from locallab_gguf.api.common.sse import (
     collect_events,
     unless_client_leaves,
 )
+from locallab_gguf.api.openai.embeddings import create_embeddings
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from locallab_gguf.api.openai.requests import (
     chat_generation,
@@ -112,6 +113,6 @@ async def completions(
 
 openai_router = Router(
     path="/v1",
-    route_handlers=[list_models, retrieve_model, chat_completions, completions],
+    route_handlers=[list_models, retrieve_model, chat_completions, completions, create_embeddings],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,
 )
