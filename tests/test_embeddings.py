@@ -6,6 +6,7 @@ computes from the same file on this machine."""
 from __future__ import annotations
 
 import base64
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,16 @@ import openai
 import pytest
 from llama_cpp import Llama
 
+from locallab_gguf.api.common.encoding import vector_rows
+from locallab_gguf.engine.embedding import open_embedding_engine
+from locallab_gguf.engine.types import (
+    EmbeddingMode,
+    EmbeddingRequest,
+    Embeddings,
+    EncodeResult,
+    EngineConfig,
+)
+from locallab_gguf.errors import LocalLabError
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry, parse_registry
 from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, residency_policy
@@ -169,6 +180,32 @@ def test_concurrent_requests_each_get_their_own_vectors(
     for texts, answer in zip(requests, answers, strict=True):
         expected = np.array([bare_vectors[EMBED_ID][TEXTS.index(text)] for text in texts])
         np.testing.assert_allclose(vectors_of(answer), expected, atol=1e-4)
+
+
+def test_inputs_of_requests_waiting_together_share_one_decode(
+    tiny_files: dict[str, Path], bare_vectors: dict[str, np.ndarray]
+) -> None:
+    config = EngineConfig(n_threads=2, n_threads_batch=2, n_ctx=128)
+    engine = open_embedding_engine(tiny_files[EMBED_ID], 0, config, EmbeddingMode())
+    answers: list[EncodeResult | LocalLabError] = []
+    done = threading.Semaphore(0)
+
+    def answer(outcome: EncodeResult | LocalLabError) -> None:
+        answers.append(outcome)
+        done.release()
+
+    try:
+        # While the engine's lock is held its thread cannot take inputs: both requests are
+        # queued whole before the first decode.
+        with engine._lock:
+            engine.submit_encode(EmbeddingRequest(inputs=tuple(TEXTS[:2])), answer)
+            engine.submit_encode(EmbeddingRequest(inputs=tuple(TEXTS[2:])), answer)
+        assert done.acquire(timeout=60) and done.acquire(timeout=60)
+        assert engine.decodes == 1
+    finally:
+        engine.close(drain=True)
+    rows = [vector_rows(result) for result in answers if isinstance(result, Embeddings)]
+    np.testing.assert_allclose(np.vstack(rows), bare_vectors[EMBED_ID], atol=1e-4)
 
 
 def test_base64_decodes_to_the_same_floats(encoders: RunningServer) -> None:

@@ -172,6 +172,11 @@ class EmbeddingEngine:
             self._queue.extend(_Input(job, index, tokens) for index, tokens in enumerate(sequences))
             self._lock.notify()
 
+    @property
+    def decodes(self) -> int:
+        """Decodes run so far: fewer than the inputs when requests arrive together."""
+        return self._decodes
+
     def submit(
         self, job_id: int, request: GenerationRequest, resume: Resume | None = None
     ) -> Accepted:
