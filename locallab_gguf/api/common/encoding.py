@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager
 
 import numpy as np
 
+from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
@@ -17,24 +18,9 @@ from locallab_gguf.engine.types import (
     Rankings,
     RerankRequest,
 )
-from locallab_gguf.errors import InvalidRequest, UnsupportedParameter, WrongModelKind
+from locallab_gguf.errors import InvalidRequest, UnsupportedParameter
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.resident import ResidentModel
-
-_WHAT_IT_DOES: dict[ModelKind, str] = {
-    "chat": "a chat model: it generates text (/v1/chat/completions, /api/chat, /generate)",
-    "embedding": "an embedding model: it answers /v1/embeddings and /api/embed",
-    "reranker": "a reranker: it answers /v1/rerank",
-}
-
-
-def require_kind(spec: ModelSpec, wanted: ModelKind) -> None:
-    """WrongModelKind (400) unless `spec` is a model of kind `wanted`."""
-    if spec.kind != wanted:
-        raise WrongModelKind(
-            f"model {spec.id!r} is {_WHAT_IT_DOES[spec.kind]}; this request needs a model of "
-            f'kind "{wanted}" (models.toml `kind`)'
-        )
 
 
 def encoder_for(

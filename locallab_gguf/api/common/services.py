@@ -11,20 +11,15 @@ from typing import Any
 from litestar import Request
 
 from locallab_gguf.api.common.metered_stream import MeteredStream
+from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.request_log import record_of
 from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
-from locallab_gguf.errors import WrongModelKind
 from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.serving.metrics import Metrics
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.settings import Settings
-
-_NOT_GENERATING = {
-    "embedding": "an embedding model (for /v1/embeddings and /api/embed)",
-    "reranker": "a reranker (for /v1/rerank)",
-}
 
 
 class Services:
@@ -67,11 +62,7 @@ class Services:
 
         `user` is the end user an OpenAI client names; it goes into the access log.
         """
-        if model.spec.kind != "chat":
-            raise WrongModelKind(
-                f"model {model.spec.id!r} is {_NOT_GENERATING[model.spec.kind]}; it does not "
-                "generate text. Name a chat model for generation."
-            )
+        require_kind(model.spec, "chat")
         record = record_of(request.scope)
         if record is not None and user is not None:
             record.user = user
