@@ -127,7 +127,6 @@ class EmbeddingEngine:
         self._drain = True
         self._prompt_tokens_total = 0
         self._requests_finished = 0
-        self._inputs_total = 0
         self._decodes = 0
         self._busy = 0
         self._thread = threading.Thread(target=self._run, name="embedding-engine", daemon=True)
@@ -159,6 +158,8 @@ class EmbeddingEngine:
             sequences = [
                 self._input_tokens(index, item) for index, item in enumerate(request.inputs)
             ]
+        if not sequences:
+            raise InvalidRequest("there is nothing to encode: the request holds no input")
         sequences = [
             self._fitted(index, tokens, request.truncate) for index, tokens in enumerate(sequences)
         ]
@@ -352,7 +353,6 @@ class EmbeddingEngine:
             self._jobs_waiting -= 1
             self._requests_finished += 1
             self._prompt_tokens_total += job.tokens
-            self._inputs_total += len(job.rows)
         rows = np.stack([row for row in job.rows if row is not None])
         request = job.request
         result: EncodeResult
