@@ -88,6 +88,24 @@ class PromptTooLong(LocalLabError):
         self.context_length = context_length
 
 
+class InputTooLong(PromptTooLong):
+    """One input of an embedding or rerank request is longer than the model encodes."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        LocalLabError.__init__(
+            self,
+            f"input {index} is {tokens:,} tokens; the model encodes at most {limit:,}. "
+            f'Shorten it, or send "truncate": true to encode its first {limit:,} tokens.',
+        )
+        self.index = index
+        self.prompt_tokens = tokens
+        self.context_length = limit
+
+
+class WrongModelKind(InvalidRequest):
+    """The request asks a model for what it does not do (text from an embedding model)."""
+
+
 class NoModelLoaded(LocalLabError):
     def __init__(self, why: str | None = None) -> None:
         because = f" ({why})" if why else ""

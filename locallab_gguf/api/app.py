@@ -35,6 +35,7 @@ from locallab_gguf.api.locallab.system import health, system_info
 from locallab_gguf.api.locallab.tokenizer import detokenize, tokenize
 from locallab_gguf.api.ollama.routes import ollama_router
 from locallab_gguf.api.openai.routes import openai_router
+from locallab_gguf.api.rerank.routes import rerank_documents
 from locallab_gguf.api.ui.routes import ui_router
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.ratelimit import Clock
@@ -60,6 +61,7 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     openai_router,
     ollama_router,
     anthropic_router,
+    rerank_documents,
 ]
 
 

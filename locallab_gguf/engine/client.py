@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol
 
 from locallab_gguf.engine.types import (
+    EmbeddingRequest,
+    Embeddings,
     EngineInfo,
     EngineStats,
     Event,
@@ -22,6 +24,8 @@ from locallab_gguf.engine.types import (
     Failed,
     Finished,
     GenerationRequest,
+    Rankings,
+    RerankRequest,
 )
 
 
@@ -102,6 +106,13 @@ class EngineClient(Protocol):
         """The bytes each token stands for, control tokens as their text; InvalidRequest
         naming the first id outside the vocabulary."""
         ...
+
+    # -- Embeddings and reranking (models of kind "embedding" and "reranker"; any other
+    # -- model raises WrongModelKind, as generation from those models does)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings: ...
+
+    async def rerank(self, request: RerankRequest) -> Rankings: ...
 
 
 class StreamRouter:

@@ -19,6 +19,10 @@ async def open_engine(
     log_format: str = "text",
 ) -> EngineClient:
     """Start an engine for the model at `path`, in a worker process or on a thread."""
+    if isolation == "thread" and config.embedding is not None:
+        from locallab_gguf.engine.embedding_runner import open_local_embedding_engine
+
+        return await open_local_embedding_engine(path, config, config.embedding, n_gpu_layers)
     if isolation == "thread":
         # Imported here: only thread mode loads llama.cpp into this process.
         from locallab_gguf.engine.thread_runner import open_local_engine

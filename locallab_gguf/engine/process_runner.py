@@ -32,18 +32,26 @@ from locallab_gguf.engine.client import (
 )
 from locallab_gguf.engine.resume import InFlightJobs
 from locallab_gguf.engine.types import (
+    EmbeddingRequest,
+    Embeddings,
+    EncodeRequest,
+    EncodeResult,
     EngineConfig,
     EngineInfo,
     EngineStats,
     Failed,
     Finished,
     GenerationRequest,
+    Rankings,
+    RerankRequest,
 )
 from locallab_gguf.engine.worker_hooks import ACTIVITY_LANES
 from locallab_gguf.engine.worker_protocol import (
     ActivityFile,
     Cancel,
     Channel,
+    Encode,
+    Encoded,
     Events,
     FromWorker,
     LoadFailed,
@@ -150,6 +158,7 @@ class WorkerEngine:
         self._inflight = InFlightJobs()  # what each request has produced, to resume it
         self._submits: dict[int, asyncio.Future[SubmitReply]] = {}
         self._tokenizer_calls: dict[int, asyncio.Future[TokenizerReply]] = {}
+        self._encodes: dict[int, asyncio.Future[Encoded]] = {}
         self._process: _Process | None = None
         self._ready: asyncio.Future[Ready] | None = None
         self._state: EngineState = "restarting"
@@ -232,6 +241,48 @@ class WorkerEngine:
                 reply.set_exception(EngineFailure(f"{reason}; retry the request"))
 
     # ------------------------------------------------------------------------------------
+    # -- Embeddings and reranking ----------------------------------------------------------
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        result = await self._encode(request)
+        assert isinstance(result, Embeddings)
+        return result
+
+    async def rerank(self, request: RerankRequest) -> Rankings:
+        result = await self._encode(request)
+        assert isinstance(result, Rankings)
+        return result
+
+    async def _encode(self, request: EncodeRequest) -> EncodeResult:
+        process = self._ready_process()
+        job_id, _ = self._streams.open()
+        self._streams.close(job_id)  # the id only names the answer; no events will come
+        answer: asyncio.Future[Encoded] = self._loop.create_future()
+        self._encodes[job_id] = answer
+        process.send(Encode(job_id=job_id, request=request))
+        try:
+            encoded = await answer
+        finally:
+            self._encodes.pop(job_id, None)
+        if encoded.error is not None:
+            raise error_from_wire(encoded.error)
+        assert encoded.result is not None
+        return encoded.result
+
+    def _on_encoded(self, message: Encoded) -> None:
+        self._stats = message.stats
+        answer = self._encodes.pop(message.job_id, None)
+        if answer is not None and not answer.done():
+            answer.set_result(message)
+
+    def _fail_encodes(self, detail: str) -> None:
+        """An encoding has nothing to resume: it fails, and the client may ask again."""
+        encodes, self._encodes = self._encodes, {}
+        for answer in encodes.values():
+            if not answer.done():
+                answer.set_exception(EngineFailure(detail))
+
+    # --------------------------------------------------------------------------------------
 
     def activity(self) -> list[Note]:
         """What the running worker last noted it was doing (for tests: a crash's suspects)."""
@@ -278,6 +329,7 @@ class WorkerEngine:
             return
         if not drain:
             self._abandon_all(SERVER_STOPPING)
+            self._fail_encodes(SERVER_STOPPING)
         process.send(Stop(drain=drain))
         try:
             await asyncio.wait_for(asyncio.to_thread(process.popen.wait), STOP_TIMEOUT_S)
@@ -286,6 +338,7 @@ class WorkerEngine:
             process.popen.kill()
             await asyncio.to_thread(process.popen.wait)
         self._abandon_all(SERVER_STOPPING)
+        self._fail_encodes(SERVER_STOPPING)
 
     def _cancel(self, job_id: int) -> None:
         self._streams.close(job_id)
@@ -380,6 +433,8 @@ class WorkerEngine:
             call = self._tokenizer_calls.pop(message.call_id, None)
             if call is not None and not call.done():
                 call.set_result(message)
+        elif isinstance(message, Encoded):
+            self._on_encoded(message)
         elif isinstance(message, Ready):
             process.ready = True
             if self._ready is not None and not self._ready.done():
@@ -414,6 +469,7 @@ class WorkerEngine:
             len(verdict.resumed),
             f" (ended as its likely cause: {sorted(verdict.ended)})" if verdict.ended else "",
         )
+        self._fail_encodes(f"{reason}; retry the request")
         self._state, self._failure = "restarting", reason
         self.restarts += 1
         self._restarting = self._loop.create_task(self._restart())

@@ -15,7 +15,22 @@ from locallab_gguf.engine.client import (
 )
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
-from locallab_gguf.engine.types import EngineConfig, EngineStats, EventBatch, GenerationRequest
+from locallab_gguf.engine.types import (
+    EmbeddingRequest,
+    Embeddings,
+    EngineConfig,
+    EngineStats,
+    EventBatch,
+    GenerationRequest,
+    Rankings,
+    RerankRequest,
+)
+from locallab_gguf.errors import WrongModelKind
+
+NOT_AN_ENCODER = (
+    "this model is a chat model: it generates text and does not embed or rerank; name a "
+    'model of kind "embedding" or "reranker"'
+)
 
 
 class LocalEngine:
@@ -63,6 +78,12 @@ class LocalEngine:
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
         return await asyncio.to_thread(token_pieces, self.engine.model, tokens)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        raise WrongModelKind(NOT_AN_ENCODER)
+
+    async def rerank(self, request: RerankRequest) -> Rankings:
+        raise WrongModelKind(NOT_AN_ENCODER)
 
     async def close(self, drain: bool) -> None:
         if not drain:

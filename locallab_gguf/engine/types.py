@@ -193,6 +193,60 @@ EventBatch = list[tuple[int, Event]]
 """(request id, event) pairs: what one engine step produced."""
 
 
+# -- Embeddings and reranking -------------------------------------------------------------
+
+# What a model is for: chat models generate; embedding and reranker models run in llama.cpp's
+# embeddings mode and only encode.
+ModelKind = Literal["chat", "embedding", "reranker"]
+# How the vectors of a sequence's tokens become one vector: their mean, the first token's
+# (BERT's [CLS]), the last token's (decoder models such as Qwen3-Embedding), or a
+# classifier's score over the first token (rerankers).
+Pooling = Literal["mean", "cls", "last", "rank"]
+
+
+class EmbeddingMode(msgspec.Struct, frozen=True, kw_only=True):
+    """The engine encodes instead of generating. `pooling` None: the one the GGUF declares."""
+
+    kind: Literal["embedding", "reranker"] = "embedding"
+    pooling: Pooling | None = None
+
+
+class EmbeddingRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Each input is a text (tokenized with the model's special tokens) or token ids (used as
+    they are); the vectors come back in the order of the inputs."""
+
+    inputs: tuple[str | tuple[int, ...], ...]
+    normalize: bool = True  # to unit length (L2), as OpenAI's vectors are
+    truncate: bool = False  # cut inputs longer than the model takes instead of refusing them
+    dimensions: int | None = None  # keep the first n numbers (before normalizing)
+
+
+class RerankRequest(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """One relevance score of each document to the query, in the order of the documents."""
+
+    query: str
+    documents: tuple[str, ...]
+    truncate: bool = False
+
+
+class Embeddings(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """`vectors`: `count` rows of `dimensions` little-endian float32s, one row per input."""
+
+    vectors: bytes
+    count: int
+    dimensions: int
+    prompt_tokens: int
+
+
+class Rankings(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    scores: tuple[float, ...]
+    prompt_tokens: int
+
+
+EncodeRequest = EmbeddingRequest | RerankRequest
+EncodeResult = Embeddings | Rankings
+
+
 class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     """What a loaded engine is: fixed from load to unload."""
 
@@ -249,6 +303,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     deterministic: bool = False
     prompt_cache_bytes: int = 0  # RAM for saved prompt states; 0: no prompt cache
     prompt_cache_dir: str | None = None  # where saved prompt states outlive a restart
+    embedding: EmbeddingMode | None = None  # set: an embedding or reranker model, no generation
 
     def context_per_slot(self, n_ctx_train: int) -> int:
         """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""

@@ -19,13 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from locallab_gguf.engine.activity import ActivityBlock
+from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.thread_runner import NOT_AN_ENCODER
 from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
-from locallab_gguf.engine.types import EventBatch
+from locallab_gguf.engine.types import EncodeResult, EventBatch
 from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
 from locallab_gguf.engine.worker_protocol import (
     Cancel,
     Channel,
+    Encode,
+    Encoded,
     Events,
     FromWorker,
     LoadFailed,
@@ -41,7 +45,7 @@ from locallab_gguf.engine.worker_protocol import (
     ToWorker,
     error_to_wire,
 )
-from locallab_gguf.errors import EngineFailure, LocalLabError
+from locallab_gguf.errors import EngineFailure, LocalLabError, WrongModelKind
 from locallab_gguf.log_format import configure_logging
 
 log = logging.getLogger("locallab_gguf.engine.worker")
@@ -62,7 +66,7 @@ class Worker:
         self._inbox = inbox
         self._outbox = outbox
         self._send_lock = threading.Lock()
-        self._engine: BatchEngine | None = None
+        self._engine: BatchEngine | EmbeddingEngine | None = None
         self._hooks = WorkerHooks(None)
         self._submitters = ThreadPoolExecutor(
             max_workers=SUBMIT_THREADS, thread_name_prefix="submit"
@@ -85,13 +89,21 @@ class Worker:
             crash_marker=os.environ.get(CRASH_MARKER_ENV),
         )
         try:
-            self._engine = open_batch_engine(
-                Path(start.model_path),
-                start.n_gpu_layers,
-                start.config,
-                self._on_step,
-                self._hooks,
-            )
+            if start.config.embedding is not None:
+                self._engine = open_embedding_engine(
+                    Path(start.model_path),
+                    start.n_gpu_layers,
+                    start.config,
+                    start.config.embedding,
+                )
+            else:
+                self._engine = open_batch_engine(
+                    Path(start.model_path),
+                    start.n_gpu_layers,
+                    start.config,
+                    self._on_step,
+                    self._hooks,
+                )
         except LocalLabError as exc:
             self.send(LoadFailed(error=error_to_wire(exc)))
             return 1
@@ -100,7 +112,7 @@ class Worker:
         log.info("engine worker ready: %s", start.model_path)
         return self._serve(engine)
 
-    def _serve(self, engine: BatchEngine) -> int:
+    def _serve(self, engine: BatchEngine | EmbeddingEngine) -> int:
         while True:
             try:
                 message: ToWorker = self._inbox.receive()  # type: ignore[assignment]
@@ -114,12 +126,34 @@ class Worker:
                 engine.cancel(message.job_id)
             elif isinstance(message, Tokenize | Pieces):
                 self._submitters.submit(self._tokenizer_call, engine, message)
+            elif isinstance(message, Encode):
+                self._submitters.submit(self._encode, engine, message)
             elif isinstance(message, Stop):
                 self._submitters.shutdown(wait=True)
                 engine.close(drain=message.drain)
                 return 0
 
-    def _submit(self, engine: BatchEngine, message: Submit) -> None:
+    def _encode(self, engine: BatchEngine | EmbeddingEngine, message: Encode) -> None:
+        """Queue an embedding or rerank request; its answer is sent when it is done."""
+
+        def answer(outcome: EncodeResult | LocalLabError) -> None:
+            stats = engine.stats()
+            if isinstance(outcome, LocalLabError):
+                self.send(Encoded(message.job_id, None, error_to_wire(outcome), stats))
+            else:
+                self.send(Encoded(message.job_id, outcome, None, stats))
+
+        try:
+            if not isinstance(engine, EmbeddingEngine):
+                raise WrongModelKind(NOT_AN_ENCODER)
+            engine.submit_encode(message.request, answer)
+        except LocalLabError as exc:
+            answer(exc)
+        except Exception as exc:  # never leave the server waiting for an answer
+            log.exception("encode failed")
+            answer(EngineFailure(f"the engine could not take the request: {exc}"))
+
+    def _submit(self, engine: BatchEngine | EmbeddingEngine, message: Submit) -> None:
         try:
             with self._hooks.preparing(message.job_id, message.request):
                 if message.count_only:
@@ -141,7 +175,9 @@ class Worker:
             reply = SubmitReply(message.job_id, 0, error_to_wire(failure), engine.stats())
         self.send(reply)
 
-    def _tokenizer_call(self, engine: BatchEngine, message: TokenizerCall) -> None:
+    def _tokenizer_call(
+        self, engine: BatchEngine | EmbeddingEngine, message: TokenizerCall
+    ) -> None:
         try:
             if isinstance(message, Tokenize):
                 tokens = tokenize_text(

@@ -19,6 +19,8 @@ import msgspec
 
 from locallab_gguf.engine.resume import Progress, Resume
 from locallab_gguf.engine.types import (
+    EncodeRequest,
+    EncodeResult,
     EngineConfig,
     EngineInfo,
     EngineStats,
@@ -27,6 +29,7 @@ from locallab_gguf.engine.types import (
 )
 from locallab_gguf.errors import (
     EngineFailure,
+    InputTooLong,
     InvalidRequest,
     LocalLabError,
     ModelLoadFailed,
@@ -99,7 +102,25 @@ TokenizerCall = Tokenize | Pieces
 
 # ----------------------------------------------------------------------------------------
 
-ToWorker = Start | Submit | Cancel | Stop | TokenizerCall
+
+# -- Embeddings and reranking: a request to encode and its answer ----------------------
+
+
+class Encode(msgspec.Struct, frozen=True, tag=True):
+    job_id: int
+    request: EncodeRequest
+
+
+class Encoded(msgspec.Struct, frozen=True, tag=True):
+    job_id: int
+    result: EncodeResult | None  # None when error is set
+    error: WireError | None
+    stats: EngineStats
+
+
+# --------------------------------------------------------------------------------------
+
+ToWorker = Start | Submit | Cancel | Stop | TokenizerCall | Encode
 
 
 class WireError(msgspec.Struct, frozen=True):
@@ -111,6 +132,7 @@ class WireError(msgspec.Struct, frozen=True):
     context_length: int = 0
     queued: int = 0
     retry_after: int = 0
+    index: int = 0  # InputTooLong: which input
 
 
 class Ready(msgspec.Struct, frozen=True, tag=True):
@@ -135,7 +157,7 @@ class Events(msgspec.Struct, frozen=True, tag=True):
     progress: list[Progress] = []
 
 
-FromWorker = Ready | LoadFailed | SubmitReply | Events | TokenizerReply
+FromWorker = Ready | LoadFailed | SubmitReply | Events | TokenizerReply | Encoded
 
 _HEADER = struct.Struct("<I")
 
@@ -176,6 +198,14 @@ class Channel:
 
 
 def error_to_wire(error: LocalLabError) -> WireError:
+    if isinstance(error, InputTooLong):
+        return WireError(
+            "InputTooLong",
+            str(error),
+            prompt_tokens=error.prompt_tokens,
+            context_length=error.context_length,
+            index=error.index,
+        )
     if isinstance(error, PromptTooLong):
         return WireError(
             "PromptTooLong",
@@ -197,6 +227,8 @@ def error_to_wire(error: LocalLabError) -> WireError:
 
 
 def error_from_wire(wire: WireError) -> LocalLabError:
+    if wire.kind == "InputTooLong":
+        return InputTooLong(wire.index, wire.prompt_tokens, wire.context_length)
     if wire.kind == "PromptTooLong":
         return PromptTooLong(wire.prompt_tokens, wire.context_length)
     if wire.kind == "Overloaded":

@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
+from locallab_gguf.engine.types import ModelKind, Pooling
 from locallab_gguf.errors import ConfigError, ModelNotFound
 
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -41,6 +42,15 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     keep_alive: KeepAlive | None = None
     # Loaded at start-up and kept resident, like the start-up model.
     preload: bool = False
+    # What the model is for: "chat" generates; "embedding" answers /v1/embeddings and
+    # "reranker" /v1/rerank, each in llama.cpp's embeddings mode in a worker of its own.
+    kind: ModelKind = "chat"
+    # How an embedding model pools its tokens' vectors ("mean", "cls", "last"); unset: as its
+    # GGUF declares. Rerankers pool by "rank" (their classifier head).
+    pooling: Pooling | None = None
+    # An embedding model trained so that its vectors cut short stay useful (Matryoshka): the
+    # fewest numbers a request's `dimensions` may ask for. Unset: `dimensions` is refused.
+    min_dimensions: Annotated[int, Meta(ge=1)] | None = None
 
     @property
     def keep_alive_seconds(self) -> float | None:
@@ -108,6 +118,11 @@ def parse_registry(text: str, source: str) -> Registry:
             spec.keep_alive_seconds  # noqa: B018 - a bad duration fails now, naming the entry
         except InvalidKeepAlive as exc:
             raise ConfigError(f"{source}: model {model_id!r}: {exc}") from exc
+        if spec.kind == "chat" and (spec.pooling is not None or spec.min_dimensions):
+            raise ConfigError(
+                f"{source}: model {model_id!r}: pooling and min_dimensions are for models of "
+                'kind "embedding"; set kind = "embedding"'
+            )
         if "id" in table:
             raise ConfigError(
                 f"{source}: model {model_id!r}: the id is the table's key; remove `id`"

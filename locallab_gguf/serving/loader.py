@@ -10,7 +10,7 @@ from pathlib import Path
 
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.launch import open_engine
-from locallab_gguf.engine.types import EngineConfig
+from locallab_gguf.engine.types import EmbeddingMode, EngineConfig
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
@@ -63,7 +63,15 @@ def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
         deterministic=settings.deterministic,
         prompt_cache_bytes=prompt_cache_bytes(settings.cache_ram),
         prompt_cache_dir=settings.prompt_cache_dir,
+        embedding=embedding_mode(spec),
     )
+
+
+def embedding_mode(spec: ModelSpec) -> EmbeddingMode | None:
+    """Embedding and reranker models run in llama.cpp's embeddings mode; chat models do not."""
+    if spec.kind == "chat":
+        return None
+    return EmbeddingMode(kind=spec.kind, pooling=spec.pooling)
 
 
 def prompt_cache_bytes(cache_ram_mib: int | None) -> int:

@@ -30,6 +30,7 @@ the engine's slots and queue and the model's state are read when Prometheus scra
     locallab_prompt_cache_entries, _bytes, _capacity_bytes  saved prompt states
     locallab_prompt_cache_lookups_total, _hits_total        requests that looked, and restored
     locallab_prompt_cache_hit_ratio                         hits / lookups
+    locallab_embedding_{requests,inputs,tokens}_total       see encoding_metrics.py
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from locallab_gguf.engine.types import EngineStats, Finished
+from locallab_gguf.serving.encoding_metrics import EncodingMetrics
 from locallab_gguf.serving.model_manager import ModelManager, ModelStatus
 
 # The classic text format, which every Prometheus reads and generate_latest writes (our names
@@ -60,6 +62,7 @@ class Metrics:
     def __init__(self, manager: ModelManager) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
+        self.encoding = EncodingMetrics(registry)
         self.requests = Counter(
             "locallab_http_requests",
             "HTTP responses, by route template, method and status",

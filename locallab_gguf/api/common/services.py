@@ -11,6 +11,7 @@ from typing import Any
 from litestar import Request
 
 from locallab_gguf.api.common.metered_stream import MeteredStream
+from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.request_log import record_of
 from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
@@ -61,6 +62,7 @@ class Services:
 
         `user` is the end user an OpenAI client names; it goes into the access log.
         """
+        require_kind(model.spec, "chat")
         record = record_of(request.scope)
         if record is not None and user is not None:
             record.user = user

@@ -30,6 +30,7 @@ from locallab_gguf.api.common.sse import (
     collect_events,
     unless_client_leaves,
 )
+from locallab_gguf.api.ollama.embed import embed_inputs, embed_prompt
 from locallab_gguf.api.ollama.errors import OLLAMA_EXCEPTION_HANDLERS
 from locallab_gguf.api.ollama.requests import (
     generation_of,
@@ -509,7 +510,18 @@ async def version() -> VersionResponse:
 
 ollama_router = Router(
     path="/api",
-    route_handlers=[generate, chat, tags, show, ps, pull, remove, version],
+    route_handlers=[
+        generate,
+        chat,
+        tags,
+        show,
+        ps,
+        pull,
+        remove,
+        version,
+        embed_inputs,
+        embed_prompt,
+    ],
     exception_handlers=OLLAMA_EXCEPTION_HANDLERS,
     opt={**error_body(ErrorBody), **stream_media_type(NDJSON)},
 )

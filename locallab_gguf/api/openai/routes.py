@@ -21,6 +21,7 @@ from locallab_gguf.api.common.sse import (
     collect_events,
     unless_client_leaves,
 )
+from locallab_gguf.api.openai.embeddings import create_embeddings
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from locallab_gguf.api.openai.requests import (
     chat_generation,
@@ -115,7 +116,7 @@ async def completions(
 
 openai_router = Router(
     path="/v1",
-    route_handlers=[list_models, retrieve_model, chat_completions, completions],
+    route_handlers=[list_models, retrieve_model, chat_completions, completions, create_embeddings],
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,
     opt=error_body(ErrorBody),
 )

@@ -1,0 +1,99 @@
+"""Runs the encoding engine on a thread of this process (--engine-isolation thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+from locallab_gguf.engine.client import EngineState, RequestStream
+from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
+from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
+from locallab_gguf.engine.types import (
+    EmbeddingMode,
+    EmbeddingRequest,
+    Embeddings,
+    EncodeRequest,
+    EncodeResult,
+    EngineConfig,
+    EngineStats,
+    GenerationRequest,
+    Rankings,
+    RerankRequest,
+)
+from locallab_gguf.errors import LocalLabError
+
+
+class LocalEmbeddingEngine:
+    """An EngineClient over an EmbeddingEngine in this process; it does not generate."""
+
+    state: EngineState = "ready"
+    failure: str | None = None
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: EmbeddingEngine) -> None:
+        self._loop = loop
+        self.engine = engine
+        self.info = engine.info
+
+    async def generate(self, request: GenerationRequest) -> RequestStream:
+        self.engine.submit(0, request)  # raises WrongModelKind
+        raise AssertionError("unreachable")
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        return self.engine.count_prompt_tokens(request)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        result = await self._encode(request)
+        assert isinstance(result, Embeddings)
+        return result
+
+    async def rerank(self, request: RerankRequest) -> Rankings:
+        result = await self._encode(request)
+        assert isinstance(result, Rankings)
+        return result
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return await asyncio.to_thread(
+            tokenize_text,
+            self.engine.model,
+            text,
+            add_special=add_special,
+            parse_special=parse_special,
+        )
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return await asyncio.to_thread(token_pieces, self.engine.model, tokens)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    async def close(self, drain: bool) -> None:
+        await asyncio.to_thread(self.engine.close, drain)
+
+    async def _encode(self, request: EncodeRequest) -> EncodeResult:
+        answer: asyncio.Future[EncodeResult] = self._loop.create_future()
+
+        def settle(outcome: EncodeResult | LocalLabError) -> None:
+            if answer.done():
+                return
+            if isinstance(outcome, LocalLabError):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+        def deliver(outcome: EncodeResult | LocalLabError) -> None:
+            # Runs on the engine thread; a closed loop means nobody is listening.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(settle, outcome)
+
+        # Tokenizing many inputs takes a while; keep it off the event loop.
+        await asyncio.to_thread(self.engine.submit_encode, request, deliver)
+        return await answer
+
+
+async def open_local_embedding_engine(
+    path: Path, config: EngineConfig, mode: EmbeddingMode, n_gpu_layers: int
+) -> LocalEmbeddingEngine:
+    loop = asyncio.get_running_loop()
+    engine = await asyncio.to_thread(open_embedding_engine, path, n_gpu_layers, config, mode)
+    return LocalEmbeddingEngine(loop, engine)
