@@ -11,7 +11,7 @@ from litestar.params import JSONBody
 from msgspec import Meta
 
 from locallab_gguf.api.common.encoding import base64_vectors, embed, encoder_for, float_vectors
-from locallab_gguf.api.common.fields import INT32_MAX, ModelId
+from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, ModelId
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.engine.types import EmbeddingRequest
 from locallab_gguf.errors import InvalidRequest
