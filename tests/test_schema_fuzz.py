@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from locallab_gguf.models.registry import default_models_file, load_registry
+from tests.schema_fuzz.hooks import EMBEDDING_MODEL, RERANKER_MODEL, SERVED_MODEL
 from tests.subprocess_server import serve
+from tests.tiny_encoders import write_tiny_bert
+from tests.two_models import hub_cache_with
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +44,50 @@ CHECKS = (
 )
 
 
+TINY_REPO = "locallab-tests/tiny-bert-GGUF"
+
+
+def _models(tmp_path: Path) -> list[str]:
+    """The default model, and tiny embedding and reranker models for the encoder routes."""
+    default = load_registry(default_models_file()).get(SERVED_MODEL)
+    encoders = {
+        (TINY_REPO, "embed.gguf"): write_tiny_bert(tmp_path / "embed.gguf"),
+        (TINY_REPO, "rerank.gguf"): write_tiny_bert(tmp_path / "rerank.gguf", reranker=True),
+    }
+    cache = hub_cache_with(tmp_path / "hub", encoders)
+    models = tmp_path / "models.toml"
+    models.write_text(
+        f"""
+default = "{SERVED_MODEL}"
+
+[models.{SERVED_MODEL}]
+name = "{default.name}"
+repo = "{default.repo}"
+file = "{default.file}"
+sha256 = "{default.sha256}"
+package = "{default.package}"
+
+[models.{EMBEDDING_MODEL}]
+name = "A tiny BERT embedding model"
+repo = "{TINY_REPO}"
+file = "embed.gguf"
+kind = "embedding"
+min_dimensions = 1
+
+[models.{RERANKER_MODEL}]
+name = "A tiny BERT reranker"
+repo = "{TINY_REPO}"
+file = "rerank.gguf"
+kind = "reranker"
+"""
+    )
+    return ["--models-file", str(models), "--cache-dir", str(cache), "--offline"]
+
+
 def test_no_input_gets_a_server_error_and_the_schema_says_what_is_served(tmp_path: Path) -> None:
     # A 64-token context and one new token by default keep every generation short.
-    with serve(tmp_path, "--ctx", "64", "--parallel", "4", "--default-max-tokens", "1") as served:
+    flags = ("--ctx", "64", "--parallel", "4", "--default-max-tokens", "1", *_models(tmp_path))
+    with serve(tmp_path, *flags) as served:
         run = subprocess.run(
             [
                 str(ST),

@@ -44,6 +44,9 @@ def _vocabulary() -> tuple[list[str], list[int]]:
     return tokens, [int(kind) for kind in types]
 
 
+VOCABULARY_SIZE = len(_vocabulary()[0])
+
+
 def write_tiny_bert(path: Path, *, reranker: bool = False, seed: int = 7) -> Path:
     """A 2-layer BERT with mean pooling, or with a classifier head and rank pooling."""
     rng = np.random.default_rng(seed)

@@ -20,8 +20,21 @@ import schemathesis
 from schemathesis import GenerationMode
 
 from locallab_gguf.models.ids import MODEL_ID_PATTERN
+from tests.tiny_encoders import N_EMBD as TINY_WIDTH
+from tests.tiny_encoders import VOCABULARY_SIZE as TINY_VOCABULARY
 
 SERVED_MODEL = "smollm2-135m-instruct"
+# The routes that need an encoder get the run's tiny ones (tests/test_schema_fuzz.py).
+EMBEDDING_MODEL = "tiny-embed"
+RERANKER_MODEL = "tiny-rerank"
+_RUN_MODELS = {SERVED_MODEL, EMBEDDING_MODEL, RERANKER_MODEL}
+_MODEL_OF_ROUTE = {
+    "/v1/embeddings": EMBEDDING_MODEL,
+    "/api/embed": EMBEDDING_MODEL,
+    "/api/embeddings": EMBEDDING_MODEL,
+    "/v1/rerank": RERANKER_MODEL,
+    "/rerank": RERANKER_MODEL,
+}
 VOCABULARY = 49_152
 NEW_TOKENS = 1
 INT32_MAX = 2**31 - 1
@@ -31,6 +44,7 @@ _OLLAMA_NAME = re.compile(MODEL_ID_PATTERN.removesuffix("$") + "(?::latest)?$")
 # Deleting the served model's file is refused (it ships inside a Python package), and would
 # take the model away from the rest of the run; /api/delete keeps the names it is sent.
 _KEEPS_ITS_NAMES = {"/api/delete"}
+NOT_HERE = "not-here"  # what /api/delete is sent instead of a model the run uses
 ANY_OBJECT = {"type": "object"}
 
 
@@ -40,12 +54,18 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if not isinstance(body, dict):
         return
     path = case.operation.path
-    if path not in _KEEPS_ITS_NAMES:
+    if path in _KEEPS_ITS_NAMES:
+        for field in ("model", "name"):
+            value = body.get(field)
+            if isinstance(value, str) and value.removesuffix(":latest") in _RUN_MODELS:
+                body[field] = NOT_HERE
+    else:
         names = _OLLAMA_NAME if path.startswith("/api/") else _MODEL_ID
+        served = _MODEL_OF_ROUTE.get(path, SERVED_MODEL)
         for field in ("model", "model_id", "name"):
             value = body.get(field)
             if isinstance(value, str) and names.fullmatch(value):
-                body[field] = SERVED_MODEL
+                body[field] = served
     for name in ("max_tokens", "max_length", "max_completion_tokens"):
         value = body.get(name)
         # JSON Schema's integers include 7.0.
@@ -61,6 +81,14 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
         _meet_unstated_rules(body)
         _prompts_have_tokens(path, body)
+        if path in _MODEL_OF_ROUTE and body.get("model") is None:
+            body["model"] = _MODEL_OF_ROUTE[path]  # absent or null: the default, a chat model
+        if path == "/v1/embeddings":
+            body["input"] = _one_kind(_ids_in_tiny_vocabulary(body.get("input")))
+        dimensions = body.get("dimensions")
+        if type(dimensions) in (int, float) and float(dimensions).is_integer():
+            # Vectors shorten to at most the model's own width.
+            body["dimensions"] = 1 + (int(dimensions) - 1) % TINY_WIDTH
 
 
 def _in_vocabulary(key: Any) -> Any:
@@ -71,6 +99,24 @@ def _in_vocabulary(key: Any) -> Any:
     ):
         return str(abs(int(key)) % VOCABULARY)
     return key
+
+
+def _ids_in_tiny_vocabulary(value: Any) -> Any:
+    """Token-id inputs of /v1/embeddings (a list of ids, or of such lists) inside the tiny
+    embedding model's vocabulary."""
+    if isinstance(value, list):
+        return [_ids_in_tiny_vocabulary(item) for item in value]
+    whole = type(value) in (int, float) and float(value).is_integer()
+    return int(value) % TINY_VOCABULARY if whole and value >= 0 else value
+
+
+def _one_kind(value: Any) -> Any:
+    """A list input of /v1/embeddings holds texts, ids or lists of ids, not a mix (its
+    description says so; the schema cannot): a mixed one keeps the kind of its first item."""
+    if not isinstance(value, list) or not value:
+        return value
+    kind = type(value[0])
+    return [item for item in value if type(item) is kind] or value
 
 
 def _id_in_vocabulary(token: Any) -> Any:

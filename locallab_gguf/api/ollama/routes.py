@@ -489,18 +489,24 @@ async def pull(
 
 
 @delete("/delete", status_code=200, summary="Ollama: remove a model's downloaded file")
-async def remove(
-    data: JSONBody[ModelRequest], services: NamedDependency[Services]
-) -> Response[Any]:
+async def remove(data: JSONBody[ModelRequest], services: NamedDependency[Services]) -> None:
     name = _named(data)
     manager = services.manager
     try:
         spec = manager.spec_for(model_id_of(name))
     except ModelNotFound:
         raise ModelNotFound(f"model {name!r} not found") from None
+    path = manager.files.local_path(spec)
+    if path is None:
+        raise ModelNotFound(f"model {name!r} not found")
+    resident = manager.resident_model(spec.id)
+    if resident is not None and not manager.files.is_packaged(spec, path):
+        # Unloaded first (its requests in flight finish): a resident model whose file is gone
+        # could no longer be described (/api/ps, /system/info read its header).
+        await manager.unload(spec.id)
     if not await asyncio.to_thread(manager.files.remove_cached, spec):
         raise ModelNotFound(f"model {name!r} not found")
-    return Response(content=b"", status_code=200)
+    # Ollama answers an empty 200.
 
 
 @get("/version", summary="Ollama: the server's version")

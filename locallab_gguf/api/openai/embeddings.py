@@ -19,7 +19,9 @@ from locallab_gguf.errors import InvalidRequest
 Text = Annotated[str, Meta(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Meta(ge=0, le=INT32_MAX)]], Meta(min_length=1)]
 # OpenAI's four forms: a text, texts, token ids, or lists of token ids. (One list type holds
-# the three list forms; a list mixing them is refused after decoding.)
+# the three list forms, as msgspec allows one array type in a union, so the schema cannot
+# state them apart; a list mixing them is refused after decoding, and the field's description
+# says so.)
 Input = (
     Text
     | Annotated[
@@ -30,7 +32,13 @@ Input = (
 
 
 class EmbeddingsRequestBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    input: Input
+    input: Annotated[
+        Input,
+        Meta(
+            description="a text, a list of texts, a list of token ids, or a list of lists of "
+            "token ids; a list holds one of these kinds only"
+        ),
+    ]
     model: ModelId
     encoding_format: Literal["float", "base64"] = "float"
     # Only for models declared to keep their meaning when cut short (models.toml min_dimensions).

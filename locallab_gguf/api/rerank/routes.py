@@ -12,10 +12,12 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
 
+from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.encoding import encoder_for, rerank
 from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, ModelId
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
+from locallab_gguf.api.openai.wire import ErrorBody
 from locallab_gguf.engine.types import RerankRequest
 
 
@@ -59,6 +61,7 @@ class RerankResponse(msgspec.Struct, kw_only=True):
     status_code=200,
     summary="Rerank documents by relevance to a query (llama.cpp, Jina and Cohere shape)",
     exception_handlers=OPENAI_EXCEPTION_HANDLERS,
+    opt=error_body(ErrorBody),
 )
 async def rerank_documents(
     data: JSONBody[RerankRequestBody], services: NamedDependency[Services]
