@@ -112,9 +112,12 @@ def read(
     *,
     reasoning: bool = False,
     thinking: bool = False,
+    tool_names: frozenset[str] | None = None,
 ) -> tuple[str, str, list[tuple[str, str]]]:
     """(content, reasoning, [(name, arguments)]) that the parser makes of the pieces."""
-    parser = OutputParser(tool_format, reasoning=reasoning, thinking=thinking)
+    parser = OutputParser(
+        tool_format, reasoning=reasoning, thinking=thinking, tool_names=tool_names
+    )
     events: list[Event] = []
     for piece in pieces:
         events += parser.feed(piece)
@@ -201,6 +204,16 @@ def test_text_that_is_no_call_stays_content(text: str) -> None:
         content, _, calls = read(tool_format, list(text))
         assert calls == []
         assert content == text
+
+
+@pytest.mark.parametrize("tool_format", list(OUTPUTS))
+def test_json_naming_a_tool_the_request_does_not_offer_is_no_call(tool_format: ToolFormat) -> None:
+    offered = frozenset({"get_weather"})
+    assert read(tool_format, list(OUTPUTS[tool_format]), tool_names=offered)[2]
+    text = OUTPUTS[tool_format].replace("get_weather", "functionName")
+    content, _, calls = read(tool_format, list(text), tool_names=offered)
+    assert calls == []
+    assert "functionName" in content
 
 
 def test_arguments_written_before_the_name_still_make_a_call() -> None:

@@ -59,9 +59,16 @@ class OutputParser:
     """
 
     def __init__(
-        self, tool_format: ToolFormat | None, *, reasoning: bool, thinking: bool = False
+        self,
+        tool_format: ToolFormat | None,
+        *,
+        reasoning: bool,
+        thinking: bool = False,
+        tool_names: frozenset[str] | None = None,
     ) -> None:
         self._spec: FormatSpec | None = None if tool_format is None else SPECS[tool_format]
+        # A call is to one of these (None: any name); JSON naming another tool is text.
+        self._tool_names = tool_names
         self._mode = (
             _Mode.THINK if reasoning and thinking else (_Mode.START if reasoning else _Mode.TEXT)
         )
@@ -171,7 +178,7 @@ class OutputParser:
         self._mode = _Mode.CALL
         self._section_raw = tag
         self._section_calls = 0
-        self._scanner = _JsonCalls(self._spec, self._start_call, self._arguments)
+        self._scanner = _JsonCalls(self._spec, self._start_call, self._arguments, self._tool_names)
         self._held = rest
 
     def _call(self) -> None:
@@ -355,8 +362,15 @@ class _JsonCalls:
     """Reads the JSON that follows an opening, character by character, and reports each call's
     name (once known) and its arguments' text as it arrives."""
 
-    def __init__(self, spec: FormatSpec, start_call: _StartCall, arguments: _Arguments) -> None:
+    def __init__(
+        self,
+        spec: FormatSpec,
+        start_call: _StartCall,
+        arguments: _Arguments,
+        tool_names: frozenset[str] | None = None,
+    ) -> None:
         self._spec = spec
+        self._tool_names = tool_names
         self._start_call = start_call
         self._send_arguments = arguments
         self._stack: list[_Frame] = []
@@ -395,8 +409,7 @@ class _JsonCalls:
                 self._escape = True
             elif char == '"':
                 self._in_string = False
-                self._string_done()
-                return _Scan.MORE
+                return self._string_done()
             if self._capture_string:
                 self._string += char
             return _Scan.MORE
@@ -507,17 +520,22 @@ class _JsonCalls:
         self._capture_string = capture
         self._string = ""
 
-    def _string_done(self) -> None:
+    def _string_done(self) -> _Scan:
         frame = self._stack[-1]
         captured, self._capture_string = self._capture_string, False
         if frame.state == "key":
             frame.key = _decode_string(self._string)
             frame.state = "colon"
-            return
+            return _Scan.MORE
         call = self._call
         if captured and call is not None and call.name is None:
             call.name = _decode_string(self._string)
+            if self._tool_names is not None and call.name not in self._tool_names:
+                # JSON the grammar did not hold to the tools (say, written before its trigger):
+                # no call to a tool the request does not offer.
+                return _Scan.BROKEN
         self._value_done(last_char_belongs=True)
+        return _Scan.MORE
 
     # -- arguments -------------------------------------------------------------------------
 

@@ -78,6 +78,7 @@ class ChatPrompter:
                 self.tool_format if calling else None,
                 reasoning=split_reasoning,
                 thinking=split_reasoning and rendered.rstrip().endswith(THINK_OPEN),
+                tool_names=frozenset(tool.name for tool in use.tools) if use and calling else None,
             )
         grammar = tool_grammar(self.tool_format, use) if use is not None and calling else None
         return PreparedChat(tokens=tokens, parser=parser, grammar=grammar)
