@@ -98,12 +98,16 @@ class StreamTiming:
 
 def carries_text(event: bytes) -> bool:
     """/generate events are text; chat events are JSON chunks, the first only naming the role
-    (llama-server's and OpenAI's with an empty content)."""
+    (llama-server's and OpenAI's with an empty content); llama-server's /completion events are
+    JSON with the text in `content`."""
     if not event.startswith(b"data: {"):
         return True
     if b'"content"' not in event:
         return False
-    choices = json.loads(event[len(b"data: ") :]).get("choices") or [{}]
+    chunk = json.loads(event[len(b"data: ") :])
+    if "choices" not in chunk:  # llama-server's /completion: the text is `content`
+        return bool(chunk.get("content"))
+    choices = chunk["choices"] or [{}]
     return bool((choices[0].get("delta") or {}).get("content"))
 
 

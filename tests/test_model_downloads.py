@@ -263,7 +263,7 @@ def test_offline_loads_the_cache_without_a_request_and_refuses_the_rest_at_once(
     started = time.monotonic()
     refused = server.client.post("/models/load", json={"model_id": f"{HUB_REPO}:other.gguf"})
     assert time.monotonic() - started < 1
-    assert refused.status_code == 500
+    assert refused.status_code == 404
     detail = refused.json()["detail"]
     assert "offline" in detail and "locallab-gguf pull" in detail
     assert hub.count() == asked

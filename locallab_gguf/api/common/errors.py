@@ -32,6 +32,7 @@ from locallab_gguf.errors import (
     ModelFilePackaged,
     ModelLoadFailed,
     ModelLoading,
+    ModelNotCached,
     ModelNotFound,
     ModelNotResident,
     ModelTooLarge,
@@ -59,6 +60,9 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     HubAccessDenied: 403,
     ModelNotFound: 404,
     HubNotFound: 404,
+    # Offline and not on this machine: not found here, as Ollama says of a model not pulled
+    # (the message says to pull it); nothing on the server failed.
+    ModelNotCached: 404,
     RequestTimedOut: 408,
     LoadInProgress: 409,
     ModelFilePackaged: 409,
