@@ -23,16 +23,15 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
+from launch import free_port, start_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_ID = "smollm2-mean"
@@ -72,37 +71,17 @@ def default_model() -> tuple[Path, str]:
     return ModelFiles().resolve(spec), spec.sha256
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def start_server(workdir: Path, threads: int, sha256: str, log: Path) -> tuple[Any, str]:
+def start_server(
+    workdir: Path, threads: int, sha256: str, log: Path
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     models_file = workdir / "models.toml"
     models_file.write_text(registry_text(sha256))
-    command = [
-        str(Path(sys.executable).parent / "locallab-gguf"),
-        "serve",
-        *("--port", str(port), "--threads", str(threads), "--threads-batch", str(threads)),
+    options = [
         *("--models-file", str(models_file), "--model", MODEL_ID, "--offline"),
-        *("--ctx", "512", "--no-rate-limit", "--log-level", "warning"),
+        *("--ctx", "512"),
     ]
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health").json()["model_status"] == "loaded":
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("the server did not become ready")
+    return start_ours(port, threads, options, log), f"http://127.0.0.1:{port}"
 
 
 def bare_rate(path: Path, threads: int, texts: list[str]) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from locallab_gguf.engine.client import EngineState, RequestStream
 from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
-from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
+from locallab_gguf.engine.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
     EmbeddingMode,
     EmbeddingRequest,
@@ -34,6 +34,7 @@ class LocalEmbeddingEngine:
         self._loop = loop
         self.engine = engine
         self.info = engine.info
+        self._tokenizer = InProcessTokenizer(engine.model)
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         self.engine.submit(0, request)  # raises WrongModelKind
@@ -53,16 +54,12 @@ class LocalEmbeddingEngine:
         return result
 
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return await asyncio.to_thread(
-            tokenize_text,
-            self.engine.model,
-            text,
-            add_special=add_special,
-            parse_special=parse_special,
+        return await self._tokenizer.tokenize(
+            text, add_special=add_special, parse_special=parse_special
         )
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
-        return await asyncio.to_thread(token_pieces, self.engine.model, tokens)
+        return await self._tokenizer.token_pieces(tokens)
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

@@ -14,7 +14,7 @@ from locallab_gguf.engine.client import (
     StreamRouter,
 )
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
-from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
+from locallab_gguf.engine.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
     Embeddings,
@@ -48,6 +48,7 @@ class LocalEngine:
         self._streams = StreamRouter()
         self.engine = make_engine(self._deliver)
         self.info = self.engine.info
+        self._tokenizer = InProcessTokenizer(self.engine.model)
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         job_id, queue = self._streams.open()
@@ -68,16 +69,12 @@ class LocalEngine:
     # -- the model's tokenizer ------------------------------------------------------------
 
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
-        return await asyncio.to_thread(
-            tokenize_text,
-            self.engine.model,
-            text,
-            add_special=add_special,
-            parse_special=parse_special,
+        return await self._tokenizer.tokenize(
+            text, add_special=add_special, parse_special=parse_special
         )
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
-        return await asyncio.to_thread(token_pieces, self.engine.model, tokens)
+        return await self._tokenizer.token_pieces(tokens)
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         raise WrongModelKind(NOT_AN_ENCODER)

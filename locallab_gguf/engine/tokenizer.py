@@ -6,6 +6,7 @@ decodes, so neither waits for a generation step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from locallab_gguf.engine.llama import LlamaModel
@@ -33,3 +34,23 @@ def token_pieces(model: LlamaModel, tokens: Sequence[int]) -> list[bytes]:
                 "gave for this model"
             )
     return [model.rendered_piece(token) for token in tokens]
+
+
+class InProcessTokenizer:
+    """The tokenizer calls of an engine client whose model is in this process (the thread
+    runners of both engines): run on a thread, off the event loop."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self._model = model
+
+    async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        return await asyncio.to_thread(
+            tokenize_text,
+            self._model,
+            text,
+            add_special=add_special,
+            parse_special=parse_special,
+        )
+
+    async def token_pieces(self, tokens: list[int]) -> list[bytes]:
+        return await asyncio.to_thread(token_pieces, self._model, tokens)
