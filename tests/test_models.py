@@ -128,18 +128,20 @@ def test_load_switches_models_and_current_describes_it(
 
 
 @pytest.mark.parametrize(
-    ("model_id", "expected"),
+    ("model_id", "status", "expected"),
     [
-        ("wrong-checksum", f"sha256 {SHA}, but the registry expects {WRONG_SHA}"),
-        ("not-downloaded", "locallab-gguf pull not-downloaded"),
-        ("corrupt", "is not a GGUF model this server can read"),
+        ("wrong-checksum", 500, f"sha256 {SHA}, but the registry expects {WRONG_SHA}"),
+        # Offline and not here: not found, with what to do about it.
+        ("not-downloaded", 404, "locallab-gguf pull not-downloaded"),
+        ("corrupt", 500, "is not a GGUF model this server can read"),
     ],
 )
-def test_failed_load_is_500_and_the_serving_model_keeps_serving(
+def test_a_failed_load_says_why_and_the_serving_model_keeps_serving(
     make_server: ServerFactory,
     tmp_path: Path,
     registry_with_extras: Registry,
     model_id: str,
+    status: int,
     expected: str,
 ) -> None:
     from locallab_gguf.models.files import ModelFiles
@@ -149,7 +151,7 @@ def test_failed_load_is_500_and_the_serving_model_keeps_serving(
         files=ModelFiles(cache_dir=str(corrupt_model_cache(tmp_path))),
     )
     reply = server.client.post("/models/load", json={"model_id": model_id})
-    assert reply.status_code == 500
+    assert reply.status_code == status
     assert expected in reply.json()["detail"]
     assert server.client.get("/health").json() == {
         "status": "healthy",
