@@ -337,13 +337,17 @@ def _named(data: ModelRequest) -> str:
     return name
 
 
-def _local_spec(services: Services, name: str) -> tuple[ModelSpec, Path]:
-    manager = services.manager
+def _spec_named(services: Services, name: str) -> ModelSpec:
+    """The registry's (or the hub's) model an Ollama name means; 404 in Ollama's words."""
     try:
-        spec = manager.spec_for(model_id_of(name))
+        return services.manager.spec_for(model_id_of(name))
     except ModelNotFound:
         raise ModelNotFound(f"model {name!r} not found") from None
-    path = manager.files.local_path(spec)
+
+
+def _local_spec(services: Services, name: str) -> tuple[ModelSpec, Path]:
+    spec = _spec_named(services, name)
+    path = services.manager.files.local_path(spec)
     if path is None:
         raise ModelNotFound(f"model {name!r} not found; pull it first with /api/pull")
     return spec, path
@@ -492,15 +496,11 @@ async def pull(
 async def remove(data: JSONBody[ModelRequest], services: NamedDependency[Services]) -> None:
     name = _named(data)
     manager = services.manager
-    try:
-        spec = manager.spec_for(model_id_of(name))
-    except ModelNotFound:
-        raise ModelNotFound(f"model {name!r} not found") from None
+    spec = _spec_named(services, name)
     path = manager.files.local_path(spec)
     if path is None:
         raise ModelNotFound(f"model {name!r} not found")
-    resident = manager.resident_model(spec.id)
-    if resident is not None and not manager.files.is_packaged(spec, path):
+    if manager.resident_model(spec.id) is not None and not manager.files.is_packaged(spec, path):
         # Unloaded first (its requests in flight finish): a resident model whose file is gone
         # could no longer be described (/api/ps, /system/info read its header).
         await manager.unload(spec.id)
