@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
 import socket
 import subprocess
 import sys
@@ -84,3 +86,19 @@ def wait_ready(
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def machine_record(threads: int) -> dict[str, Any]:
+    """What a benchmark's JSON says of the machine it ran on."""
+    import llama_cpp
+
+    from locallab_gguf.placement.hardware import cpu_model, logical_cores
+
+    return {
+        "cpu": cpu_model(),
+        "logical_cores": logical_cores(),
+        "python": platform.python_version(),
+        "llama_cpp_python": llama_cpp.__version__,
+        "threads": threads,
+        "load_average": os.getloadavg(),
+    }

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from launch import free_port, start_ours  # noqa: E402
+from launch import free_port, machine_record, start_ours  # noqa: E402
 
 from tests.two_models import (  # noqa: E402
     GEMMA_FILE,
@@ -168,19 +166,8 @@ def main() -> int:
         table.append(row)
         print(f"{label:44} {row['median']:8.3f} {row['min']:8.3f} {row['max']:8.3f}")
 
-    import llama_cpp
-
-    from locallab_gguf.placement.hardware import cpu_model, logical_cores
-
     report: dict[str, Any] = {
-        "machine": {
-            "cpu": cpu_model(),
-            "logical_cores": logical_cores(),
-            "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__,
-            "threads": args.threads,
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine_record(args.threads),
         "runs": args.runs,
         "table": table,
         "seconds": measured,

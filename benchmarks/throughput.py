@@ -24,8 +24,6 @@ import argparse
 import asyncio
 import ctypes
 import json
-import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -34,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch import free_port, percentile, start_llama_server, start_ours
+from launch import free_port, machine_record, percentile, start_llama_server, start_ours
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 128
@@ -467,19 +465,8 @@ def main() -> int:
         print(f"{name:44} {value:10.3f} {shown_target:>10}  {verdict}")
         table.append({"metric": name, "median": value, "target": shown_target, "verdict": verdict})
 
-    import llama_cpp
-
-    from locallab_gguf.placement.hardware import cpu_model, logical_cores
-
     report = {
-        "machine": {
-            "cpu": cpu_model(),
-            "logical_cores": logical_cores(),
-            "python": platform.python_version(),
-            "llama_cpp_python": llama_cpp.__version__,
-            "threads": args.threads,
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine_record(args.threads),
         "runs": args.runs,
         "new_tokens": NEW_TOKENS,
         "table": table,
