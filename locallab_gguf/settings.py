@@ -123,10 +123,25 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         bool,
         Meta(
             description="a greedy or seeded request gives the same text alone, batched or from "
-            "the prompt cache: one KV region per slot, prompts in chunks of 63 tokens and no "
-            "prefix shared between slots (long prompts are several times slower)"
+            "the prompt cache: prompts advance in chunks of 63 tokens (long prompts are several "
+            "times slower); needs --kv-layout per-slot"
         ),
     ] = False
+    kv_layout: Annotated[
+        Literal["per-slot", "unified"],
+        Meta(
+            description="per-slot: each slot's KV cache apart, a prefix another slot holds is "
+            "copied; unified: one pool for all slots, shared prefixes take no memory, but every "
+            "token attends over the whole pool (slower as the other slots fill)"
+        ),
+    ] = "per-slot"
+    flash_attn: Annotated[
+        Literal["auto", "on", "off"],
+        Meta(
+            description="llama.cpp's fused flash-attention kernel: auto chooses for the "
+            "backend in use"
+        ),
+    ] = "auto"
     cache_ram: Annotated[
         Annotated[int, Meta(ge=0)] | None,
         Meta(
@@ -371,6 +386,13 @@ def load_settings(env: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
         settings.keep_alive_seconds  # noqa: B018 - a bad duration fails at start-up
     except InvalidKeepAlive as exc:
         raise ConfigError(f"invalid setting: {exc}") from exc
+    if settings.deterministic and settings.kv_layout == "unified":
+        # In one pool a token's attention spans the other slots' cells, so what else is
+        # cached changes its arithmetic: the promise of --deterministic cannot hold.
+        raise ConfigError(
+            "invalid setting: --deterministic needs --kv-layout per-slot "
+            "(in a unified pool a request's arithmetic depends on the other slots)"
+        )
     return settings
 
 

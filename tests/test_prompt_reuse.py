@@ -135,12 +135,23 @@ SYSTEM_PROMPT = (
 QUESTIONS = ["When does it open?", "How many books can I borrow?", "Is there a book club?"]
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        # Each slot's KV apart: the system prompt is copied into the slots that share it.
+        {"kv_layout": "per-slot"},
+        # One pool: the same cells are tagged as every sharing slot's.
+        {"kv_layout": "unified"},
+        {"kv_layout": "per-slot", "deterministic": True},
+    ],
+    ids=["per-slot", "unified", "deterministic"],
+)
 def test_requests_sharing_a_system_prompt_evaluate_it_once_and_answer_as_one_by_one(
-    make_server: ServerFactory, vocab: Llama
+    make_server: ServerFactory, vocab: Llama, layout: dict[str, Any]
 ) -> None:
-    # The pool stays under 512 cells, where llama.cpp's attention arithmetic is the same for
-    # a request alone and in a batch (a larger pool may change a greedy answer's last bits).
-    settings = msgspec.structs.replace(TEST_SETTINGS, parallel=3, ctx=256, cache_ram=0)
+    # A unified pool stays under 512 cells, where llama.cpp's attention arithmetic is the same
+    # for a request alone and in a batch (a larger pool may change a greedy answer's last bits).
+    settings = msgspec.structs.replace(TEST_SETTINGS, parallel=3, ctx=256, cache_ram=0, **layout)
     server = make_server(settings)
     bodies = [
         {

@@ -94,3 +94,16 @@ def test_residency_settings_from_flags_and_environment() -> None:
         load_settings({"LOCALLAB_KEEP_ALIVE": "soon"}, {})
     with pytest.raises(ConfigError, match="max_models"):
         load_settings({"LOCALLAB_MAX_MODELS": "0"}, {})
+
+
+def test_the_deterministic_mode_refuses_a_unified_kv_pool(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    settings = load_settings({"LOCALLAB_KV_LAYOUT": "unified"}, {"flash_attn": "off"})
+    assert (settings.kv_layout, settings.flash_attn) == ("unified", "off")
+    with pytest.raises(ConfigError, match="--deterministic needs --kv-layout per-slot"):
+        load_settings({"LOCALLAB_KV_LAYOUT": "unified"}, {"deterministic": True})
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["serve", "--flash-attn", "sometimes"])
+    assert exited.value.code == 2
+    assert "--flash-attn" in capsys.readouterr().err

@@ -1,10 +1,10 @@
 """The KV cache as the scheduler uses it: one sequence per slot, prefixes found and shared.
 
-In the default (full-speed) mode every slot's sequence lives in one unified pool, so cells can
-belong to several sequences at once: `llama_memory_seq_cp` tags a prefix that one sequence
-holds as the other's too, without copying a byte. A request whose prompt shares a prefix with
-any slot, or with a prompt some slot is evaluating right now, starts from those cells. In the
-deterministic mode each slot has a region of its own and only its own cells are reused.
+A request whose prompt shares a prefix with any slot, or with a prompt some slot is evaluating
+right now, starts from those cells. With the per-slot layout (the default) each slot's
+sequence has a stream of its own and the prefix is copied into it; in a unified pool
+`llama_memory_seq_cp` tags the cells as the other sequence's too, without copying a byte
+(engine/types.py's KvLayout says what each costs).
 
 `plan_reuse` decides where a new request's prefix comes from; `KvPool` carries it out.
 """
@@ -100,14 +100,25 @@ class KvPool:
     def clear(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self._memory, seq_id, -1, -1)
 
-    def share(self, src: int, dst: int, n_tokens: int) -> None:
+    def share(self, src: int, dst: int, n_tokens: int) -> bool:
         """Make positions [0, n_tokens) of `src` those of `dst` too; `dst` is cleared first.
+        False when llama.cpp refused the copy: `dst` is left empty.
 
-        In a unified pool this tags the cells: no copy, no memory.
+        In a unified pool this tags the cells: no copy, no memory. Between streams it copies
+        `src`'s state through memory. llama.cpp's own cross-stream `llama_memory_seq_cp` would
+        copy on the device, but only at the next decode: a save or restore of `dst` before
+        then would read or be overwritten by stale data, and nothing in the API forces the
+        copy sooner. A prefix of 1,500 tokens of the default model is 35 MB: milliseconds,
+        against seconds to evaluate it.
         """
-        assert self.unified, "only a unified pool shares cells between sequences"
-        self.clear(dst)
-        llama_cpp.llama_memory_seq_cp(self._memory, src, dst, 0, n_tokens)
+        if self.unified:
+            self.clear(dst)
+            llama_cpp.llama_memory_seq_cp(self._memory, src, dst, 0, n_tokens)
+            return True
+        if not self.restore(dst, self.save(src)):
+            return False
+        self.truncate(dst, n_tokens)
+        return True
 
     def save(self, seq_id: int) -> bytearray:
         """The sequence's cells (positions and K/V rows) as llama.cpp serializes them."""

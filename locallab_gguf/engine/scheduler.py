@@ -4,15 +4,15 @@ One thread owns the llama.cpp context. Each step it gathers the next token of ev
 generating slot, fills the rest of the batch with chunks of waiting prompts, decodes once,
 and samples each slot at its own batch position with that request's own sampler.
 
-Each slot is one KV sequence. By default every sequence lives in one unified pool and a
-prompt advances in chunks as large as the batch: a prompt's prefix can come from any slot that
-holds it, or from a prompt being evaluated right now, without copying (engine/kv.py), and
-saved prompt states come back from the prompt cache (engine/prompt_cache.py). In the
-deterministic mode each slot has its own region of the cache (llama.cpp's non-unified KV) and
-prompts advance 63 tokens at a time, so a request's result does not depend on what else is in
-the batch: a greedy or seeded request gives the same text alone, beside seven others, or from
-the cache. Either way a slot keeps the KV of its last request, so a request that shares a
-prefix with it (the next turn of a chat, a common system prompt) only evaluates the rest.
+Each slot is one KV sequence, by default in a stream of its own (engine/types.py's KvLayout).
+By default a prompt advances in chunks as large as the batch; its prefix can come from any
+slot that holds it, or from a prompt being evaluated right now (engine/kv.py), and saved
+prompt states come back from the prompt cache (engine/prompt_cache.py). In the deterministic
+mode prompts advance 63 tokens at a time, so a request's result does not depend on what else
+is in the batch: a greedy or seeded request gives the same text alone, beside seven others,
+or from the cache. Either way a slot keeps the KV of its last request, so a request that
+shares a prefix with it (the next turn of a chat, a common system prompt) only evaluates the
+rest.
 
 Callers never touch the context: they `submit` a request with an id, receive its events in
 batches through the `deliver` callback (one call per step, on the engine thread, with an empty
@@ -59,7 +59,9 @@ from locallab_gguf.engine.types import (
     Failed,
     Finished,
     FinishReason,
+    FlashAttention,
     GenerationRequest,
+    KvLayout,
     PromptReuse,
     TextDelta,
     TokenLogprobs,
@@ -200,7 +202,7 @@ class BatchEngine:
                 self._template, lambda text, markup: model.tokenize(text, False, markup)
             )
         )
-        unified = not config.deterministic
+        unified = config.kv_layout is KvLayout.UNIFIED
         self._context = self._create_context(config.context_per_slot(model.n_ctx_train), unified)
         # llama.cpp may round the size up; what it reports is what each slot really has. A
         # unified pool reports its whole size: each request still gets one slot's share, so
@@ -251,10 +253,8 @@ class BatchEngine:
         params.n_batch = self.config.n_batch
         params.n_ubatch = self.config.n_batch
         params.n_seq_max = self.config.n_parallel
-        params.kv_unified = unified  # see the module docstring
-        # Flash attention stays on llama.cpp's choice (on where the backend supports it): with
-        # prompt chunks of a whole batch it is the faster path on CPUs and GPUs alike.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO
+        params.kv_unified = unified  # see KvLayout
+        params.flash_attn_type = flash_attention_type(self.config.flash_attn, self.model)
         params.n_threads = self.config.n_threads
         params.n_threads_batch = self.config.n_threads_batch
         params.no_perf = True
@@ -481,7 +481,7 @@ class BatchEngine:
         holders = [
             Holder(other.seq_id, other.cached, _evaluating(other.job))
             for other in self._slots
-            if other is not slot and self._kv.unified
+            if other is not slot
         ]
         plan = plan_reuse(job.tokens, slot.cached, holders, self._cache)
         if self._cache is not None:
@@ -500,13 +500,20 @@ class BatchEngine:
         if plan.source in (ReuseSource.NONE, ReuseSource.SLOT):
             self._truncate(slot, reused)
         elif plan.source is ReuseSource.SHARED:
-            source = self._slots[plan.from_seq]
-            self._kv.share(source.seq_id, slot.seq_id, reused)
-            slot.cached = source.cached[:reused]
+            reused = self._share(self._slots[plan.from_seq], slot, reused)
         else:
             reused = self._restore(slot, plan)
         job.n_evaluated = reused
         self._count_reuse(plan.source if reused else ReuseSource.NONE, reused)
+
+    def _share(self, source: _Slot, slot: _Slot, tokens: int) -> int:
+        """Give the slot the first `tokens` cells of another; returns how many it got."""
+        if self._kv.share(source.seq_id, slot.seq_id, tokens):
+            slot.cached = source.cached[:tokens]
+            return tokens
+        log.warning("llama.cpp refused to copy a prefix of %d tokens between slots", tokens)
+        slot.cached = []
+        return 0
 
     def _save(self, slot: _Slot) -> None:
         assert self._cache is not None
@@ -548,10 +555,8 @@ class BatchEngine:
                 continue  # still on its way
             job.awaited = None
             if held > job.n_evaluated:
-                self._kv.share(source.seq_id, slot.seq_id, held)
-                slot.cached = source.cached[:held]
-                job.n_evaluated = held
-                self._count_reuse(ReuseSource.SHARED, held)
+                job.n_evaluated = self._share(source, slot, held)
+                self._count_reuse(ReuseSource.SHARED, job.n_evaluated)
             else:
                 self._count_reuse(ReuseSource.SLOT, job.n_evaluated)
 
@@ -800,6 +805,15 @@ class BatchEngine:
             if slot.job is not None:
                 self._end(slot.job, events, Failed(detail=detail))
             self._truncate(slot, 0)
+
+
+def flash_attention_type(choice: FlashAttention, model: LlamaModel) -> int:
+    """llama.cpp's flash_attn_type for the setting; AUTO is llama.cpp's own choice for now."""
+    if choice is FlashAttention.ON:
+        return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
+    if choice is FlashAttention.OFF:
+        return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+    return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO)
 
 
 def open_batch_engine(

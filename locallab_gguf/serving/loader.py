@@ -10,7 +10,7 @@ from pathlib import Path
 
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.launch import open_engine
-from locallab_gguf.engine.types import EmbeddingMode, EngineConfig
+from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
@@ -61,6 +61,8 @@ def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
         queue_size=settings.queue_size,
         chat_template=spec.chat_template,
         deterministic=settings.deterministic,
+        kv_layout=KvLayout(settings.kv_layout),
+        flash_attn=FlashAttention(settings.flash_attn),
         prompt_cache_bytes=prompt_cache_bytes(settings.cache_ram),
         prompt_cache_dir=settings.prompt_cache_dir,
         embedding=embedding_mode(spec),
