@@ -313,7 +313,7 @@ def test_json_schema_format_gives_json_that_follows_the_schema(client: openai.Op
 
 def test_chat_logprobs_cover_the_answer_token_by_token(client: openai.OpenAI) -> None:
     reply = client.chat.completions.create(
-        model=DEFAULT_ID, messages=QUESTION, temperature=0, logprobs=True, top_logprobs=3
+        model=DEFAULT_ID, messages=QUESTION, temperature=0, logprobs=True, top_logprobs=20
     )
     choice = reply.choices[0]
     assert choice.logprobs is not None and choice.logprobs.content is not None
@@ -323,7 +323,7 @@ def test_chat_logprobs_cover_the_answer_token_by_token(client: openai.OpenAI) ->
     for token in tokens:
         assert token.logprob <= 0.0
         assert bytes(token.bytes or []) == token.token.encode()
-        assert len(token.top_logprobs) == 3
+        assert len(token.top_logprobs) == 20  # OpenAI's most
         ranked = [top.logprob for top in token.top_logprobs]
         assert ranked == sorted(ranked, reverse=True)
         # Greedy: each token is the most likely one.
@@ -360,7 +360,6 @@ def test_completion_logprobs_have_tokens_offsets_and_alternatives(client: openai
         ({"n": 2}, "n"),
         ({"functions": [{"name": "f"}]}, "functions"),
         ({"tool_choice": "auto"}, "tool_choice"),
-        ({"logprobs": True, "top_logprobs": 6}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"modalities": ["text", "audio"]}, "modalities"),
@@ -409,6 +408,24 @@ def test_unsupported_completion_fields_are_refused_by_name(
     reply = server.client.post("/v1/completions", json=body)
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "param"),
+    [
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("/v1/completions", {"logprobs": 6}, "logprobs"),
+    ],
+)
+def test_more_alternatives_than_openai_allows_are_refused_by_name(
+    server: RunningServer, path: str, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": DEFAULT_ID, "max_tokens": 1, **extra}
+    body.update({"messages": QUESTION} if "chat" in path else {"prompt": "Hi"})
+    reply = server.client.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (error["type"], error["param"]) == ("invalid_request_error", param)
 
 
 def test_unknown_fields_are_refused_and_null_unsupported_fields_accepted(

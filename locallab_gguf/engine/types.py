@@ -17,8 +17,9 @@ FinishReason = Literal["stop", "length", "tool_calls"]
 # Without --ctx, each slot gets the model's trained context up to this many tokens: room for
 # long chats, while the KV cache of every slot together stays a modest part of memory.
 DEFAULT_CONTEXT_CAP = 4096
-# OpenAI's API allows at most 20; more than a handful is rarely read and costs a piece each.
-MAX_TOP_LOGPROBS = 5
+# Alternatives reported per token at most: OpenAI's chat API allows up to 20, and the engine
+# serves all of them (a partial sort of the logits and a piece of text each).
+MAX_TOP_LOGPROBS = 20
 
 
 class KvLayout(enum.Enum):

@@ -18,7 +18,6 @@ from locallab_gguf.api.openai.wire import (
     OpenAIRequest,
 )
 from locallab_gguf.engine.types import (
-    MAX_TOP_LOGPROBS,
     ChatMessage,
     ChatOptions,
     GenerationRequest,
@@ -139,10 +138,7 @@ def _top_logprobs(data: ChatCompletionRequest) -> int | None:
         if data.top_logprobs is not None:
             _refuse("top_logprobs", "needs logprobs: true")
         return None
-    top = data.top_logprobs or 0
-    if top > MAX_TOP_LOGPROBS:
-        _refuse("top_logprobs", f"at most {MAX_TOP_LOGPROBS} alternatives per token are reported")
-    return top
+    return data.top_logprobs or 0
 
 
 def _tool_use(data: ChatCompletionRequest) -> ToolUse | None:

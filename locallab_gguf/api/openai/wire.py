@@ -234,10 +234,7 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=T
     ]
     max_completion_tokens: NewTokens | None = None
     logprobs: bool | None = None
-    # OpenAI's bound is 20; this server reports fewer, and refuses more by name.
-    top_logprobs: (
-        Annotated[int, Meta(ge=0, le=20, extra_json_schema={"maximum": MAX_TOP_LOGPROBS})] | None
-    ) = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[
         list[ToolDefinition] | None,
@@ -270,10 +267,14 @@ _ONE_PROMPT = {
 }
 
 
+# The legacy completions API's own bound on `logprobs`, below the chat API's top_logprobs.
+COMPLETION_MAX_LOGPROBS = 5
+
+
 class CompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=True):
     # A string, or a list holding one string; lists of token ids are refused by name.
     prompt: Annotated[str | list[Any], Meta(extra_json_schema={"allOf": [_ONE_PROMPT]})]
-    logprobs: Annotated[int, Meta(ge=0, le=MAX_TOP_LOGPROBS)] | None = None
+    logprobs: Annotated[int, Meta(ge=0, le=COMPLETION_MAX_LOGPROBS)] | None = None
     echo: Annotated[bool | None, only(False)] = None
     best_of: Annotated[Any, only(1)] = None
     suffix: Annotated[Any, only("")] = None
