@@ -88,6 +88,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def default_model_path() -> str:
+    """The bundled registry's default model file on this machine."""
+    from locallab_gguf.models.files import ModelFiles
+    from locallab_gguf.models.registry import default_models_file, load_registry
+
+    registry = load_registry(default_models_file())
+    return str(ModelFiles().resolve(registry.get(registry.default)))
+
+
 def machine_record(threads: int) -> dict[str, Any]:
     """What a benchmark's JSON says of the machine it ran on."""
     import llama_cpp

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import throughput
-from launch import free_port, percentile, start_llama_server, start_ours
+from launch import default_model_path, free_port, percentile, start_llama_server, start_ours
 from throughput import PEER, stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -313,11 +313,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from locallab_gguf.models.files import ModelFiles
-    from locallab_gguf.models.registry import default_models_file, load_registry
-
-    registry = load_registry(default_models_file())
-    model_path = str(ModelFiles().resolve(registry.get(registry.default)))
+    model_path = default_model_path()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     servers: dict[str, subprocess.Popen[bytes]] = {}
     ports: dict[str, int] = {}

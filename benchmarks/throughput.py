@@ -32,7 +32,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from launch import free_port, machine_record, percentile, start_llama_server, start_ours
+from launch import (
+    default_model_path,
+    free_port,
+    machine_record,
+    percentile,
+    start_llama_server,
+    start_ours,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NEW_TOKENS = 128
@@ -334,11 +341,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from locallab_gguf.models.files import ModelFiles
-    from locallab_gguf.models.registry import default_models_file, load_registry
-
-    registry = load_registry(default_models_file())
-    model_path = str(ModelFiles().resolve(registry.get(registry.default)))
+    model_path = default_model_path()
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     servers = {}
