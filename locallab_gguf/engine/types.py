@@ -28,10 +28,10 @@ class KvLayout(enum.Enum):
     PER_SLOT gives each slot a stream of its own (llama.cpp's non-unified KV): a token attends
     over its own sequence's cells only, and a prefix another slot holds is copied over. UNIFIED
     puts every sequence in one pool: a shared prefix is tagged, not copied, but every token
-    scans the cells of the whole pool, those of the other slots included. Measured on a 2-core
-    CPU with the default model: one sequence decoded at 111 tokens/s alone in the pool and at
-    56 beside seven idle slots holding 3,000 tokens each, and a 3,100-token prompt went from 167
-    to 58 tokens/s; per slot, the same neighbours cost nothing (103 and 101 tokens/s).
+    scans the cells of the whole pool, those of the other slots included. benchmarks/kv_layout.py
+    on a 2-core CPU with the default model: beside seven idle slots of 3,000 tokens, one
+    sequence decoded at 0.60 x its speed alone in a unified pool and a 3,100-token prompt at
+    0.47 x; per slot, the neighbours did not slow either.
     """
 
     PER_SLOT = "per-slot"
