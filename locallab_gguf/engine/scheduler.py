@@ -91,6 +91,13 @@ MIXED_PROMPT_BUDGET = 128
 # of about five on long prompts on CPUs (the narrow kernel is slow on long contexts), which is
 # why the default mode takes chunks as large as the batch.
 DETERMINISTIC_PROMPT_CHUNK = 63
+# llama.cpp's flash_attn_type for each setting; AUTO leaves the choice to llama.cpp (on where
+# the backend has the kernel).
+FLASH_ATTN_TYPES = {
+    FlashAttention.AUTO: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    FlashAttention.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 THROUGHPUT_WINDOW_S = 10.0
 
 
@@ -254,7 +261,7 @@ class BatchEngine:
         params.n_ubatch = self.config.n_batch
         params.n_seq_max = self.config.n_parallel
         params.kv_unified = unified  # see KvLayout
-        params.flash_attn_type = flash_attention_type(self.config.flash_attn, self.model)
+        params.flash_attn_type = FLASH_ATTN_TYPES[self.config.flash_attn]
         params.n_threads = self.config.n_threads
         params.n_threads_batch = self.config.n_threads_batch
         params.no_perf = True
@@ -805,15 +812,6 @@ class BatchEngine:
             if slot.job is not None:
                 self._end(slot.job, events, Failed(detail=detail))
             self._truncate(slot, 0)
-
-
-def flash_attention_type(choice: FlashAttention, model: LlamaModel) -> int:
-    """llama.cpp's flash_attn_type for the setting; AUTO is llama.cpp's own choice for now."""
-    if choice is FlashAttention.ON:
-        return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED)
-    if choice is FlashAttention.OFF:
-        return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-    return int(llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO)
 
 
 def open_batch_engine(

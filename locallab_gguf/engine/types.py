@@ -41,7 +41,7 @@ class KvLayout(enum.Enum):
 class FlashAttention(enum.Enum):
     """Whether the context computes attention with llama.cpp's fused flash-attention kernel."""
 
-    AUTO = "auto"  # chosen for the backend in use (engine/scheduler.py's flash_attention_type)
+    AUTO = "auto"  # llama.cpp's choice: on where the backend has the kernel
     ON = "on"
     OFF = "off"
 
