@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp as lc
-from launch import default_model_path, machine_record
+from launch import default_model_path, machine_record, verdict
 
 from locallab_gguf.engine.kv import KvPool
 
@@ -163,70 +163,44 @@ def main() -> int:
     copy_share = statistics.median(
         run["per_slot"]["copy_s"] / run["per_slot"]["evaluate_s"] for run in runs
     )
-    rows = [
-        (
-            "decode tokens/s, alone",
-            median("per_slot", "decode_alone"),
-            "",
-            median("unified", "decode_alone"),
-        ),
-        (
-            "decode tokens/s, beside idle slots",
-            median("per_slot", "decode_beside"),
-            "",
-            median("unified", "decode_beside"),
-        ),
-        (
-            "decode, beside / alone",
-            ratio("per_slot", "decode"),
-            ">= 0.9",
-            ratio("unified", "decode"),
-        ),
-        (
-            "prompt tokens/s, alone",
-            median("per_slot", "prompt_alone"),
-            "",
-            median("unified", "prompt_alone"),
-        ),
-        (
-            "prompt tokens/s, beside idle slots",
-            median("per_slot", "prompt_beside"),
-            "",
-            median("unified", "prompt_beside"),
-        ),
-        (
-            "prompt, beside / alone",
-            ratio("per_slot", "prompt"),
-            ">= 0.9",
-            ratio("unified", "prompt"),
-        ),
+    Target = tuple[str, float] | None
+    rows: list[tuple[str, float, Target, float | None]] = []
+    for work in ("decode", "prompt"):
+        for when, shown in (("alone", "alone"), ("beside", "beside idle slots")):
+            key = f"{work}_{when}"
+            rows.append(
+                (f"{work} tokens/s, {shown}", median("per_slot", key), None, median("unified", key))
+            )
+        rows.append(
+            (
+                f"{work}, beside / alone",
+                ratio("per_slot", work),
+                (">=", 0.9),
+                ratio("unified", work),
+            )
+        )
+    rows.append(
         (
             f"copy {args.prefix_tokens} tokens between slots (s)",
             median("per_slot", "copy_s"),
-            "",
             None,
-        ),
-        ("copy / evaluating them", copy_share, "<= 0.05", None),
-    ]
+            None,
+        )
+    )
+    rows.append(("copy / evaluating them", copy_share, ("<=", 0.05), None))
     table = []
     print(f"{'figure':<44} {'per slot':>9} {'target':>8} {'verdict':>7} {'unified':>8}")
     for name, value, target, unified in rows:
-        verdict = ""
-        if target:
-            bound = float(target.split()[1])
-            verdict = (
-                "PASS"
-                if (value >= bound if target.startswith(">=") else value <= bound)
-                else "FAIL"
-            )
+        shown_target = "" if target is None else f"{target[0]} {target[1]}"
+        outcome = "" if target is None else verdict(value, *target)
         shown = "" if unified is None else f"{unified:.3f}"
-        print(f"{name:<44} {value:>9.3f} {target:>8} {verdict:>7} {shown:>8}")
+        print(f"{name:<44} {value:>9.3f} {shown_target:>8} {outcome:>7} {shown:>8}")
         table.append(
             {
                 "figure": name,
                 "per_slot": value,
-                "target": target,
-                "verdict": verdict,
+                "target": shown_target,
+                "verdict": outcome,
                 "unified": unified,
             }
         )

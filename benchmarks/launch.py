@@ -97,6 +97,13 @@ def default_model_path() -> str:
     return str(ModelFiles().resolve(registry.get(registry.default)))
 
 
+def verdict(value: float, op: str, bound: float) -> str:
+    """PASS when `value op bound` holds (op: ">=" or "<="), else FAIL."""
+    if op not in (">=", "<="):
+        raise ValueError(f"no such comparison: {op!r}")
+    return "PASS" if (value >= bound if op == ">=" else value <= bound) else "FAIL"
+
+
 def machine_record(threads: int) -> dict[str, Any]:
     """What a benchmark's JSON says of the machine it ran on."""
     import llama_cpp

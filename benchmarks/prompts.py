@@ -39,7 +39,14 @@ from pathlib import Path
 from typing import Any
 
 import throughput
-from launch import default_model_path, free_port, percentile, start_llama_server, start_ours
+from launch import (
+    default_model_path,
+    free_port,
+    percentile,
+    start_llama_server,
+    start_ours,
+    verdict,
+)
 from throughput import PEER, stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,13 +284,12 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         if PEER in results:
             peer = statistics.median(values(PEER, workload, key))
             ratio = row["ours_median"] / peer
-            ok = ratio <= target if better == "lower" else ratio >= target
             sign = "<=" if better == "lower" else ">="
             row.update(
                 peer_median=peer,
                 ratio=ratio,
                 target=f"{sign} {target}",
-                verdict="PASS" if ok else "FAIL",
+                verdict=verdict(ratio, sign, target),
             )
             line += f" {peer:12.2f} {ratio:6.2f} {row['target']:>8}  {row['verdict']}"
         else:

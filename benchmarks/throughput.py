@@ -39,6 +39,7 @@ from launch import (
     percentile,
     start_llama_server,
     start_ours,
+    verdict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -460,13 +461,10 @@ def main() -> int:
     print(f"{'metric':44} {'median':>10} {'target':>10}  verdict")
     table = []
     for name, value, op, target in rows:
-        verdict = ""
-        if op is not None and target is not None:
-            ok = value >= target if op == ">=" else value <= target
-            verdict = "PASS" if ok else "FAIL"
+        outcome = "" if op is None or target is None else verdict(value, op, target)
         shown_target = f"{op} {target}" if op else ""
-        print(f"{name:44} {value:10.3f} {shown_target:>10}  {verdict}")
-        table.append({"metric": name, "median": value, "target": shown_target, "verdict": verdict})
+        print(f"{name:44} {value:10.3f} {shown_target:>10}  {outcome}")
+        table.append({"metric": name, "median": value, "target": shown_target, "verdict": outcome})
 
     report = {
         "machine": machine_record(args.threads),
