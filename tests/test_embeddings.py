@@ -6,13 +6,18 @@ computes from the same file on this machine."""
 from __future__ import annotations
 
 import base64
+import json
+import socket
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import llama_cpp
+import msgspec
 import numpy as np
 import ollama
 import openai
@@ -33,8 +38,9 @@ from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry, parse_registry
 from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, residency_policy
 from locallab_gguf.serving.model_manager import ModelManager
+from locallab_gguf.settings import Settings
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS
-from tests.servers import RunningServer, app_of, serving
+from tests.servers import RunningServer, app_of, serving, wait_until
 from tests.tiny_encoders import write_tiny_bert
 from tests.two_models import hub_cache_with
 
@@ -96,9 +102,11 @@ kind = "reranker"
     )
 
 
-@pytest.fixture(scope="module")
-def encoders(
-    registry: Registry, tiny_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+def encoder_server(
+    registry: Registry,
+    tiny_files: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+    settings: Settings,
 ) -> Iterator[RunningServer]:
     """A server with the tiny embedding model loaded; the others load when a request names
     them."""
@@ -111,12 +119,19 @@ def encoders(
     manager = ModelManager(
         encoder_registry(smollm2_sha256),
         ModelFiles(str(cache)),
-        local_engine_opener(TEST_SETTINGS),
-        planner=LocalPlanner(TEST_SETTINGS),
-        policy=residency_policy(TEST_SETTINGS),
+        local_engine_opener(settings),
+        planner=LocalPlanner(settings),
+        policy=residency_policy(settings),
     )
-    with serving(app_of(TEST_SETTINGS, manager, initial_model=EMBED_ID)) as running:
+    with serving(app_of(settings, manager, initial_model=EMBED_ID)) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def encoders(
+    registry: Registry, tiny_files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    yield from encoder_server(registry, tiny_files, tmp_path_factory, TEST_SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -198,14 +213,84 @@ def test_inputs_of_requests_waiting_together_share_one_decode(
         # While the engine's lock is held its thread cannot take inputs: both requests are
         # queued whole before the first decode.
         with engine._lock:
-            engine.submit_encode(EmbeddingRequest(inputs=tuple(TEXTS[:2])), answer)
-            engine.submit_encode(EmbeddingRequest(inputs=tuple(TEXTS[2:])), answer)
+            engine.submit_encode(1, EmbeddingRequest(inputs=tuple(TEXTS[:2])), answer)
+            engine.submit_encode(2, EmbeddingRequest(inputs=tuple(TEXTS[2:])), answer)
         assert done.acquire(timeout=60) and done.acquire(timeout=60)
         assert engine.decodes == 1
     finally:
         engine.close(drain=True)
     rows = [vector_rows(result) for result in answers if isinstance(result, Embeddings)]
     np.testing.assert_allclose(np.vstack(rows), bare_vectors[EMBED_ID], atol=1e-4)
+
+
+def test_a_cancelled_request_is_not_encoded_or_answered(tiny_files: dict[str, Path]) -> None:
+    config = EngineConfig(n_threads=2, n_threads_batch=2, n_ctx=128)
+    engine = open_embedding_engine(tiny_files[EMBED_ID], 0, config, EmbeddingMode())
+    answers: dict[int, EncodeResult | LocalLabError] = {}
+    done = threading.Event()
+
+    def answer_of(job_id: int) -> Callable[[EncodeResult | LocalLabError], None]:
+        def answer(outcome: EncodeResult | LocalLabError) -> None:
+            answers[job_id] = outcome
+            done.set()
+
+        return answer
+
+    try:
+        with engine._lock:  # both queued, and one cancelled, before the first decode
+            engine.submit_encode(1, EmbeddingRequest(inputs=tuple(TEXTS * 50)), answer_of(1))
+            engine.submit_encode(2, EmbeddingRequest(inputs=tuple(TEXTS)), answer_of(2))
+            engine.cancel(1)
+        assert done.wait(timeout=60)
+        engine.cancel(2)  # answered already: nothing to do
+        assert engine.stats().queue_depth == 0
+    finally:
+        engine.close(drain=True)
+    assert list(answers) == [2]
+    assert engine.decodes == 1  # the four inputs of request 2, and none of request 1's 200
+
+
+@pytest.fixture(params=["process", "thread"])
+def any_isolation(
+    request: pytest.FixtureRequest,
+    encoders: RunningServer,
+    registry: Registry,
+    tiny_files: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RunningServer]:
+    """The encoder server with its engines in worker processes (the default) or on threads."""
+    if request.param == TEST_SETTINGS.engine_isolation:
+        yield encoders
+        return
+    settings = msgspec.structs.replace(TEST_SETTINGS, engine_isolation=request.param)
+    yield from encoder_server(registry, tiny_files, tmp_path_factory, settings)
+
+
+def test_the_inputs_of_a_client_that_hangs_up_are_dropped(any_isolation: RunningServer) -> None:
+    server = any_isolation
+    embeddings(server, model=MEAN_ID, input="load it")
+    model = server.services.manager.resident_model(MEAN_ID)
+    assert model is not None
+    # About 130,000 tokens: minutes of encoding on two cores, if it all ran.
+    texts = [f"Text {i}: " + " ".join(TEXTS * 4) for i in range(2048)]
+    body = json.dumps({"model": MEAN_ID, "input": texts}).encode()
+    raw = socket.create_connection(("127.0.0.1", server.port))
+    raw.sendall(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    wait_until(lambda: model.in_flight == 1)
+    time.sleep(2)  # tokenized and being encoded by now
+    raw.close()
+    answered = server.engine_stats(MEAN_ID).requests_finished
+    # The next client is answered after at most the decode running when the first left,
+    # not after its 2,048 inputs; nothing of the first is counted or left queued.
+    with httpx.Client(base_url=server.url, timeout=20) as quick:
+        response = quick.post("/v1/embeddings", json={"model": MEAN_ID, "input": TEXTS})
+    assert response.status_code == 200 and len(response.json()["data"]) == len(TEXTS)
+    stats = server.engine_stats(MEAN_ID)
+    assert (stats.requests_finished, stats.queue_depth) == (answered + 1, 0)
 
 
 def test_base64_decodes_to_the_same_floats(encoders: RunningServer) -> None:

@@ -67,13 +67,17 @@ _POOLING_NAMES = {code: name for name, code in _POOLING_CODES.items()}
 class _Job:
     """One request's inputs on their way through the decodes."""
 
-    def __init__(self, request: EncodeRequest, count: int, tokens: int, answer: Answer) -> None:
+    def __init__(
+        self, job_id: int, request: EncodeRequest, count: int, tokens: int, answer: Answer
+    ) -> None:
+        self.id = job_id
         self.request = request
         self.rows: list[np.ndarray | None] = [None] * count
         self.remaining = count
         self.tokens = tokens
         self.answer = answer
-        self.failed = False
+        # Answered with an error, or cancelled: rows its inputs still produce are dropped.
+        self.ended = False
 
 
 class _Input:
@@ -122,7 +126,7 @@ class EmbeddingEngine:
         )
         self._lock = threading.Condition()
         self._queue: collections.deque[_Input] = collections.deque()
-        self._jobs_waiting = 0
+        self._jobs: dict[int, _Job] = {}  # by id, until answered or cancelled
         self._closing = False
         self._drain = True
         self._prompt_tokens_total = 0
@@ -134,9 +138,10 @@ class EmbeddingEngine:
 
     # -- the calling side --------------------------------------------------------------
 
-    def submit_encode(self, request: EncodeRequest, answer: Answer) -> None:
-        """Tokenize and queue; `answer` gets the result (or the error) from the engine thread.
-        Errors found before queueing (bad input, too long, overloaded) are raised here."""
+    def submit_encode(self, job_id: int, request: EncodeRequest, answer: Answer) -> None:
+        """Tokenize and queue; `answer` gets the result (or the error) from the engine thread,
+        unless `cancel(job_id)` comes first. Errors found before queueing (bad input, too long,
+        overloaded) are raised here."""
         if isinstance(request, RerankRequest):
             if self.pooling != "rank":
                 raise WrongModelKind(
@@ -163,13 +168,13 @@ class EmbeddingEngine:
         sequences = [
             self._fitted(index, tokens, request.truncate) for index, tokens in enumerate(sequences)
         ]
-        job = _Job(request, len(sequences), sum(map(len, sequences)), answer)
+        job = _Job(job_id, request, len(sequences), sum(map(len, sequences)), answer)
         with self._lock:
             if self._closing:
                 raise EngineFailure("the engine is stopping")
-            if self._jobs_waiting >= self.config.queue_size:
-                raise Overloaded(self._jobs_waiting, retry_after=1)
-            self._jobs_waiting += 1
+            if len(self._jobs) >= self.config.queue_size:
+                raise Overloaded(len(self._jobs), retry_after=1)
+            self._jobs[job_id] = job
             self._queue.extend(_Input(job, index, tokens) for index, tokens in enumerate(sequences))
             self._lock.notify()
 
@@ -187,7 +192,21 @@ class EmbeddingEngine:
         raise WrongModelKind(self._not_for_generation())
 
     def cancel(self, job_id: int) -> None:
-        """Encoding is short and not cancelled: a request whose client left still finishes."""
+        """Drop a request whose client left: its queued inputs are not encoded, and it gets no
+        answer. Inputs in the decode running now finish with it and are thrown away."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+            if job is None:
+                return  # answered already, or never queued
+            job.ended = True
+            before = len(self._queue)
+            self._queue = collections.deque(item for item in self._queue if item.job is not job)
+        log.info(
+            "encoding request %d cancelled: %d of its %d inputs were still queued",
+            job_id,
+            before - len(self._queue),
+            len(job.rows),
+        )
 
     def stats(self) -> EngineStats:
         with self._lock:
@@ -347,10 +366,10 @@ class EmbeddingEngine:
             self._finish(job)
 
     def _finish(self, job: _Job) -> None:
-        if job.failed:
-            return
         with self._lock:
-            self._jobs_waiting -= 1
+            if job.ended:
+                return
+            del self._jobs[job.id]
             self._requests_finished += 1
             self._prompt_tokens_total += job.tokens
         rows = np.stack([row for row in job.rows if row is not None])
@@ -363,13 +382,13 @@ class EmbeddingEngine:
         job.answer(result)
 
     def _fail(self, job: _Job, error: LocalLabError) -> None:
-        if job.failed:
-            return
-        job.failed = True
         with self._lock:
+            if job.ended:
+                return
+            job.ended = True
+            del self._jobs[job.id]
             # Its inputs still queued go too; those already decoded are simply dropped.
             self._queue = collections.deque(item for item in self._queue if item.job is not job)
-            self._jobs_waiting -= 1
         job.answer(error)
 
     # -- loading -----------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 from pathlib import Path
 
 from locallab_gguf.engine.client import EngineState, RequestStream
@@ -35,6 +37,7 @@ class LocalEmbeddingEngine:
         self.engine = engine
         self.info = engine.info
         self._tokenizer = InProcessTokenizer(engine.model)
+        self._job_ids = itertools.count(1)
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         self.engine.submit(0, request)  # raises WrongModelKind
@@ -83,9 +86,23 @@ class LocalEmbeddingEngine:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(settle, outcome)
 
+        job_id = next(self._job_ids)
         # Tokenizing many inputs takes a while; keep it off the event loop.
-        await asyncio.to_thread(self.engine.submit_encode, request, deliver)
-        return await answer
+        queued = asyncio.ensure_future(
+            asyncio.to_thread(self.engine.submit_encode, job_id, request, deliver)
+        )
+        try:
+            await asyncio.shield(queued)
+            return await answer
+        except asyncio.CancelledError:
+            # The client left: its inputs are dropped once they are queued (the thread
+            # tokenizing them cannot be stopped).
+            queued.add_done_callback(functools.partial(self._drop, job_id))
+            raise
+
+    def _drop(self, job_id: int, queued: asyncio.Future[None]) -> None:
+        if not queued.cancelled() and queued.exception() is None:
+            self.engine.cancel(job_id)
 
 
 async def open_local_embedding_engine(

@@ -262,6 +262,11 @@ class WorkerEngine:
         process.send(Encode(job_id=job_id, request=request))
         try:
             encoded = await answer
+        except asyncio.CancelledError:
+            # The client left: the worker drops the inputs it has not encoded yet.
+            if self._process is not None:
+                self._process.send(Cancel(job_id=job_id))
+            raise
         finally:
             self._encodes.pop(job_id, None)
         if encoded.error is not None:

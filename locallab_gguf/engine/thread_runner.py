@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from locallab_gguf.engine.client import (
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
+    Accepted,
     EmbeddingRequest,
     Embeddings,
     EngineConfig,
@@ -52,9 +54,16 @@ class LocalEngine:
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         job_id, queue = self._streams.open()
+        # Tokenizing a long prompt takes a while; keep it off the event loop.
+        submitting = asyncio.ensure_future(asyncio.to_thread(self.engine.submit, job_id, request))
         try:
-            # Tokenizing a long prompt takes a while; keep it off the event loop.
-            accepted = await asyncio.to_thread(self.engine.submit, job_id, request)
+            accepted = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            # The client left while its prompt was read: once the engine has the request
+            # (the thread cannot be stopped), it is cancelled rather than run for nobody.
+            self._streams.close(job_id)
+            submitting.add_done_callback(functools.partial(self._drop, job_id))
+            raise
         except BaseException:
             self._streams.close(job_id)
             raise
@@ -90,6 +99,10 @@ class LocalEngine:
     def _cancel(self, job_id: int) -> None:
         self._streams.close(job_id)
         self.engine.cancel(job_id)
+
+    def _drop(self, job_id: int, submitting: asyncio.Future[Accepted]) -> None:
+        if not submitting.cancelled() and submitting.exception() is None:
+            self.engine.cancel(job_id)
 
     def _deliver(self, batch: EventBatch) -> None:
         # Runs on the engine thread; everything else happens on the loop.

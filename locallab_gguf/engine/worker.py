@@ -71,6 +71,11 @@ class Worker:
         self._submitters = ThreadPoolExecutor(
             max_workers=SUBMIT_THREADS, thread_name_prefix="submit"
         )
+        # Requests a submit thread is still reading, and those of them whose Cancel came
+        # meanwhile: the engine does not know them yet, so their cancel waits until it does.
+        self._taking_lock = threading.Lock()
+        self._taking: set[int] = set()
+        self._cancelled_while_taking: set[int] = set()
 
     def send(self, message: FromWorker) -> None:
         with self._send_lock:
@@ -121,17 +126,38 @@ class Worker:
                 engine.close(drain=False)
                 return 0
             if isinstance(message, Submit):
+                self._taking_in(message.job_id)
                 self._submitters.submit(self._submit, engine, message)
             elif isinstance(message, Cancel):
-                engine.cancel(message.job_id)
+                self._cancel(engine, message.job_id)
             elif isinstance(message, Tokenize | Pieces):
                 self._submitters.submit(self._tokenizer_call, engine, message)
             elif isinstance(message, Encode):
+                self._taking_in(message.job_id)
                 self._submitters.submit(self._encode, engine, message)
             elif isinstance(message, Stop):
                 self._submitters.shutdown(wait=True)
                 engine.close(drain=message.drain)
                 return 0
+
+    def _taking_in(self, job_id: int) -> None:
+        with self._taking_lock:
+            self._taking.add(job_id)
+
+    def _cancel(self, engine: BatchEngine | EmbeddingEngine, job_id: int) -> None:
+        with self._taking_lock:
+            if job_id in self._taking:
+                self._cancelled_while_taking.add(job_id)
+        engine.cancel(job_id)
+
+    def _taken(self, engine: BatchEngine | EmbeddingEngine, job_id: int) -> None:
+        """The engine has the request (or refused it): a cancel that came meanwhile applies."""
+        with self._taking_lock:
+            self._taking.discard(job_id)
+            cancelled = job_id in self._cancelled_while_taking
+            self._cancelled_while_taking.discard(job_id)
+        if cancelled:
+            engine.cancel(job_id)
 
     def _encode(self, engine: BatchEngine | EmbeddingEngine, message: Encode) -> None:
         """Queue an embedding or rerank request; its answer is sent when it is done."""
@@ -146,12 +172,14 @@ class Worker:
         try:
             if not isinstance(engine, EmbeddingEngine):
                 raise WrongModelKind(NOT_AN_ENCODER)
-            engine.submit_encode(message.request, answer)
+            engine.submit_encode(message.job_id, message.request, answer)
         except LocalLabError as exc:
             answer(exc)
         except Exception as exc:  # never leave the server waiting for an answer
             log.exception("encode failed")
             answer(EngineFailure(f"the engine could not take the request: {exc}"))
+        finally:
+            self._taken(engine, message.job_id)
 
     def _submit(self, engine: BatchEngine | EmbeddingEngine, message: Submit) -> None:
         try:
@@ -173,6 +201,7 @@ class Worker:
             log.exception("submit failed")
             failure = EngineFailure(f"the engine could not take the request: {exc}")
             reply = SubmitReply(message.job_id, 0, error_to_wire(failure), engine.stats())
+        self._taken(engine, message.job_id)
         self.send(reply)
 
     def _tokenizer_call(

@@ -8,9 +8,11 @@ import base64
 from contextlib import AbstractAsyncContextManager
 
 import numpy as np
+from litestar.types import Receive
 
 from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.services import Services
+from locallab_gguf.api.common.sse import unless_client_leaves
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
     Embeddings,
@@ -33,20 +35,27 @@ def encoder_for(
     return services.model_for(model_id, keep_alive)
 
 
-async def embed(services: Services, model: ResidentModel, request: EmbeddingRequest) -> Embeddings:
+async def embed(
+    services: Services, model: ResidentModel, request: EmbeddingRequest, receive: Receive
+) -> Embeddings:
+    """The vectors of `request`; if the client hangs up first, its inputs not yet encoded are
+    dropped (a long list would otherwise hold the model for nobody)."""
     require_kind(model.spec, "embedding")
     if request.dimensions is not None:
         _check_dimensions(model.spec, request.dimensions)
-    result = await model.engine.embed(request)
+    result = await unless_client_leaves(receive, model.engine.embed(request))
     services.metrics.encoding.record(
         model.spec.id, "embedding", len(request.inputs), result.prompt_tokens
     )
     return result
 
 
-async def rerank(services: Services, model: ResidentModel, request: RerankRequest) -> Rankings:
+async def rerank(
+    services: Services, model: ResidentModel, request: RerankRequest, receive: Receive
+) -> Rankings:
+    """The scores of `request`'s documents; dropped like `embed` if the client hangs up."""
     require_kind(model.spec, "reranker")
-    result = await model.engine.rerank(request)
+    result = await unless_client_leaves(receive, model.engine.rerank(request))
     services.metrics.encoding.record(
         model.spec.id, "reranker", len(request.documents), result.prompt_tokens
     )

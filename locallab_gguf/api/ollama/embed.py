@@ -9,7 +9,7 @@ import time
 from typing import Annotated, Any
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
@@ -51,18 +51,20 @@ class EmbeddingsResponse(msgspec.Struct, kw_only=True):
 
 @post("/embed", status_code=200, summary="Ollama: one vector per input, of length 1")
 async def embed_inputs(
-    data: JSONBody[EmbedRequest], services: NamedDependency[Services]
+    data: JSONBody[EmbedRequest],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
 ) -> EmbedResponse:
     started, wall_started = time.monotonic_ns(), time.time_ns()
     inputs = (data.input,) if isinstance(data.input, str) else tuple(data.input)
-    request = EmbeddingRequest(inputs=inputs, truncate=data.truncate, dimensions=data.dimensions)
+    job = EmbeddingRequest(inputs=inputs, truncate=data.truncate, dimensions=data.dimensions)
     model_id = model_id_of(data.model)
     async with encoder_for(services, model_id, "embedding", data.keep_alive) as model:
         # The load's time counts when this request waited for it, as in Ollama.
         waited = model.loaded_at * 1e9 >= wall_started
         load_ns = int(model.load_seconds * 1e9) if waited else 0
         if inputs:
-            result = await embed(services, model, request)
+            result = await embed(services, model, job, request.receive)
             vectors, tokens = float_vectors(result), result.prompt_tokens
         else:
             vectors, tokens = [], 0
@@ -77,12 +79,14 @@ async def embed_inputs(
 
 @post("/embeddings", status_code=200, summary="Ollama (older API): the vector of one prompt")
 async def embed_prompt(
-    data: JSONBody[EmbeddingsRequest], services: NamedDependency[Services]
+    data: JSONBody[EmbeddingsRequest],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
 ) -> EmbeddingsResponse:
     model_id = model_id_of(data.model)
     async with encoder_for(services, model_id, "embedding", data.keep_alive) as model:
         if not data.prompt:
             return EmbeddingsResponse(embedding=[])
-        request = EmbeddingRequest(inputs=(data.prompt,), normalize=False, truncate=True)
-        result = await embed(services, model, request)
+        job = EmbeddingRequest(inputs=(data.prompt,), normalize=False, truncate=True)
+        result = await embed(services, model, job, request.receive)
     return EmbeddingsResponse(embedding=float_vectors(result)[0])

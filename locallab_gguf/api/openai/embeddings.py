@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
@@ -86,16 +86,18 @@ def engine_inputs(value: str | list[str | int | list[int]]) -> tuple[str | tuple
 
 @post("/embeddings", status_code=200, summary="OpenAI embeddings: one vector per input")
 async def create_embeddings(
-    data: JSONBody[EmbeddingsRequestBody], services: NamedDependency[Services]
+    data: JSONBody[EmbeddingsRequestBody],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
 ) -> EmbeddingList:
-    request = EmbeddingRequest(
+    job = EmbeddingRequest(
         inputs=engine_inputs(data.input),
         normalize=data.normalize,
         truncate=data.truncate,
         dimensions=data.dimensions,
     )
     async with encoder_for(services, data.model, "embedding", data.keep_alive) as model:
-        result = await embed(services, model, request)
+        result = await embed(services, model, job, request.receive)
     vectors: list[list[float] | str] = [
         *(base64_vectors(result) if data.encoding_format == "base64" else float_vectors(result))
     ]

@@ -4,10 +4,10 @@ llama.cpp's server sends them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
@@ -64,13 +64,13 @@ class RerankResponse(msgspec.Struct, kw_only=True):
     opt=error_body(ErrorBody),
 )
 async def rerank_documents(
-    data: JSONBody[RerankRequestBody], services: NamedDependency[Services]
+    data: JSONBody[RerankRequestBody],
+    services: NamedDependency[Services],
+    request: Request[Any, Any, Any],
 ) -> RerankResponse:
-    request = RerankRequest(
-        query=data.query, documents=tuple(data.documents), truncate=data.truncate
-    )
+    job = RerankRequest(query=data.query, documents=tuple(data.documents), truncate=data.truncate)
     async with encoder_for(services, data.model, "reranker", data.keep_alive) as model:
-        rankings = await rerank(services, model, request)
+        rankings = await rerank(services, model, job, request.receive)
     order = sorted(range(len(rankings.scores)), key=lambda i: rankings.scores[i], reverse=True)
     if data.top_n is not None:
         order = order[: data.top_n]
