@@ -27,6 +27,7 @@ from tests.servers import RunningServer, wait_until
 # A busy 2-core machine generates slowly; every wait ends as soon as the page is ready.
 expect.set_options(timeout=PAGE_TIMEOUT_MS)
 
+ENCODER_ID = "smollm2-vectors"
 TWIN_ID = "smollm2-135m-twin"
 # Recorded by the page's own DOM: the reply's text length each time it changes while the
 # reply is still streaming.
@@ -286,13 +287,21 @@ def test_the_picker_shows_each_models_state_and_the_request_names_the_chosen_one
 ) -> None:
     spec = registry.get(DEFAULT_ID)
     twin = msgspec.structs.replace(spec, id=TWIN_ID, name="SmolLM2 twin")
-    two = Registry(default=DEFAULT_ID, models={DEFAULT_ID: spec, TWIN_ID: twin}, source="test")
-    server = make_server(registry_=two)
+    # The same file as an embedding model: it does not chat, so the picker leaves it out,
+    # resident or not.
+    encoder = msgspec.structs.replace(
+        spec, id=ENCODER_ID, name="SmolLM2 vectors", kind="embedding", pooling="mean"
+    )
+    models = {DEFAULT_ID: spec, TWIN_ID: twin, ENCODER_ID: encoder}
+    server = make_server(registry_=Registry(default=DEFAULT_ID, models=models, source="test"))
+    vectors = server.client.post("/v1/embeddings", json={"model": ENCODER_ID, "input": "hi"})
+    assert vectors.status_code == 200
     requests = ChatRequests(page, never_end)
     chat = Chat(page, server)
     chat.open()
     options = page.locator("#model option")
     expect(options).to_have_count(2)
+    assert ENCODER_ID not in [options.nth(i).get_attribute("value") for i in range(2)]
     expect(options.nth(0)).to_have_attribute("data-state", "resident")
     expect(options.nth(1)).to_have_attribute("data-state", "local")
     expect(page.locator("#model")).to_have_value(DEFAULT_ID)

@@ -127,6 +127,7 @@ async def available_models(services: NamedDependency[Services]) -> AvailableMode
             id=spec.id,
             name=spec.name,
             description=spec.description,
+            kind=spec.kind,
             repo=spec.repo,
             file=spec.file,
             size_bytes=row.size_bytes,

@@ -20,7 +20,7 @@ from locallab_gguf.api.common.fields import (
     UsageBody,
     stop_strings,
 )
-from locallab_gguf.engine.types import ChatMessage, FinishReason, SamplingParams
+from locallab_gguf.engine.types import ChatMessage, FinishReason, ModelKind, SamplingParams
 
 Temperature = Annotated[float, Meta(ge=0.0, le=2.0, description="0 = greedy")]
 TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
@@ -184,6 +184,7 @@ class AvailableModel(msgspec.Struct):
     id: str
     name: str
     description: str
+    kind: ModelKind  # chat models generate; embedding and reranker models only encode
     repo: str
     file: str
     size_bytes: int | None

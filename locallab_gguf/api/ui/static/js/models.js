@@ -64,7 +64,9 @@ export class ModelPicker {
       served.data.filter((model) => (model.state ?? "loaded") === "loaded").map((model) => model.id),
     );
     const load = health.model_status === "loading" ? await this.loadInProgress() : null;
-    const entries = registry.models.map((model) => ({
+    // Embedding and reranker models do not chat: the picker offers chat models only.
+    const chat = registry.models.filter((model) => model.kind === "chat");
+    const entries = chat.map((model) => ({
       id: model.id,
       name: model.name,
       size: model.size_bytes,
@@ -79,8 +81,9 @@ export class ModelPicker {
       total: load?.model_id === model.id ? load.total_bytes : null,
     }));
     // A hub file loaded by id is resident without being in the registry.
+    const inRegistry = new Set(registry.models.map((model) => model.id));
     for (const id of resident) {
-      if (!entries.some((entry) => entry.id === id)) entries.unshift({ id, name: id, state: "resident" });
+      if (!inRegistry.has(id)) entries.unshift({ id, name: id, state: "resident" });
     }
     this.entries = entries;
     this.fill(registry.default_model);
