@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pynvml
 import pytest
 
+from locallab_gguf.engine.embedding import open_embedding_engine
 from locallab_gguf.engine.thread_runner import open_local_engine
-from locallab_gguf.engine.types import EngineConfig
+from locallab_gguf.engine.types import EmbeddingMode, EngineConfig
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
@@ -41,6 +44,7 @@ from tests.nvml_standin import (
     gpu_with_free,
     simulated_probe,
 )
+from tests.tiny_encoders import write_tiny_bert
 
 TOTAL_LAYERS = 31
 SLOT_SHAPES = [(1024, 4), (4096, 8), (8192, 1)]
@@ -285,36 +289,77 @@ def _reported_mib(lines: list[str], pattern: str) -> float:
     raise AssertionError(f"llama.cpp did not report {pattern!r}")
 
 
-def test_the_estimate_matches_what_llama_cpp_allocates(
-    model: ModelMemory, model_path: Path
-) -> None:
-    """Load the real model on the CPU and read llama.cpp's own report of its buffers."""
+def _llama_cpp_lines(load: Callable[[], object]) -> list[str]:
+    """What llama.cpp logs while `load` runs."""
     llama_log = logging.getLogger("locallab_gguf.engine.llama")
     lines = _Lines()
     previous_level = llama_log.level
     llama_log.addHandler(lines)
     llama_log.setLevel(logging.DEBUG)
+    try:
+        load()
+    finally:
+        llama_log.removeHandler(lines)
+        llama_log.setLevel(previous_level)
+    return lines.lines
+
+
+def test_the_estimate_matches_what_llama_cpp_allocates(
+    model: ModelMemory, model_path: Path
+) -> None:
+    """Load the real model on the CPU and read llama.cpp's own report of its buffers."""
 
     async def load_and_close() -> None:
         config = EngineConfig(n_ctx=1024, n_parallel=4, n_threads=2, n_threads_batch=2)
         engine = await open_local_engine(model_path, config, 0)
         await engine.close(drain=False)
 
-    try:
-        asyncio.run(load_and_close())
-    finally:
-        llama_log.removeHandler(lines)
-        llama_log.setLevel(previous_level)
-
+    lines = _llama_cpp_lines(lambda: asyncio.run(load_and_close()))
     estimate = place(model, 0, 1024, 4)
-    assert estimate.ram_kv_bytes == _reported_mib(lines.lines, "CPU KV buffer size") * MIB
-    weights_mib = _reported_mib(lines.lines, "CPU_Mapped model buffer size")
+    assert estimate.ram_kv_bytes == _reported_mib(lines, "CPU KV buffer size") * MIB
+    weights_mib = _reported_mib(lines, "CPU_Mapped model buffer size")
     assert estimate.ram_weights_bytes / MIB == pytest.approx(weights_mib, abs=0.01)
-    compute_mib = _reported_mib(lines.lines, "CPU compute buffer size")
-    output_mib = _reported_mib(lines.lines, "CPU  output buffer size")
+    compute_mib = _reported_mib(lines, "CPU compute buffer size")
+    output_mib = _reported_mib(lines, "CPU  output buffer size")
     # The compute estimate errs high, by little.
     reported = (compute_mib + output_mib) * MIB
     assert reported <= estimate.ram_compute_bytes <= 1.1 * reported
+
+
+def test_an_encoders_kv_estimate_is_its_one_context_or_none(
+    model_path: Path, tmp_path: Path
+) -> None:
+    """Embedding models run their inputs in one context (a causal model's KV is one batch
+    long, whatever --parallel says); a BERT keeps no KV cache. The plan says what llama.cpp
+    then allocates, not a chat model's slots."""
+    hardware = hardware_with([])
+    config = EngineConfig(
+        n_ctx=1024, n_parallel=4, n_threads=2, n_threads_batch=2, embedding=EmbeddingMode()
+    )
+    as_chat = plan_model_file(
+        model_path,
+        hardware,
+        msgspec.structs.replace(config, embedding=None),
+        setting=None,
+        registry=0,
+    )
+    planned = plan_model_file(model_path, hardware, config, setting=None, registry=0)
+
+    def load() -> None:
+        mean = msgspec.structs.replace(config, embedding=EmbeddingMode(pooling="mean"))
+        open_embedding_engine(model_path, 0, mean, mean.embedding).close(drain=False)
+
+    reported = _reported_mib(_llama_cpp_lines(load), "CPU KV buffer size") * MIB
+    assert planned.estimate.kv_cache_bytes == reported
+    assert as_chat.estimate.kv_cache_bytes == 4 * reported  # 4 slots of 1,024 tokens
+
+    bert = write_tiny_bert(tmp_path / "tiny-bert.gguf")
+    plan = plan_model_file(bert, hardware, config, setting=None, registry=0)
+    lines = _llama_cpp_lines(
+        lambda: open_embedding_engine(bert, 0, config, EmbeddingMode()).close(drain=False)
+    )
+    assert plan.estimate.kv_cache_bytes == 0
+    assert not [line for line in lines if "KV buffer size" in line]
 
 
 def test_vram_freed_by_unloading_is_credited_to_the_gpus_in_use_within_their_size() -> None:

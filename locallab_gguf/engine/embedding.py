@@ -97,11 +97,8 @@ class EmbeddingEngine:
         self.mode = mode
         self.config = config
         trained = model.n_ctx_train
-        # Encoders have learned position embeddings for n_ctx_train positions and nothing past.
-        per_input = config.context_per_slot(trained)
-        self.max_input_tokens = min(per_input, trained) if trained > 0 else per_input
-        # A non-causal model must see each sequence whole in one micro-batch.
-        self.n_batch = max(config.n_batch, self.max_input_tokens)
+        self.max_input_tokens = config.encoder_input_tokens(trained)
+        self.n_batch = config.encoder_context(trained)
         self.n_seq_max = min(
             max(config.n_parallel, MIN_SEQUENCES_PER_DECODE),
             int(llama_cpp.llama_max_parallel_sequences()),
@@ -123,6 +120,7 @@ class EmbeddingEngine:
             model_size_bytes=model.size_bytes,
             chat_template_source=None,
             parallel=self.n_seq_max,
+            kv_shape=(self.n_batch, 1),
         )
         self._lock = threading.Condition()
         self._queue: collections.deque[_Input] = collections.deque()

@@ -283,6 +283,9 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     model_size_bytes: int
     chat_template_source: Literal["gguf", "registry"] | None
     parallel: int
+    # (tokens per slot, slots) of the KV cache it opened: an encoder's inputs share one
+    # context, so its `parallel` inputs a decode are not slots of their own.
+    kv_shape: tuple[int, int]
 
 
 class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
@@ -340,3 +343,21 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     def context_per_slot(self, n_ctx_train: int) -> int:
         """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""
         return self.n_ctx or min(n_ctx_train or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+
+    def encoder_input_tokens(self, n_ctx_train: int) -> int:
+        """The longest input an embedding or reranker model takes: a slot's context, never
+        past the trained length (encoders have learned positions for it and nothing beyond)."""
+        per_input = self.context_per_slot(n_ctx_train)
+        return min(per_input, n_ctx_train) if n_ctx_train > 0 else per_input
+
+    def encoder_context(self, n_ctx_train: int) -> int:
+        """The tokens of an encoder's one context: a batch, and at least one whole input (a
+        non-causal model must see each input in one micro-batch)."""
+        return max(self.n_batch, self.encoder_input_tokens(n_ctx_train))
+
+    def kv_shape(self, n_ctx_train: int) -> tuple[int, int]:
+        """(tokens per slot, slots) of the KV cache this config opens: one context for an
+        encoder, whatever its parallel setting; a slot's context times the slots otherwise."""
+        if self.embedding is not None:
+            return self.encoder_context(n_ctx_train), 1
+        return self.context_per_slot(n_ctx_train), self.n_parallel

@@ -43,7 +43,7 @@ class ModelMemory(msgspec.Struct, frozen=True, kw_only=True):
     layer_bytes: list[int]  # weights of each block
     output_bytes: int  # final norm and head
     tied_head_bytes: int  # a head tied to the embeddings: a copy of them once on the GPU
-    kv_bytes_per_cell: list[int]  # per block: K and V of one token
+    kv_bytes_per_cell: list[int]  # per block: K and V of one token; 0 where none is kept
     activation_bytes: int  # one batch's working tensors, per device that runs layers
     logits_bytes: int  # one batch's logits, on the device of the output layer
 
@@ -128,7 +128,13 @@ def model_memory(header: GgufHeader) -> ModelMemory:
         layer_bytes=layer_bytes,
         output_bytes=output_bytes,
         tied_head_bytes=embeddings_bytes if tied_head else 0,
-        kv_bytes_per_cell=_kv_bytes_per_cell(arch, meta, n_layer, n_embd),
+        # A model without causal attention (BERT and other encoders) sees each input whole
+        # in one pass: llama.cpp keeps no KV cache for it.
+        kv_bytes_per_cell=(
+            _kv_bytes_per_cell(arch, meta, n_layer, n_embd)
+            if meta.get(f"{arch}.attention.causal", True)
+            else [0] * n_layer
+        ),
         activation_bytes=ACTIVATION_BYTES * BATCH_TOKENS * (4 * n_embd + n_ff),
         logits_bytes=ACTIVATION_BYTES * BATCH_TOKENS * n_vocab,
     )

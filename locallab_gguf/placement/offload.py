@@ -111,11 +111,12 @@ def plan_model_file(
     """Read the GGUF header (not the weights) and plan its load with `config` on this hardware."""
     model = read_model_memory(path)
     requested, decided_by = gpu_layers_request(setting, registry)
+    context_per_slot, parallel = config.kv_shape(model.n_ctx_train)
     return plan_offload(
         model,
         hardware,
-        context_per_slot=config.context_per_slot(model.n_ctx_train),
-        parallel=config.n_parallel,
+        context_per_slot=context_per_slot,
+        parallel=parallel,
         requested=requested,
         decided_by=decided_by,
     )
@@ -185,8 +186,8 @@ def gpu_layers_fitting(
     model = read_model_memory(path)
     total = model.offloadable_layers
     cap = total if wanted == "auto" or wanted < 0 else min(wanted, total)
-    context = config.context_per_slot(model.n_ctx_train)
-    return min(cap, _most_layers(model, gpus, context, config.n_parallel))
+    context, parallel = config.kv_shape(model.n_ctx_train)
+    return min(cap, _most_layers(model, gpus, context, parallel))
 
 
 def with_freed_vram(gpus: list[GpuInfo], freed_bytes: int) -> list[GpuInfo]:

@@ -14,11 +14,12 @@ def loaded_footprint(
     """What the loaded model's layers take where, from its GGUF header and the engine."""
     info = model.engine.info
     _, decided_by = gpu_layers_request(settings.gpu_layers, model.spec.n_gpu_layers)
+    context_per_slot, parallel = info.kv_shape
     return estimate_loaded(
         model.path,
         hardware,
         gpu_layers=info.n_gpu_layers,
-        context_per_slot=info.context_length,
-        parallel=info.parallel,
+        context_per_slot=context_per_slot,
+        parallel=parallel,
         decided_by=decided_by,
     )
