@@ -52,7 +52,7 @@ def bare(model_path: Path) -> Iterator[Llama]:
     llama.close()
 
 
-def tokenize(server: RunningServer, content: str, **options: object) -> list[Any]:
+def tokenize(server: RunningServer, content: str | list[str | int], **options: object) -> list[Any]:
     reply = server.client.post("/tokenize", json={"content": content, **options})
     assert reply.status_code == 200, reply.text
     assert list(reply.json()) == ["tokens"]
@@ -132,6 +132,27 @@ def test_add_special_adds_what_the_models_own_tokenizer_adds(
     )
 
 
+def test_a_list_of_texts_and_ids_tokenizes_the_texts_and_keeps_the_ids(
+    server: RunningServer, bare: Llama
+) -> None:
+    def bare_ids(text: str, bos: bool = False) -> list[int]:
+        return list(bare.tokenize(text.encode(), add_bos=bos, special=True))
+
+    hello, world = TEXTS["ascii"], TEXTS["cjk"]
+    mixed = tokenize(server, [hello, 42, world, 7])
+    assert mixed == [*bare_ids(hello), 42, *bare_ids(world), 7]
+    # The model's BOS, if asked for, only before a first item that is text.
+    with_bos = tokenize(server, [hello, 42], add_special=True)
+    assert with_bos == [*bare_ids(hello, bos=True), 42]
+    assert tokenize(server, [42, hello], add_special=True) == [42, *bare_ids(hello)]
+    pieces = tokenize(server, ["Hi", 42], with_pieces=True)
+    assert pieces[-1] == {"id": 42, "piece": bare.detokenize([42], special=True).decode()}
+    n_vocab = bare.n_vocab()
+    reply = server.client.post("/tokenize", json={"content": ["Hi", n_vocab]})
+    assert reply.status_code == 400
+    assert "content[1]" in reply.json()["detail"] and str(n_vocab) in reply.json()["detail"]
+
+
 def test_empty_content_has_no_tokens_and_no_ids_no_text(server: RunningServer) -> None:
     assert tokenize(server, "") == []
     assert tokenize(server, "", with_pieces=True) == []
@@ -158,6 +179,8 @@ def test_an_id_outside_the_vocabulary_is_a_400_naming_its_index(
     [
         ("/tokenize", {}, "content"),
         ("/tokenize", {"content": 5}, "content"),
+        ("/tokenize", {"content": ["hi", -1]}, "content[1]"),
+        ("/tokenize", {"content": ["hi", [1]]}, "content[1]"),
         ("/tokenize", {"content": "hi", "with_pieces": "yes"}, "with_pieces"),
         ("/tokenize", {"content": "hi", "add_special": 1}, "add_special"),
         ("/detokenize", {}, "tokens"),

@@ -120,6 +120,7 @@ class EmbeddingEngine:
             model_size_bytes=model.size_bytes,
             chat_template_source=None,
             parallel=self.n_seq_max,
+            n_vocab=model.n_vocab,
             kv_shape=(self.n_batch, 1),
         )
         self._lock = threading.Condition()

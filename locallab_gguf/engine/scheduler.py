@@ -234,6 +234,7 @@ class BatchEngine:
                 None if template_source is None else "registry" if config.chat_template else "gguf"
             ),
             parallel=config.n_parallel,
+            n_vocab=model.n_vocab,
             kv_shape=(self.n_ctx, config.n_parallel),
         )
         self._slots = [_Slot(seq_id) for seq_id in range(config.n_parallel)]

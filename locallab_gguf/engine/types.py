@@ -283,6 +283,7 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     model_size_bytes: int
     chat_template_source: Literal["gguf", "registry"] | None
     parallel: int
+    n_vocab: int  # ids 0 to n_vocab - 1
     # (tokens per slot, slots) of the KV cache it opened: an encoder's inputs share one
     # context, so its `parallel` inputs a decode are not slots of their own.
     kv_shape: tuple[int, int]

@@ -1,7 +1,7 @@
 """Keeps schemathesis' bodies within what the loaded model allows, which the schema cannot
 state: the served model's id, a few new tokens (each test stays short), token ids inside
-its vocabulary (logit_bias, /detokenize). A value the schema refuses is left as it is, so
-negative cases stay negative.
+its vocabulary (logit_bias, /detokenize, /tokenize's lists). A value the schema refuses is
+left as it is, so negative cases stay negative.
 
 Bodies the schema allows (positive cases) are also made to meet the rules that no JSON
 Schema can state, which the handlers check and the document describes in words: an id that
@@ -78,6 +78,9 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     tokens = body.get("tokens")
     if path == "/detokenize" and isinstance(tokens, list):
         body["tokens"] = [_id_in_vocabulary(token) for token in tokens]
+    content = body.get("content")
+    if path == "/tokenize" and isinstance(content, list):
+        body["content"] = [_id_in_vocabulary(item) for item in content]
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
         _meet_unstated_rules(body)
         _prompts_have_tokens(path, body)

@@ -18,6 +18,8 @@ from msgspec import Meta
 
 from locallab_gguf.api.common.fields import INT32_MAX, ModelId
 from locallab_gguf.api.common.services import Services
+from locallab_gguf.errors import InvalidRequest
+from locallab_gguf.serving.resident import ResidentModel
 
 ModelField = ModelId | None  # absent: the default model
 TokenId = Annotated[int, Meta(ge=0, le=INT32_MAX, description="an id in the model's vocabulary")]
@@ -26,9 +28,19 @@ Byte = Annotated[int, Meta(ge=0, le=255)]
 
 class TokenizeRequest(msgspec.Struct, kw_only=True):
     model: ModelField = None
-    content: Annotated[str, Meta(description="the text to tokenize")]
+    content: Annotated[
+        str | list[str | TokenId],
+        Meta(
+            description="the text to tokenize, or a list of texts and token ids: the texts "
+            "tokenized and the ids kept, in order"
+        ),
+    ]
     add_special: Annotated[
-        bool, Meta(description="add the tokens the model puts before every text (its BOS)")
+        bool,
+        Meta(
+            description="add the tokens the model puts before every text (its BOS); with a "
+            "list, only when it begins with a text"
+        ),
     ] = False
     parse_special: Annotated[
         bool,
@@ -67,9 +79,7 @@ async def tokenize(
     data: JSONBody[TokenizeRequest], services: NamedDependency[Services]
 ) -> TokenizeResponse:
     async with services.model_for(data.model) as model:
-        tokens = await model.engine.tokenize(
-            data.content, add_special=data.add_special, parse_special=data.parse_special
-        )
+        tokens = await _tokens_of(model, data)
         if not data.with_pieces:
             return TokenizeResponse(list(tokens))
         pieces = await model.engine.token_pieces(tokens)
@@ -86,6 +96,28 @@ async def detokenize(
         pieces = await model.engine.token_pieces(data.tokens)
     # Ids that end inside a character (a cut-off emoji) leave bytes no text can hold.
     return DetokenizeResponse(b"".join(pieces).decode("utf-8", errors="replace"))
+
+
+async def _tokens_of(model: ResidentModel, data: TokenizeRequest) -> list[int]:
+    """The content's ids; a list's texts are tokenized one by one (the model's BOS, if asked
+    for, only before a first item that is text, as llama.cpp's server does) and its ids kept."""
+    engine = model.engine
+    parts = [data.content] if isinstance(data.content, str) else data.content
+    tokens: list[int] = []
+    for index, part in enumerate(parts):
+        if isinstance(part, int):
+            if part >= engine.info.n_vocab:
+                raise InvalidRequest(
+                    f"content[{index}] is {part}, which is not in the vocabulary of "
+                    f"{model.path.name} (ids 0 to {engine.info.n_vocab - 1:,})"
+                )
+            tokens.append(part)
+            continue
+        first = index == 0
+        tokens += await engine.tokenize(
+            part, add_special=data.add_special and first, parse_special=data.parse_special
+        )
+    return tokens
 
 
 def _piece_body(piece: bytes) -> str | list[int]:
