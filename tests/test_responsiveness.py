@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import statistics
 import time
+from pathlib import Path
 
+import pytest
+
+from locallab_gguf.engine.thread_runner import open_local_engine
+from locallab_gguf.engine.types import EngineConfig, GenerationRequest, SamplingParams
 from tests.servers import RunningServer, wait_until
 
 LONG = {"prompt": "Once upon a time", "max_length": 600, "temperature": 0}
@@ -50,3 +56,44 @@ def test_engine_lets_go_of_a_non_streaming_client_that_hangs_up(server: RunningS
     wait_until(lambda: server.engine_stats().slots_busy == 1)
     raw.close()
     assert server.wait_until_idle(timeout=1.0) < 1.0
+
+
+def test_a_generation_cancelled_while_its_prompt_is_read_never_runs_on(
+    model_path: Path,
+) -> None:
+    """In-process engine: the client leaves while a thread is still reading its prompt. The
+    thread cannot be stopped; once the engine has the request, it is cancelled, not run."""
+    config = EngineConfig(n_ctx=512, n_parallel=2, n_threads=2, n_threads_batch=2)
+    request = GenerationRequest(
+        prompt="Count from 1 to 100: 1, 2, 3,",
+        max_tokens=64,
+        sampling=SamplingParams(temperature=0),
+    )
+
+    async def scenario() -> tuple[int, int]:
+        engine = await open_local_engine(model_path, config, 0)
+        batch = engine.engine
+        try:
+            alone = await engine.generate(request)
+            async for _ in alone:
+                pass
+            whole = batch.stats().completion_tokens_total
+            # While the engine's lock is held the reading thread cannot queue the request.
+            with batch._lock:
+                task = asyncio.ensure_future(engine.generate(request))
+                await asyncio.sleep(0.3)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            for _ in range(300):
+                await asyncio.sleep(0.05)
+                stats = batch.stats()
+                if stats.slots_busy == 0 and stats.queue_depth == 0:
+                    break
+            return whole, batch.stats().completion_tokens_total - whole
+        finally:
+            await engine.close(drain=False)
+
+    whole, after_cancel = asyncio.run(scenario())
+    assert whole == request.max_tokens  # the same request alone runs its full length
+    assert after_cancel < whole // 2
