@@ -4,7 +4,8 @@
     ├── ConfigError              settings or models.toml are invalid (start-up)
     ├── InvalidRequest           a request's parameters cannot be served
     │   ├── InvalidModelId       a hub id that is neither owner/repo:file.gguf nor hf://…
-    │   └── UnsupportedParameter a request field this server does not implement was set
+    │   ├── UnsupportedParameter a request field this server does not implement was set
+    │   └── TokenNotInVocabulary a token id the model does not have
     ├── CustomModelsRefused      a hub id outside the registry, on a server that refuses them
     ├── ModelNotFound            the model id is not in the registry (nor a hub file)
     ├── PromptTooLong            the prompt does not fit the model's context
@@ -60,6 +61,16 @@ class InvalidRequest(LocalLabError):
 
 class InvalidModelId(InvalidRequest):
     pass
+
+
+class TokenNotInVocabulary(InvalidRequest):
+    """`field` names where the id was sent (`tokens[2]`, `content[1]`)."""
+
+    def __init__(self, field: str, token: int, model_file: str, n_vocab: int) -> None:
+        super().__init__(
+            f"{field} is {token}, which is not in the vocabulary of {model_file} (ids 0 to "
+            f"{n_vocab - 1:,}); send ids that /tokenize gave for this model"
+        )
 
 
 class UnsupportedParameter(InvalidRequest):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
@@ -27,6 +27,25 @@ from locallab_gguf.engine.types import (
     Rankings,
     RerankRequest,
 )
+
+T = TypeVar("T")
+
+
+async def submit_on_a_thread(submit: Callable[[], T], cancel: Callable[[], None]) -> T:
+    """`submit()` on a thread: tokenizing a long prompt or many inputs would stall the event
+    loop. A thread cannot be stopped, so if the caller is cancelled first, `cancel()` runs once
+    `submit` has queued the request, and nothing is served for nobody."""
+    submitting = asyncio.ensure_future(asyncio.to_thread(submit))
+    try:
+        return await asyncio.shield(submitting)
+    except asyncio.CancelledError:
+
+        def undo(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                cancel()
+
+        submitting.add_done_callback(undo)
+        raise
 
 
 class RequestStream:

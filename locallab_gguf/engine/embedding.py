@@ -194,16 +194,14 @@ class EmbeddingEngine:
         """Drop a request whose client left: its queued inputs are not encoded, and it gets no
         answer. Inputs in the decode running now finish with it and are thrown away."""
         with self._lock:
-            job = self._jobs.pop(job_id, None)
+            job = self._jobs.get(job_id)
             if job is None:
                 return  # answered already, or never queued
-            job.ended = True
-            before = len(self._queue)
-            self._queue = collections.deque(item for item in self._queue if item.job is not job)
+            dropped = self._end_locked(job)
         log.info(
             "encoding request %d cancelled: %d of its %d inputs were still queued",
             job_id,
-            before - len(self._queue),
+            dropped,
             len(job.rows),
         )
 
@@ -384,11 +382,17 @@ class EmbeddingEngine:
         with self._lock:
             if job.ended:
                 return
-            job.ended = True
-            del self._jobs[job.id]
-            # Its inputs still queued go too; those already decoded are simply dropped.
-            self._queue = collections.deque(item for item in self._queue if item.job is not job)
+            self._end_locked(job)
         job.answer(error)
+
+    def _end_locked(self, job: _Job) -> int:
+        """Forget the job and its inputs still queued (those already decoded are simply
+        dropped); returns how many were queued."""
+        job.ended = True
+        del self._jobs[job.id]
+        before = len(self._queue)
+        self._queue = collections.deque(item for item in self._queue if item.job is not job)
+        return before - len(self._queue)
 
     # -- loading -----------------------------------------------------------------------
 

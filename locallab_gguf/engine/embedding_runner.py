@@ -8,7 +8,7 @@ import functools
 import itertools
 from pathlib import Path
 
-from locallab_gguf.engine.client import EngineState, RequestStream
+from locallab_gguf.engine.client import EngineState, RequestStream, submit_on_a_thread
 from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
 from locallab_gguf.engine.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
@@ -87,22 +87,15 @@ class LocalEmbeddingEngine:
                 self._loop.call_soon_threadsafe(settle, outcome)
 
         job_id = next(self._job_ids)
-        # Tokenizing many inputs takes a while; keep it off the event loop.
-        queued = asyncio.ensure_future(
-            asyncio.to_thread(self.engine.submit_encode, job_id, request, deliver)
+        cancel = functools.partial(self.engine.cancel, job_id)
+        await submit_on_a_thread(
+            functools.partial(self.engine.submit_encode, job_id, request, deliver), cancel
         )
         try:
-            await asyncio.shield(queued)
             return await answer
         except asyncio.CancelledError:
-            # The client left: its inputs are dropped once they are queued (the thread
-            # tokenizing them cannot be stopped).
-            queued.add_done_callback(functools.partial(self._drop, job_id))
+            cancel()  # the client left: its inputs still queued are dropped
             raise
-
-    def _drop(self, job_id: int, queued: asyncio.Future[None]) -> None:
-        if not queued.cancelled() and queued.exception() is None:
-            self.engine.cancel(job_id)
 
 
 async def open_local_embedding_engine(

@@ -263,9 +263,7 @@ class WorkerEngine:
         try:
             encoded = await answer
         except asyncio.CancelledError:
-            # The client left: the worker drops the inputs it has not encoded yet.
-            if self._process is not None:
-                self._process.send(Cancel(job_id=job_id))
+            self._cancel(job_id)  # the client left: the worker drops the inputs still queued
             raise
         finally:
             self._encodes.pop(job_id, None)

@@ -13,11 +13,11 @@ from locallab_gguf.engine.client import (
     EngineState,
     RequestStream,
     StreamRouter,
+    submit_on_a_thread,
 )
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
-    Accepted,
     EmbeddingRequest,
     Embeddings,
     EngineConfig,
@@ -54,16 +54,11 @@ class LocalEngine:
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         job_id, queue = self._streams.open()
-        # Tokenizing a long prompt takes a while; keep it off the event loop.
-        submitting = asyncio.ensure_future(asyncio.to_thread(self.engine.submit, job_id, request))
         try:
-            accepted = await asyncio.shield(submitting)
-        except asyncio.CancelledError:
-            # The client left while its prompt was read: once the engine has the request
-            # (the thread cannot be stopped), it is cancelled rather than run for nobody.
-            self._streams.close(job_id)
-            submitting.add_done_callback(functools.partial(self._drop, job_id))
-            raise
+            accepted = await submit_on_a_thread(
+                functools.partial(self.engine.submit, job_id, request),
+                functools.partial(self.engine.cancel, job_id),
+            )
         except BaseException:
             self._streams.close(job_id)
             raise
@@ -99,10 +94,6 @@ class LocalEngine:
     def _cancel(self, job_id: int) -> None:
         self._streams.close(job_id)
         self.engine.cancel(job_id)
-
-    def _drop(self, job_id: int, submitting: asyncio.Future[Accepted]) -> None:
-        if not submitting.cancelled() and submitting.exception() is None:
-            self.engine.cancel(job_id)
 
     def _deliver(self, batch: EventBatch) -> None:
         # Runs on the engine thread; everything else happens on the loop.

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from locallab_gguf.engine.llama import LlamaModel
-from locallab_gguf.errors import InvalidRequest
+from locallab_gguf.errors import TokenNotInVocabulary
 
 
 def tokenize_text(
@@ -28,11 +28,7 @@ def token_pieces(model: LlamaModel, tokens: Sequence[int]) -> list[bytes]:
     n_vocab = model.n_vocab
     for index, token in enumerate(tokens):
         if not 0 <= token < n_vocab:
-            raise InvalidRequest(
-                f"tokens[{index}] is {token}, which is not in the vocabulary of "
-                f"{model.path.name} (ids 0 to {n_vocab - 1:,}); send ids that /tokenize "
-                "gave for this model"
-            )
+            raise TokenNotInVocabulary(f"tokens[{index}]", token, model.path.name, n_vocab)
     return [model.rendered_piece(token) for token in tokens]
 
 

@@ -18,7 +18,7 @@ from msgspec import Meta
 
 from locallab_gguf.api.common.fields import INT32_MAX, ModelId
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.errors import InvalidRequest
+from locallab_gguf.errors import TokenNotInVocabulary
 from locallab_gguf.serving.resident import ResidentModel
 
 ModelField = ModelId | None  # absent: the default model
@@ -107,9 +107,8 @@ async def _tokens_of(model: ResidentModel, data: TokenizeRequest) -> list[int]:
     for index, part in enumerate(parts):
         if isinstance(part, int):
             if part >= engine.info.n_vocab:
-                raise InvalidRequest(
-                    f"content[{index}] is {part}, which is not in the vocabulary of "
-                    f"{model.path.name} (ids 0 to {engine.info.n_vocab - 1:,})"
+                raise TokenNotInVocabulary(
+                    f"content[{index}]", part, model.path.name, engine.info.n_vocab
                 )
             tokens.append(part)
             continue
