@@ -28,16 +28,25 @@ else
 CPU_CMAKE_ARGS := -DGGML_NATIVE=ON
 endif
 # LLAMA_CPU=baseline (BACKEND=cpu, x86-64) builds for any AVX2 CPU instead: no AVX-512, no
-# AMX. Greedy output depends on the kernels a build picks, so running the tests against both
-# builds shows they do not lean on one CPU's arithmetic.
+# AMX. It runs the same kernels as a native build on an AVX2 CPU, so it says nothing about
+# other CPUs' arithmetic.
+# LLAMA_CPU=portable builds with SSE3/SSSE3 only (no AVX, AVX2, FMA, F16C, AVX-512): other
+# kernels, so other rounding and other greedy answers on every x86-64 CPU we run on. The
+# suite passing on it and on the native build shows the tests do not lean on one CPU's
+# arithmetic (about 3x slower; run it with VENV=.venv-portable beside the native venv).
 LLAMA_CPU ?= native
-ifeq ($(LLAMA_CPU),baseline)
+ifneq ($(filter $(LLAMA_CPU),baseline portable),)
 ifneq ($(BACKEND)-$(UNAME_M),cpu-x86_64)
-$(error LLAMA_CPU=baseline is an x86-64 CPU build; it needs BACKEND=cpu on x86-64)
+$(error LLAMA_CPU=$(LLAMA_CPU) is an x86-64 CPU build; it needs BACKEND=cpu on x86-64)
 endif
+endif
+ifeq ($(LLAMA_CPU),baseline)
 CPU_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+else ifeq ($(LLAMA_CPU),portable)
+CPU_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF \
+	-DGGML_F16C=OFF -DGGML_AVX512=OFF
 else ifneq ($(LLAMA_CPU),native)
-$(error LLAMA_CPU is native or baseline, not '$(LLAMA_CPU)')
+$(error LLAMA_CPU is native, baseline or portable, not '$(LLAMA_CPU)')
 endif
 ifeq ($(BACKEND),cuda)
 LLAMA_CMAKE_ARGS ?= $(CPU_CMAKE_ARGS) -DGGML_CUDA=on
