@@ -10,12 +10,17 @@ With a directory, every entry is also written to a file that records the cache f
 llama.cpp build and the model file's sha256; at start the files that match are listed again
 (their bytes stay on disk until a request needs them) and any other file is removed with a
 log line. This module does not import llama.cpp: the scheduler hands it bytes.
+
+With a ledger (cache_ledger.py), the capacity is the server's one budget, which every resident
+model's cache shares: room is made by evicting the least recently used states of any cache,
+and states another cache evicted are dropped at `settle`.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -23,6 +28,7 @@ import struct
 from array import array
 from pathlib import Path
 
+from locallab_gguf.engine.cache_ledger import LedgerAccount
 from locallab_gguf.engine.prefix import common_prefix
 from locallab_gguf.engine.types import PromptReuse
 
@@ -42,11 +48,18 @@ _HASHES_FILE = "model-sha256.json"
 class CacheEntry:
     """One saved state: the exact tokens it holds and its bytes (None while on disk only)."""
 
-    __slots__ = ("data", "name", "path", "size", "tokens")
+    __slots__ = ("data", "name", "path", "size", "state_id", "tokens")
 
     def __init__(
-        self, tokens: list[int], data: bytearray | None, size: int, name: str, path: Path | None
+        self,
+        tokens: list[int],
+        data: bytearray | None,
+        size: int,
+        name: str,
+        path: Path | None,
+        state_id: int,
     ) -> None:
+        self.state_id = state_id  # its row in the ledger
         self.tokens = tokens
         self.data = data
         self.size = size
@@ -65,12 +78,16 @@ class PromptCache:
         directory: Path | None = None,
         model_sha256: str | None = None,
         build: str = "",
+        ledger: LedgerAccount | None = None,
     ) -> None:
-        self.capacity_bytes = capacity_bytes
+        self._ledger = ledger
+        self.capacity_bytes = capacity_bytes if ledger is None else ledger.budget_bytes
         self._directory = directory
         self._model_sha256 = bytes.fromhex(model_sha256) if model_sha256 else b"\0" * 32
         self._build = build.encode()
         self._entries: collections.OrderedDict[str, CacheEntry] = collections.OrderedDict()
+        self._names: dict[int, str] = {}  # state id -> entry name
+        self._state_ids = itertools.count(1)
         self._bytes = 0
         self.lookups = 0
         self.hits = 0
@@ -115,16 +132,55 @@ class PromptCache:
         for key, entry in list(self._entries.items()):
             if len(entry.tokens) <= len(tokens) and tokens[: len(entry.tokens)] == entry.tokens:
                 self._drop(key)
+        if not self._room_for(len(data)):
+            return
         path = self._write(name, tokens, data) if self._directory is not None else None
-        self._entries[name] = CacheEntry(list(tokens), data, len(data), name, path)
-        self._bytes += len(data)
+        self._add(CacheEntry(list(tokens), data, len(data), name, path, next(self._state_ids)))
         self._evict_to(self.capacity_bytes)
+
+    def settle(self) -> None:
+        """Drop the states another model's cache evicted to make room in the shared budget."""
+        if self._ledger is None:
+            return
+        for state_id in self._ledger.owed():
+            name = self._names.get(state_id)
+            if name is not None:
+                self._drop(name)
+            else:  # already gone here; only the row is left
+                self._ledger.removed(state_id)
+
+    def close(self) -> None:
+        """Give this cache's share of the shared budget back."""
+        if self._ledger is not None:
+            self._ledger.close()
+
+    def _room_for(self, size: int) -> bool:
+        if self._ledger is None:
+            return True
+        while self._entries and len(self._entries) >= self._ledger.rows_per_cache:
+            self._drop(next(iter(self._entries)))
+        return self._ledger.make_room(size, self._drop_evicted)
+
+    def _drop_evicted(self, state_id: int) -> None:
+        # The ledger removes the row itself, under the lock it holds.
+        name = self._names.get(state_id)
+        if name is not None:
+            self._drop(name, tell_ledger=False)
+
+    def _add(self, entry: CacheEntry) -> None:
+        self._entries[entry.name] = entry
+        self._names[entry.state_id] = entry.name
+        self._bytes += entry.size
+        if self._ledger is not None:
+            self._ledger.added(entry.state_id, entry.size)
 
     def take(self, entry: CacheEntry) -> bytearray | None:
         """The entry's bytes, read from disk when needed; marks it recently used."""
         if entry.name not in self._entries:
             return None
         self._entries.move_to_end(entry.name)
+        if self._ledger is not None:
+            self._ledger.touched(entry.state_id)
         if entry.data is None:
             assert entry.path is not None
             entry.data = self._read_state(entry.path, len(entry.tokens), entry.size)
@@ -152,9 +208,12 @@ class PromptCache:
             cache_hit_rate=self.hits / self.lookups if self.lookups else 0.0,
         )
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: str, *, tell_ledger: bool = True) -> None:
         entry = self._entries.pop(key)
+        del self._names[entry.state_id]
         self._bytes -= entry.size
+        if self._ledger is not None and tell_ledger:
+            self._ledger.removed(entry.state_id)
         if entry.path is not None:
             entry.path.unlink(missing_ok=True)
 
@@ -189,9 +248,12 @@ class PromptCache:
         paths = sorted(directory.glob("*" + SUFFIX), key=lambda path: path.stat().st_mtime_ns)
         for path in paths:
             entry = self._read_entry(path)
-            if entry is not None:
-                self._entries[entry.name] = entry
-                self._bytes += entry.size
+            if entry is None:
+                continue
+            if self._room_for(entry.size):
+                self._add(entry)
+            else:
+                self._reject(path, "the prompt cache's budget is taken by other models")
         self._evict_to(self.capacity_bytes)
         if self._entries:
             log.info(
@@ -226,7 +288,7 @@ class PromptCache:
             return self._reject(path, f"it cannot be read ({exc})")
         tokens = array(_TOKEN)
         tokens.frombytes(token_bytes)
-        return CacheEntry(tokens.tolist(), None, n_bytes, path.stem, path)
+        return CacheEntry(tokens.tolist(), None, n_bytes, path.stem, path, next(self._state_ids))
 
     def _read_state(self, path: Path, n_tokens: int, n_bytes: int) -> bytearray | None:
         offset = _HEADER.size + len(self._build) + n_tokens * array(_TOKEN).itemsize
