@@ -146,8 +146,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         Annotated[int, Meta(ge=0)] | None,
         Meta(
             description="MiB of RAM for saved prompt states that later requests restore "
-            "instead of recomputing; 0 turns the prompt cache off (default: a quarter of the "
-            "free memory, at most 8192)"
+            "instead of recomputing, one budget for all resident models together (the least "
+            "recently used state goes first, whichever model holds it); 0 turns the prompt "
+            "cache off (default: a quarter of the free memory at start, at most 8192)"
         ),
     ] = None
     prompt_cache_dir: Annotated[

@@ -20,6 +20,7 @@ from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.ratelimit import Clock
 from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, residency_policy
 from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
+from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
 from locallab_gguf.settings import Settings
 from tests.local_hub import LocalHub
 from tests.reference import Reference
@@ -72,12 +73,15 @@ def make_server(registry: Registry) -> Iterator[ServerFactory]:
             clock: Clock = time.time,
             hardware: HardwareProbe | None = None,
         ) -> RunningServer:
+            # One prompt-cache budget for the server's models, as `serve` makes it.
+            cache = PromptCacheBudget.of_settings(settings.cache_ram)
+            stack.callback(cache.close)
             manager = ModelManager(
                 registry_ or registry,
                 files or ModelFiles(),
-                opener or local_engine_opener(settings, hardware),
+                opener or local_engine_opener(settings, hardware, cache),
                 allow_custom_models=settings.custom_models,
-                planner=LocalPlanner(settings, hardware),
+                planner=LocalPlanner(settings, hardware, cache),
                 policy=residency_policy(settings),
             )
             app = app_of(

@@ -27,6 +27,7 @@ from locallab_gguf.serving.loader import (
     residency_policy,
 )
 from locallab_gguf.serving.model_manager import ModelManager
+from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
 from locallab_gguf.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,12 +39,13 @@ def build_app(settings: Settings) -> Litestar:
     # The Hugging Face variables are read here, once; nothing below looks at the environment.
     files = model_files(settings, os.environ)
     hardware = HardwareProbe(supports_gpu_offload())
+    cache = PromptCacheBudget.of_settings(settings.cache_ram)
     manager = ModelManager(
         registry,
         files,
-        local_engine_opener(settings, hardware),
+        local_engine_opener(settings, hardware, cache),
         allow_custom_models=settings.custom_models,
-        planner=LocalPlanner(settings, hardware),
+        planner=LocalPlanner(settings, hardware, cache),
         policy=residency_policy(settings),
     )
     initial = settings.model or registry.default

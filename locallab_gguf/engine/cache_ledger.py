@@ -77,6 +77,20 @@ def _table_bytes(rows: int) -> int:
     return _TABLE.size + rows * _ROW.size
 
 
+def held_bytes(path: Path) -> int:
+    """Bytes every running cache on the ledger at `path` holds together."""
+    with path.open("rb") as file:
+        fcntl.flock(file.fileno(), fcntl.LOCK_SH)
+        data = file.read()
+    _, _, tables, rows, _ = _HEADER.unpack_from(data, 0)
+    total = 0
+    for table in range(tables):
+        owner, _, held = _TABLE.unpack_from(data, _HEADER.size + table * _table_bytes(rows))
+        if owner != 0 and _alive(owner):
+            total += held
+    return total
+
+
 class LedgerAccount:
     """One cache's table in the ledger, claimed for the life of the cache."""
 

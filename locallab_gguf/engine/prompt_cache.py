@@ -138,16 +138,24 @@ class PromptCache:
         self._add(CacheEntry(list(tokens), data, len(data), name, path, next(self._state_ids)))
         self._evict_to(self.capacity_bytes)
 
-    def settle(self) -> None:
-        """Drop the states another model's cache evicted to make room in the shared budget."""
+    @property
+    def shared(self) -> bool:
+        """Whether other models' caches share this one's budget."""
+        return self._ledger is not None
+
+    def settle(self) -> bool:
+        """Drop the states another model's cache evicted to make room in the shared budget;
+        whether there were any."""
         if self._ledger is None:
-            return
-        for state_id in self._ledger.owed():
+            return False
+        owed = self._ledger.owed()
+        for state_id in owed:
             name = self._names.get(state_id)
             if name is not None:
                 self._drop(name)
             else:  # already gone here; only the row is left
                 self._ledger.removed(state_id)
+        return bool(owed)
 
     def close(self) -> None:
         """Give this cache's share of the shared budget back."""

@@ -36,6 +36,7 @@ import llama_cpp
 import msgspec
 
 from locallab_gguf.engine.activity import Doing
+from locallab_gguf.engine.cache_ledger import SETTLE_SECONDS, LedgerAccount, LedgerFull
 from locallab_gguf.engine.chat_template import ChatTemplate
 from locallab_gguf.engine.hooks import EngineHooks, NoHooks
 from locallab_gguf.engine.kv import Holder, KvPool, ReusePlan, ReuseSource, plan_reuse
@@ -403,6 +404,8 @@ class BatchEngine:
             self._stopping = True
             self._wake.notify()
         self._thread.join()
+        if self._cache is not None:
+            self._cache.close()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
         self.model.close()
@@ -435,9 +438,16 @@ class BatchEngine:
 
     def _run(self) -> None:
         while True:
+            settled = self._cache is not None and self._cache.settle()
             with self._lock:
-                while not self._jobs and not self._stopping:
-                    self._wake.wait()
+                # An idle engine whose cache gave room to another model's still reports, so
+                # its stats (and /metrics) show the bytes it holds now.
+                while not self._jobs and not self._stopping and not settled:
+                    if self._cache is None or not self._cache.shared:
+                        self._wake.wait()
+                    else:  # other models' caches may ask this one for room meanwhile
+                        self._wake.wait(SETTLE_SECONDS)
+                        settled = self._cache.settle()
                 if not self._jobs and self._stopping:
                     return
                 admitted = self._admit_locked()
@@ -870,11 +880,19 @@ def _open_prompt_cache(model: LlamaModel, config: EngineConfig) -> PromptCache |
     if config.prompt_cache_bytes <= 0:
         return None
     directory = Path(config.prompt_cache_dir) if config.prompt_cache_dir else None
+    ledger = None
+    if config.prompt_cache_ledger is not None:
+        try:
+            ledger = LedgerAccount(Path(config.prompt_cache_ledger))
+        except LedgerFull as exc:
+            log.warning("no prompt cache for this model: %s", exc)
+            return None
     return PromptCache(
         config.prompt_cache_bytes,
         directory,
         model_sha256(model.path, directory) if directory is not None else None,
         build=f"llama-cpp-python {llama_cpp_version()}",
+        ledger=ledger,
     )
 
 

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.launch import open_engine
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
@@ -16,7 +18,6 @@ from locallab_gguf.placement.hardware import (
     HardwareInfo,
     HardwareProbe,
     choose_threads,
-    read_memory,
 )
 from locallab_gguf.placement.offload import (
     OffloadPlan,
@@ -25,16 +26,11 @@ from locallab_gguf.placement.offload import (
     plan_model_file,
 )
 from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
+from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget, prompt_cache_bytes
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import human_bytes
 
 log = logging.getLogger(__name__)
-
-MIB = 1024 * 1024
-# Without --cache-ram the prompt cache may take this share of the memory free at load time,
-# up to a cap: saved prompts are worth keeping, but not at the cost of the system's memory.
-DEFAULT_CACHE_RAM_SHARE = 0.25
-DEFAULT_CACHE_RAM_CAP_MIB = 8192
 
 
 def load_settings_registry(settings: Settings) -> Registry:
@@ -50,8 +46,12 @@ def residency_policy(settings: Settings) -> ResidencyPolicy:
     )
 
 
-def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
-    """The model's own context and slots (models.toml), else the server's."""
+def engine_config(
+    settings: Settings, spec: ModelSpec, cache: PromptCacheBudget | None = None
+) -> EngineConfig:
+    """The model's own context and slots (models.toml), else the server's. With `cache`, the
+    model's prompt cache draws on the server's one budget; without, it has --cache-ram alone
+    (an engine opened outside a server)."""
     threads = choose_threads(settings.threads, settings.threads_batch)
     return EngineConfig(
         n_ctx=spec.context_length or settings.ctx,
@@ -63,8 +63,13 @@ def engine_config(settings: Settings, spec: ModelSpec) -> EngineConfig:
         deterministic=settings.deterministic,
         kv_layout=KvLayout(settings.kv_layout),
         flash_attn=FlashAttention(settings.flash_attn),
-        prompt_cache_bytes=prompt_cache_bytes(settings.cache_ram),
+        prompt_cache_bytes=(
+            cache.budget_bytes if cache is not None else prompt_cache_bytes(settings.cache_ram)
+        ),
         prompt_cache_dir=settings.prompt_cache_dir,
+        prompt_cache_ledger=(
+            str(cache.ledger_path) if cache is not None and cache.ledger_path else None
+        ),
         embedding=embedding_mode(spec),
     )
 
@@ -74,14 +79,6 @@ def embedding_mode(spec: ModelSpec) -> EmbeddingMode | None:
     if spec.kind == "chat":
         return None
     return EmbeddingMode(kind=spec.kind, pooling=spec.pooling)
-
-
-def prompt_cache_bytes(cache_ram_mib: int | None) -> int:
-    """--cache-ram in bytes; without it, a share of the free memory up to a cap."""
-    if cache_ram_mib is not None:
-        return cache_ram_mib * MIB
-    free_mib = read_memory().available_bytes // MIB
-    return int(min(free_mib * DEFAULT_CACHE_RAM_SHARE, DEFAULT_CACHE_RAM_CAP_MIB)) * MIB
 
 
 def offload_plan(
@@ -110,12 +107,30 @@ class LocalPlanner:
     `probe` reads GPUs and memory (default: this machine's); tests simulate readings.
     """
 
-    def __init__(self, settings: Settings, probe: HardwareProbe | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        probe: HardwareProbe | None = None,
+        cache: PromptCacheBudget | None = None,
+    ) -> None:
         self._settings = settings
         self._probe = probe or machine_probe()
+        self._cache = cache
 
     def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan:
-        return offload_plan(self._settings, spec, path, self._probe.read())
+        planned = offload_plan(self._settings, spec, path, self._probe.read())
+        if self._cache is None:
+            return planned
+        # The prompt caches may still grow to the budget: that memory is promised already.
+        return msgspec.structs.replace(
+            planned,
+            ram_available_bytes=max(0, planned.ram_available_bytes - self._cache.room_left()),
+            ram_total_bytes=(
+                max(0, planned.ram_total_bytes - self._cache.budget_bytes)
+                if planned.ram_total_bytes
+                else 0
+            ),
+        )
 
     def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
         """How many of the model's layers would fit the GPUs, as a function of the VRAM that
@@ -125,11 +140,15 @@ class LocalPlanner:
         if hardware.backend != "cuda":
             return None
         wanted, _ = gpu_layers_request(self._settings.gpu_layers, spec.n_gpu_layers)
-        config = engine_config(self._settings, spec)
+        config = engine_config(self._settings, spec, self._cache)
         return functools.partial(gpu_layers_fitting, path, hardware, config, wanted)
 
 
-def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) -> EngineOpener:
+def local_engine_opener(
+    settings: Settings,
+    probe: HardwareProbe | None = None,
+    cache: PromptCacheBudget | None = None,
+) -> EngineOpener:
     """Plan the offload on the hardware as it is now (models unloaded to make room have freed
     theirs), then load. Whether the model fits at all is the manager's to judge first.
 
@@ -143,7 +162,7 @@ def local_engine_opener(settings: Settings, probe: HardwareProbe | None = None) 
 
         planned = await asyncio.to_thread(plan)
         log_offload_plan(spec.id, planned)
-        config = engine_config(settings, spec)
+        config = engine_config(settings, spec, cache)
         return await open_engine(
             path,
             config,

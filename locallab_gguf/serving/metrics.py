@@ -24,12 +24,13 @@ the engine's slots and queue and the model's state are read when Prometheus scra
                                                             engine_failed, shutdown
     locallab_model_resident_bytes{model, memory}            estimated RAM and VRAM of each
     locallab_model_requests_in_flight{model}                requests holding each resident model
-    locallab_prompt_tokens_evaluated_total                  prompt tokens the engine computed
-    locallab_prompt_tokens_reused_total{source}             prompt tokens it did not: slot,
+    locallab_prompt_tokens_evaluated_total{model}           prompt tokens each engine computed
+    locallab_prompt_tokens_reused_total{model, source}      prompt tokens it did not: slot,
                                                             shared, ram, disk
-    locallab_prompt_cache_entries, _bytes, _capacity_bytes  saved prompt states
-    locallab_prompt_cache_lookups_total, _hits_total        requests that looked, and restored
-    locallab_prompt_cache_hit_ratio                         hits / lookups
+    locallab_prompt_cache_entries{model}, _bytes{model}     each model's saved prompt states
+    locallab_prompt_cache_capacity_bytes                    what they may hold together
+    locallab_prompt_cache_lookups_total{model}, _hits_total requests that looked, and restored
+    locallab_prompt_cache_hit_ratio{model}                  hits / lookups
     locallab_embedding_{requests,inputs,tokens}_total       see encoding_metrics.py
 """
 
@@ -42,9 +43,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from locallab_gguf.engine.types import EngineStats, Finished
+from locallab_gguf.engine.types import Finished
 from locallab_gguf.serving.encoding_metrics import EncodingMetrics
 from locallab_gguf.serving.model_manager import ModelManager, ModelStatus
+from locallab_gguf.serving.resident import ResidentModel
 
 # The classic text format, which every Prometheus reads and generate_latest writes (our names
 # need no escaping). The web layer adds "; charset=utf-8".
@@ -202,7 +204,7 @@ class ServingCollector(Collector):
             yield GaugeMetricFamily(
                 name, help_text, value=float(getattr(stats, value)) if stats else 0.0
             )
-        yield from _prompt_reuse_metrics(stats)
+        yield from _prompt_reuse_metrics(manager.resident)
 
     def _per_model(self) -> Iterable[Metric]:
         manager = self._manager
@@ -244,57 +246,78 @@ class ServingCollector(Collector):
         yield from (loads, failures, unloads)
 
 
-def _prompt_reuse_metrics(stats: EngineStats | None) -> Iterable[Metric]:
-    """The engine's prompt evaluation and reuse, read from its latest stats."""
+def _prompt_reuse_metrics(models: Iterable[ResidentModel]) -> Iterable[Metric]:
+    """Each resident model's prompt evaluation, reuse and prompt cache, from its latest stats;
+    the cache's capacity is the server's one budget, which they share."""
     evaluated = CounterMetricFamily(
         "locallab_prompt_tokens_evaluated",
         "Prompt tokens the engine evaluated (those it could not reuse)",
-        value=float(stats.prompt_tokens_evaluated) if stats else 0.0,
+        labels=["model"],
     )
-    yield evaluated
     reused = CounterMetricFamily(
         "locallab_prompt_tokens_reused",
         "Prompt tokens the engine did not evaluate, by where their KV came from: the "
         "request's own slot, another slot (shared prefix), the prompt cache in RAM or on disk",
-        labels=["source"],
+        labels=["model", "source"],
     )
-    reuse = stats.prompt_reuse if stats else None
-    for source in ("slot", "shared", "ram", "disk"):
-        reused.add_metric([source], float(getattr(reuse, f"{source}_tokens")) if reuse else 0.0)
-    yield reused
-    for name, help_text, field in (
+    gauges = [
         (
-            "locallab_prompt_cache_entries",
-            "Prompt states saved in the prompt cache",
+            GaugeMetricFamily(
+                "locallab_prompt_cache_entries",
+                "Prompt states saved in each model's prompt cache",
+                labels=["model"],
+            ),
             "cache_entries",
         ),
-        ("locallab_prompt_cache_bytes", "Bytes of the saved prompt states", "cache_bytes"),
         (
-            "locallab_prompt_cache_capacity_bytes",
-            "Bytes the prompt cache may hold (--cache-ram)",
-            "cache_capacity_bytes",
+            GaugeMetricFamily(
+                "locallab_prompt_cache_bytes",
+                "Bytes of each model's saved prompt states (together within --cache-ram)",
+                labels=["model"],
+            ),
+            "cache_bytes",
         ),
         (
-            "locallab_prompt_cache_hit_ratio",
-            "Share of the requests that looked in the prompt cache and restored a state",
+            GaugeMetricFamily(
+                "locallab_prompt_cache_hit_ratio",
+                "Share of the requests that looked in the prompt cache and restored a state",
+                labels=["model"],
+            ),
             "cache_hit_rate",
         ),
-    ):
-        yield GaugeMetricFamily(
-            name, help_text, value=float(getattr(reuse, field)) if reuse else 0.0
-        )
-    for name, help_text, field in (
+    ]
+    counters = [
         (
-            "locallab_prompt_cache_lookups",
-            "Requests that looked in the prompt cache",
+            CounterMetricFamily(
+                "locallab_prompt_cache_lookups",
+                "Requests that looked in the prompt cache",
+                labels=["model"],
+            ),
             "cache_lookups",
         ),
         (
-            "locallab_prompt_cache_hits",
-            "Requests that restored a saved prompt state",
+            CounterMetricFamily(
+                "locallab_prompt_cache_hits",
+                "Requests that restored a saved prompt state",
+                labels=["model"],
+            ),
             "cache_hits",
         ),
-    ):
-        yield CounterMetricFamily(
-            name, help_text, value=float(getattr(reuse, field)) if reuse else 0.0
-        )
+    ]
+    capacity = 0
+    for model in models:
+        stats = model.engine.stats()
+        reuse, name = stats.prompt_reuse, model.spec.id
+        capacity = max(capacity, reuse.cache_capacity_bytes)
+        evaluated.add_metric([name], float(stats.prompt_tokens_evaluated))
+        for source in ("slot", "shared", "ram", "disk"):
+            reused.add_metric([name, source], float(getattr(reuse, f"{source}_tokens")))
+        for family, field in gauges + counters:
+            family.add_metric([name], float(getattr(reuse, field)))
+    yield from (evaluated, reused)
+    yield from (family for family, _ in gauges + counters)
+    yield GaugeMetricFamily(
+        "locallab_prompt_cache_capacity_bytes",
+        "Bytes all resident models' prompt caches may hold together (--cache-ram)",
+        value=float(capacity),
+    )
