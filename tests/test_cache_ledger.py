@@ -12,6 +12,12 @@ import pytest
 
 from locallab_gguf.engine.cache_ledger import LedgerAccount, create_ledger
 from locallab_gguf.engine.prompt_cache import MIN_SAVED_TOKENS, PromptCache
+from locallab_gguf.models.registry import Registry
+from locallab_gguf.placement.hardware import HardwareProbe, MemoryInfo
+from locallab_gguf.serving.loader import LocalPlanner
+from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
+from tests.conftest import DEFAULT_ID, TEST_SETTINGS
+from tests.nvml_standin import NvmlStandIn
 
 BUDGET = 1000
 
@@ -134,3 +140,28 @@ def test_caches_under_random_traffic_never_hold_more_than_the_budget(ledger_path
     # A save that needs another cache's states waits for that cache's next step (it is
     # skipped now); the others find room at once: eviction works, not only refusal.
     assert saved > puts / 3
+
+
+def test_the_room_planner_counts_what_the_caches_may_still_take(
+    registry: Registry, model_path: Path
+) -> None:
+    gib = 1024**3
+    reading = MemoryInfo(total_bytes=16 * gib, available_bytes=8 * gib, used_percent=0.0)
+    probe = HardwareProbe(False, nvml=lambda: NvmlStandIn([]), memory=lambda: reading)
+    spec = registry.get(DEFAULT_ID)
+    alone = LocalPlanner(TEST_SETTINGS, probe).plan(spec, model_path)
+    budget = PromptCacheBudget(gib)
+    try:
+        shared = LocalPlanner(TEST_SETTINGS, probe, budget).plan(spec, model_path)
+        assert shared.ram_available_bytes == alone.ram_available_bytes - gib
+        assert shared.ram_total_bytes == alone.ram_total_bytes - gib
+        assert shared.estimate == alone.estimate
+        # What the caches hold is gone from the available memory already: only the rest of
+        # the budget is still promised.
+        cache = PromptCache(capacity_bytes=0, ledger=LedgerAccount(budget.ledger_path))
+        cache.put(tokens(1), state(gib // 4))
+        held = LocalPlanner(TEST_SETTINGS, probe, budget).plan(spec, model_path)
+        assert held.ram_available_bytes == alone.ram_available_bytes - gib + gib // 4
+        cache.close()
+    finally:
+        budget.close()
