@@ -114,7 +114,10 @@ def _make_serve_command(*arguments: str, env: dict[str, str]) -> str:
 
 
 def test_make_serve_leaves_host_and_port_to_the_environment() -> None:
-    env = {**os.environ, "LOCALLAB_HOST": "0.0.0.0", "LOCALLAB_PORT": "9001"}
+    # An outer make (make test) passes its own flags and variables down; this make gets none.
+    outer = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"}
+    env = {key: value for key, value in os.environ.items() if key not in outer}
+    env |= {"LOCALLAB_HOST": "0.0.0.0", "LOCALLAB_PORT": "9001"}
     command = _make_serve_command(env=env)
     # No flag overrides the variables, which the server reads itself.
     assert "--host" not in command
