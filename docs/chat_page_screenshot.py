@@ -1,4 +1,4 @@
-"""Takes docs/chat-page.png, the README's picture of the chat page, from a real server.
+"""Takes docs/chat-page.png, the chat page pictured in docs/api/locallab.md, from a server.
 
     .venv/bin/python -m docs.chat_page_screenshot
 

@@ -76,8 +76,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         str,
         Meta(
             description="how long a model loaded on demand stays once idle: seconds, or 5m, "
-            "1h; 0 unloads it after each request, -1 keeps it (the start-up model and "
-            "preload models always stay)"
+            "1h; 0 unloads it after each request, -1 keeps it (the start-up, preload and "
+            "default models stay unless a request's keep_alive says otherwise)"
         ),
     ] = "5m"
     autoload: Annotated[
@@ -252,7 +252,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         tuple[str, ...],
         Meta(
             description="a key clients must send as 'Authorization: Bearer KEY' (repeatable; "
-            "the environment variable takes a comma-separated list); /health stays open",
+            "the environment variable takes a comma-separated list); /health and the chat "
+            "page's own files stay open",
             extra={"flag": "api-key"},
         ),
     ] = ()
@@ -286,6 +287,77 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     @property
     def keep_alive_seconds(self) -> float:
         return keep_alive_seconds(self.keep_alive, "--keep-alive")
+
+
+# How `serve --help` and docs/configuration.md group the settings: (title, what the group is
+# about, field names). A field named in no group is shown under "Other" until it is added here.
+SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "Server",
+        "where the server listens, what it serves besides the API, how it stops",
+        ("host", "port", "ui", "engine_isolation", "shutdown_grace"),
+    ),
+    (
+        "Models",
+        "which models are served, where their files come from, how long they stay loaded",
+        (
+            "model",
+            "models_file",
+            "cache_dir",
+            "offline",
+            "custom_models",
+            "hf_token",
+            "max_models",
+            "keep_alive",
+            "autoload",
+            "room_wait",
+            "default_max_tokens",
+        ),
+    ),
+    (
+        "Memory and GPU",
+        "threads, GPU offload, context, slots, KV cache and the prompt cache of each model",
+        (
+            "threads",
+            "threads_batch",
+            "gpu_layers",
+            "ctx",
+            "parallel",
+            "deterministic",
+            "kv_layout",
+            "flash_attn",
+            "cache_ram",
+            "prompt_cache_dir",
+            "queue_size",
+        ),
+    ),
+    (
+        "Limits and keys",
+        "request and connection limits, rate limits, API keys, proxies and CORS",
+        (
+            "max_body_bytes",
+            "header_timeout",
+            "body_timeout",
+            "max_connections",
+            "rate_limit",
+            "requests_per_minute",
+            "burst",
+            "rate_limit_store",
+            "rate_limit_fail",
+            "rate_limit_max_clients",
+            "api_keys",
+            "api_key_file",
+            "trusted_proxies",
+            "cors_origins",
+        ),
+    ),
+    (
+        "Logging",
+        "log verbosity and format (each request also gets one access line)",
+        ("log_level", "log_format", "log_repeat_interval"),
+    ),
+)
+OTHER_GROUP = "Other"
 
 
 class FlagSpec(msgspec.Struct, frozen=True):
@@ -331,6 +403,26 @@ class _Described(msgspec.Struct):
     flag: str | None = None
     choices: tuple[str, ...] | None = None
     repeated: bool = False
+
+
+class FlagGroup(msgspec.Struct, frozen=True):
+    title: str
+    about: str
+    specs: tuple[FlagSpec, ...]
+
+
+def flag_groups() -> list[FlagGroup]:
+    """The flags in SETTING_GROUPS' order; fields no group names come last, under "Other"."""
+    specs = {spec.name: spec for spec in flag_specs()}
+    groups = [
+        FlagGroup(title, about, tuple(specs.pop(name) for name in names if name in specs))
+        for title, about, names in SETTING_GROUPS
+    ]
+    if specs:
+        groups.append(
+            FlagGroup(OTHER_GROUP, "settings not yet given a group", tuple(specs.values()))
+        )
+    return [group for group in groups if group.specs]
 
 
 def _describe(hint: Any) -> _Described:

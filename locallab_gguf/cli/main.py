@@ -15,28 +15,44 @@ from locallab_gguf import __version__
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.log_format import configure_logging
 from locallab_gguf.openmp import tune_for_serving
-from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
+from locallab_gguf.settings import Settings, env_name, flag_groups, flag_specs, load_settings
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per Settings field, documented with its environment variable and default."""
-    for spec in flag_specs():
-        default = "" if spec.default in (None, ()) else f"; default: {spec.default}"
-        described = f"{spec.help} [env {env_name(spec.name)}{default}]"
-        if spec.kind is bool:
-            parser.add_argument(
-                spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=described
-            )
-        else:
-            parser.add_argument(
-                spec.flag,
-                dest=spec.name,
-                type=spec.kind,
-                choices=spec.choices,
-                action="append" if spec.repeated else "store",
-                help=described,
-                metavar=spec.flag[2:].replace("-", "_").upper() if spec.choices is None else None,
-            )
+    """One flag per Settings field, documented with its environment variable and default,
+    grouped as docs/configuration.md groups them."""
+    for group in flag_groups():
+        flags = parser.add_argument_group(group.title.lower(), group.about)
+        for spec in group.specs:
+            default = "" if spec.default in (None, ()) else f"; default: {spec.default}"
+            described = f"{spec.help} [env {env_name(spec.name)}{default}]"
+            if spec.kind is bool:
+                flags.add_argument(
+                    spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, help=described
+                )
+            else:
+                flags.add_argument(
+                    spec.flag,
+                    dest=spec.name,
+                    type=spec.kind,
+                    choices=spec.choices,
+                    action="append" if spec.repeated else "store",
+                    help=described,
+                    metavar=(
+                        spec.flag[2:].replace("-", "_").upper() if spec.choices is None else None
+                    ),
+                )
+
+
+DESCRIPTION = (
+    "Serve GGUF language models on this machine, several at once, over LocalLab's REST API "
+    "(/generate, /chat, /models/...) and APIs compatible with OpenAI's (/v1/...), Ollama's "
+    "(/api/...) and Anthropic's (/v1/messages)."
+)
+SERVE_DETAILS = (
+    " Every flag also reads the environment variable named beside it; a flag beats the "
+    "environment, which beats the default. docs/configuration.md lists the same settings."
+)
 
 
 # pull and models take only the settings that say where models are, under the names users
@@ -64,13 +80,13 @@ def _add_hub_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> Non
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="locallab-gguf", description="Serve GGUF language models over the LocalLab REST API."
-    )
+    parser = argparse.ArgumentParser(prog="locallab-gguf", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.set_defaults(**{spec.name: None for spec in flag_specs()})
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve a model over HTTP")
+    serve = commands.add_parser(
+        "serve", help="serve models over HTTP", description=DESCRIPTION + SERVE_DETAILS
+    )
     _add_settings_flags(serve)
     pull = commands.add_parser(
         "pull", help="download a model into the Hugging Face cache, verify it, print its path"
