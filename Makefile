@@ -86,11 +86,14 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(LLAMA_STAMP): | $(BIN)/python
+	@# Each build writes into a folder of its own: two clones building at once on one machine
+	@# must not move each other's half-written wheel into place.
 	@if ! ls $(WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
 		echo "Building llama-cpp-python ($(BACKEND)); this takes a few minutes once."; \
+		partial=$(WHEEL_DIR).partial-$$$$; \
 		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip wheel --no-deps --no-cache-dir \
-			--wheel-dir $(WHEEL_DIR).partial "$(LLAMA_CPP_PYTHON)" && \
-		rm -rf $(WHEEL_DIR) && mv $(WHEEL_DIR).partial $(WHEEL_DIR); \
+			--wheel-dir $$partial "$(LLAMA_CPP_PYTHON)" && \
+		rm -rf $(WHEEL_DIR) && mv $$partial $(WHEEL_DIR); \
 	fi
 	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(WHEEL_DIR)/llama_cpp_python-*.whl
 	rm -f $(VENV)/.llama-*
