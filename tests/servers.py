@@ -18,7 +18,7 @@ from litestar import Litestar
 from locallab_gguf.api.app import create_app
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.cli.serve import ThreadServer, serve_in_thread
-from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
+from locallab_gguf.engine.runtime.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.ratelimit import Clock
 from locallab_gguf.serving.model_manager import ModelManager

@@ -21,11 +21,11 @@ import msgspec
 import psutil
 import pytest
 
-from locallab_gguf.engine.activity import ActivityBlock, Doing, Note
-from locallab_gguf.engine.process_runner import WorkerEngine
-from locallab_gguf.engine.resume import InFlightJobs
 from locallab_gguf.engine.types import GenerationRequest
-from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV
+from locallab_gguf.engine.worker.activity import ActivityBlock, Doing, Note
+from locallab_gguf.engine.worker.process_runner import WorkerEngine
+from locallab_gguf.engine.worker.resume import InFlightJobs
+from locallab_gguf.engine.worker.worker_hooks import CRASH_MARKER_ENV
 from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, ServerFactory, sse_events
 from tests.servers import RunningServer, wait_until
 

@@ -25,7 +25,7 @@ import pytest
 from llama_cpp import Llama
 
 from locallab_gguf.api.common.encoding import vector_rows
-from locallab_gguf.engine.embedding import open_embedding_engine
+from locallab_gguf.engine.encode.embedding import open_embedding_engine
 from locallab_gguf.engine.types import (
     EmbeddingMode,
     EmbeddingRequest,

@@ -20,10 +20,10 @@ import msgspec
 import pytest
 from llama_cpp import Llama
 
-from locallab_gguf.engine import grammar
-from locallab_gguf.engine.scheduler import BatchEngine
-from locallab_gguf.engine.thread_runner import LocalEngine
+from locallab_gguf.engine.runtime import grammar
+from locallab_gguf.engine.runtime.scheduler import BatchEngine
 from locallab_gguf.engine.types import GenerationRequest
+from locallab_gguf.engine.worker.thread_runner import LocalEngine
 from locallab_gguf.errors import InvalidRequest
 from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, sse_events
 from tests.servers import RunningServer, wait_until

@@ -255,6 +255,6 @@ def test_serve_with_log_format_json_writes_json_lines(tmp_path: Path) -> None:
     assert all(line["client"] == "ip:127.0.0.1" for line in access)
     # The engine's worker process writes the same format; uvicorn's lines come through the
     # server's handler, and its access log is off.
-    assert any(line["logger"] == "locallab_gguf.engine.worker" for line in lines)
+    assert any(line["logger"] == "locallab_gguf.engine.worker.worker" for line in lines)
     assert any(line["logger"].startswith("uvicorn") for line in lines)
     assert not any(line["logger"] == "uvicorn.access" for line in lines)

@@ -17,9 +17,9 @@ import msgspec
 import pynvml
 import pytest
 
-from locallab_gguf.engine.embedding import open_embedding_engine
-from locallab_gguf.engine.thread_runner import open_local_engine
+from locallab_gguf.engine.encode.embedding import open_embedding_engine
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig
+from locallab_gguf.engine.worker.thread_runner import open_local_engine
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
@@ -291,7 +291,7 @@ def _reported_mib(lines: list[str], pattern: str) -> float:
 
 def _llama_cpp_lines(load: Callable[[], object]) -> list[str]:
     """What llama.cpp logs while `load` runs."""
-    llama_log = logging.getLogger("locallab_gguf.engine.llama")
+    llama_log = logging.getLogger("locallab_gguf.engine.runtime.llama")
     lines = _Lines()
     previous_level = llama_log.level
     llama_log.addHandler(lines)

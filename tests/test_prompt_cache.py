@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from locallab_gguf.engine.prompt_cache import FORMAT_VERSION, MAGIC, SUFFIX, PromptCache
+from locallab_gguf.engine.runtime.prompt_cache import FORMAT_VERSION, MAGIC, SUFFIX, PromptCache
 
 MODEL_A = "a" * 64
 MODEL_B = "b" * 64
@@ -118,7 +118,7 @@ def test_disk_entries_of_another_model_truncated_or_of_another_format_are_remove
     files["not-a-cache-file"] = directory / ("e" * 40 + SUFFIX)
     files["not-a-cache-file"].write_bytes(b"hello")
 
-    with caplog.at_level(logging.WARNING, logger="locallab_gguf.engine.prompt_cache"):
+    with caplog.at_level(logging.WARNING, logger="locallab_gguf.engine.runtime.prompt_cache"):
         cache = PromptCache(1 << 20, directory, MODEL_A, BUILD)
 
     for name, path in files.items():

@@ -13,7 +13,7 @@ import pytest
 from llama_cpp import Llama
 from prometheus_client.parser import text_string_to_metric_families
 
-from locallab_gguf.engine.prefix import common_prefix
+from locallab_gguf.engine.runtime.prefix import common_prefix
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry
 from locallab_gguf.serving.loader import local_engine_opener

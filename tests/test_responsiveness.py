@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from locallab_gguf.engine.thread_runner import open_local_engine
 from locallab_gguf.engine.types import EngineConfig, GenerationRequest, SamplingParams
+from locallab_gguf.engine.worker.thread_runner import open_local_engine
 from tests.servers import RunningServer, wait_until
 
 LONG = {"prompt": "Once upon a time", "max_length": 600, "temperature": 0}

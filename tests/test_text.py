@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from locallab_gguf.engine.text import StopMatcher, Utf8Stream
+from locallab_gguf.engine.runtime.text import StopMatcher, Utf8Stream
 
 
 def test_a_character_split_across_tokens_comes_out_whole() -> None:

@@ -18,7 +18,7 @@ import pytest
 from llama_cpp import Llama
 from prometheus_client.parser import text_string_to_metric_families
 
-from locallab_gguf.engine.process_runner import WorkerEngine
+from locallab_gguf.engine.worker.process_runner import WorkerEngine
 from locallab_gguf.models.files import ModelFiles
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.servers import RunningServer, wait_until

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from llama_cpp import Llama
 
-from locallab_gguf.engine.chat_template import ChatTemplate
+from locallab_gguf.engine.runtime.chat_template import ChatTemplate
 from locallab_gguf.engine.tools.formats import ToolFormat
 from locallab_gguf.engine.tools.parser import OutputParser
 from locallab_gguf.engine.tools.prompt import ChatPrompter

@@ -13,8 +13,8 @@ from typing import Any
 import llama_cpp
 import pytest
 
-from locallab_gguf.engine.chat_template import ChatTemplate
-from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.runtime.chat_template import ChatTemplate
+from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.engine.tools.formats import ToolFormat
 from locallab_gguf.engine.tools.grammars import ToolGrammar, tool_grammar
 from locallab_gguf.engine.tools.prompt import ChatPrompter

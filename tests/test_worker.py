@@ -11,7 +11,7 @@ import msgspec
 import psutil
 
 from locallab_gguf.engine.client import EngineClient
-from locallab_gguf.engine.process_runner import WorkerEngine, WorkerSpec
+from locallab_gguf.engine.worker.process_runner import WorkerEngine, WorkerSpec
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.loader import engine_config
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
@@ -59,7 +59,7 @@ def crashing_after_first_start(tmp_path: Path) -> tuple[str, ...]:
         "if os.path.exists(marker):\n"
         "    os.kill(os.getpid(), signal.SIGSEGV)\n"
         "open(marker, 'w').close()\n"
-        "from locallab_gguf.engine.worker import main\n"
+        "from locallab_gguf.engine.worker.worker import main\n"
         "sys.exit(main(sys.argv))\n"
     )
     return (sys.executable, str(script))

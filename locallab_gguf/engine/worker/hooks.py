@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from locallab_gguf.engine.activity import Doing
 from locallab_gguf.engine.types import TokenLogprobs
+from locallab_gguf.engine.worker.activity import Doing
 
 
 class EngineHooks(Protocol):

@@ -15,8 +15,8 @@ from locallab_gguf.engine.client import (
     StreamRouter,
     submit_on_a_thread,
 )
-from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
-from locallab_gguf.engine.tokenizer import InProcessTokenizer
+from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.runtime.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
     Embeddings,

@@ -9,7 +9,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from locallab_gguf.engine.grammar import GrammarSampler, grammar_of
+from locallab_gguf.engine.runtime.grammar import GrammarSampler, grammar_of
 from locallab_gguf.engine.tools.grammars import ToolGrammar
 from locallab_gguf.engine.tools.lazy_grammar import LazyGrammarSampler
 from locallab_gguf.engine.types import SamplingParams

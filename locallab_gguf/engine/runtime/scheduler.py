@@ -6,8 +6,8 @@ and samples each slot at its own batch position with that request's own sampler.
 
 Each slot is one KV sequence, by default in a stream of its own (engine/types.py's KvLayout).
 By default a prompt advances in chunks as large as the batch; its prefix can come from any
-slot that holds it, or from a prompt being evaluated right now (engine/kv.py), and saved
-prompt states come back from the prompt cache (engine/prompt_cache.py). In the deterministic
+slot that holds it, or from a prompt being evaluated right now (engine/runtime/kv.py), and saved
+prompt states come back from the prompt cache (engine/runtime/prompt_cache.py). In the deterministic
 mode prompts advance 63 tokens at a time, so a request's result does not depend on what else
 is in the batch: a greedy or seeded request gives the same text alone, beside seven others,
 or from the cache. Either way a slot keeps the KV of its last request, so a request that
@@ -35,17 +35,14 @@ from typing import Any, TypeVar
 import llama_cpp
 import msgspec
 
-from locallab_gguf.engine.activity import Doing
-from locallab_gguf.engine.chat_template import ChatTemplate
-from locallab_gguf.engine.hooks import EngineHooks, NoHooks
-from locallab_gguf.engine.kv import Holder, KvPool, ReusePlan, ReuseSource, plan_reuse
-from locallab_gguf.engine.llama import LlamaModel, llama_cpp_version
-from locallab_gguf.engine.logprobs import read_distribution
-from locallab_gguf.engine.prefix import common_prefix
-from locallab_gguf.engine.prompt_cache import MIN_SAVED_TOKENS, PromptCache, model_sha256
-from locallab_gguf.engine.resume import Resume
-from locallab_gguf.engine.sampling import Sampler
-from locallab_gguf.engine.text import StopMatcher, Utf8Stream
+from locallab_gguf.engine.runtime.chat_template import ChatTemplate
+from locallab_gguf.engine.runtime.kv import Holder, KvPool, ReusePlan, ReuseSource, plan_reuse
+from locallab_gguf.engine.runtime.llama import LlamaModel, llama_cpp_version
+from locallab_gguf.engine.runtime.logprobs import read_distribution
+from locallab_gguf.engine.runtime.prefix import common_prefix
+from locallab_gguf.engine.runtime.prompt_cache import MIN_SAVED_TOKENS, PromptCache, model_sha256
+from locallab_gguf.engine.runtime.sampling import Sampler
+from locallab_gguf.engine.runtime.text import StopMatcher, Utf8Stream
 from locallab_gguf.engine.tools.parser import OutputParser
 from locallab_gguf.engine.tools.prompt import ChatPrompter, PreparedChat
 from locallab_gguf.engine.types import (
@@ -67,6 +64,9 @@ from locallab_gguf.engine.types import (
     TokenLogprobs,
     Usage,
 )
+from locallab_gguf.engine.worker.activity import Doing
+from locallab_gguf.engine.worker.hooks import EngineHooks, NoHooks
+from locallab_gguf.engine.worker.resume import Resume
 from locallab_gguf.errors import (
     EngineFailure,
     InvalidRequest,

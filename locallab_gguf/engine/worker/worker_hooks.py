@@ -14,9 +14,9 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from locallab_gguf.engine.activity import ActivityBlock, Doing
-from locallab_gguf.engine.resume import Progress
 from locallab_gguf.engine.types import GenerationRequest, TokenLogprobs
+from locallab_gguf.engine.worker.activity import ActivityBlock, Doing
+from locallab_gguf.engine.worker.resume import Progress
 
 CRASH_MARKER_ENV = "LOCALLAB_GGUF_TEST_CRASH_MARKER"
 # Threads that take submissions: tokenizing a long prompt must not hold up cancellations.

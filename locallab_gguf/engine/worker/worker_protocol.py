@@ -17,7 +17,6 @@ import struct
 
 import msgspec
 
-from locallab_gguf.engine.resume import Progress, Resume
 from locallab_gguf.engine.types import (
     EncodeRequest,
     EncodeResult,
@@ -27,6 +26,7 @@ from locallab_gguf.engine.types import (
     Event,
     GenerationRequest,
 )
+from locallab_gguf.engine.worker.resume import Progress, Resume
 from locallab_gguf.errors import (
     EngineFailure,
     InputTooLong,

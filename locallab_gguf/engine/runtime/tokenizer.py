@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from locallab_gguf.engine.llama import LlamaModel
+from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.errors import TokenNotInVocabulary
 
 

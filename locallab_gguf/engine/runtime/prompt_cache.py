@@ -23,7 +23,7 @@ import struct
 from array import array
 from pathlib import Path
 
-from locallab_gguf.engine.prefix import common_prefix
+from locallab_gguf.engine.runtime.prefix import common_prefix
 from locallab_gguf.engine.types import PromptReuse
 
 log = logging.getLogger(__name__)

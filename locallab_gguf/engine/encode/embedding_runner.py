@@ -9,8 +9,8 @@ import itertools
 from pathlib import Path
 
 from locallab_gguf.engine.client import EngineState, RequestStream, submit_on_a_thread
-from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
-from locallab_gguf.engine.tokenizer import InProcessTokenizer
+from locallab_gguf.engine.encode.embedding import EmbeddingEngine, open_embedding_engine
+from locallab_gguf.engine.runtime.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
     EmbeddingMode,
     EmbeddingRequest,

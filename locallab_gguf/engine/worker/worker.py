@@ -1,6 +1,6 @@
 """The engine worker process: one model, one batching engine, driven over two pipes.
 
-    python -m locallab_gguf.engine.worker <fd to read commands> <fd to write events>
+    python -m locallab_gguf.engine.worker.worker <fd to read commands> <fd to write events>
 
 llama.cpp is native code; when it crashes, it takes only this process with it. The server
 notices the closed pipe, starts a new worker and resumes the requests that were in flight there,
@@ -18,14 +18,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from locallab_gguf.engine.activity import ActivityBlock
-from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engine
-from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
-from locallab_gguf.engine.thread_runner import NOT_AN_ENCODER
-from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
+from locallab_gguf.engine.encode.embedding import EmbeddingEngine, open_embedding_engine
+from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.runtime.tokenizer import token_pieces, tokenize_text
 from locallab_gguf.engine.types import EncodeResult, EventBatch
-from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
-from locallab_gguf.engine.worker_protocol import (
+from locallab_gguf.engine.worker.activity import ActivityBlock
+from locallab_gguf.engine.worker.thread_runner import NOT_AN_ENCODER
+from locallab_gguf.engine.worker.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
+from locallab_gguf.engine.worker.worker_protocol import (
     Cancel,
     Channel,
     Encode,
@@ -48,7 +48,7 @@ from locallab_gguf.engine.worker_protocol import (
 from locallab_gguf.errors import EngineFailure, LocalLabError, WrongModelKind
 from locallab_gguf.log_format import configure_logging
 
-log = logging.getLogger("locallab_gguf.engine.worker")
+log = logging.getLogger("locallab_gguf.engine.worker.worker")
 
 _PR_SET_PDEATHSIG = 1
 

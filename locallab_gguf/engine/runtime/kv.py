@@ -19,8 +19,8 @@ from typing import Any
 import llama_cpp
 import msgspec
 
-from locallab_gguf.engine.prefix import common_prefix
-from locallab_gguf.engine.prompt_cache import CacheEntry, PromptCache
+from locallab_gguf.engine.runtime.prefix import common_prefix
+from locallab_gguf.engine.runtime.prompt_cache import CacheEntry, PromptCache
 
 
 class ReuseSource(enum.Enum):

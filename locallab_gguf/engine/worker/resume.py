@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import msgspec
 
-from locallab_gguf.engine.activity import Doing, Note
 from locallab_gguf.engine.types import GenerationRequest, TokenLogprobs
+from locallab_gguf.engine.worker.activity import Doing, Note
 
 # A request in the batch of this many crashed decodes is taken to be their cause.
 MAX_SUSPICIONS = 2

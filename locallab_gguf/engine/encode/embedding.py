@@ -20,8 +20,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from locallab_gguf.engine.llama import LlamaModel
-from locallab_gguf.engine.resume import Resume
+from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.engine.types import (
     Accepted,
     EmbeddingMode,
@@ -37,6 +36,7 @@ from locallab_gguf.engine.types import (
     Rankings,
     RerankRequest,
 )
+from locallab_gguf.engine.worker.resume import Resume
 from locallab_gguf.errors import (
     EngineFailure,
     InputTooLong,

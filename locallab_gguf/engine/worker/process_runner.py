@@ -23,14 +23,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from locallab_gguf.engine.activity import ActivityBlock, Note
 from locallab_gguf.engine.client import (
     SERVER_STOPPING,
     EngineState,
     RequestStream,
     StreamRouter,
 )
-from locallab_gguf.engine.resume import InFlightJobs
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
     Embeddings,
@@ -45,8 +43,10 @@ from locallab_gguf.engine.types import (
     Rankings,
     RerankRequest,
 )
-from locallab_gguf.engine.worker_hooks import ACTIVITY_LANES
-from locallab_gguf.engine.worker_protocol import (
+from locallab_gguf.engine.worker.activity import ActivityBlock, Note
+from locallab_gguf.engine.worker.resume import InFlightJobs
+from locallab_gguf.engine.worker.worker_hooks import ACTIVITY_LANES
+from locallab_gguf.engine.worker.worker_protocol import (
     ActivityFile,
     Cancel,
     Channel,
@@ -76,7 +76,7 @@ MAX_LOAD_CRASHES = 3
 STOP_TIMEOUT_S = 60.0
 
 
-WORKER_COMMAND = (sys.executable, "-m", "locallab_gguf.engine.worker")
+WORKER_COMMAND = (sys.executable, "-m", "locallab_gguf.engine.worker.worker")
 
 
 class WorkerSpec(msgspec.Struct, frozen=True, kw_only=True):

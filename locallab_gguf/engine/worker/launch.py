@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Literal
 
 from locallab_gguf.engine.client import EngineClient
-from locallab_gguf.engine.process_runner import WorkerEngine, WorkerSpec
 from locallab_gguf.engine.types import EngineConfig
+from locallab_gguf.engine.worker.process_runner import WorkerEngine, WorkerSpec
 
 
 async def open_engine(
@@ -20,12 +20,12 @@ async def open_engine(
 ) -> EngineClient:
     """Start an engine for the model at `path`, in a worker process or on a thread."""
     if isolation == "thread" and config.embedding is not None:
-        from locallab_gguf.engine.embedding_runner import open_local_embedding_engine
+        from locallab_gguf.engine.encode.embedding_runner import open_local_embedding_engine
 
         return await open_local_embedding_engine(path, config, config.embedding, n_gpu_layers)
     if isolation == "thread":
         # Imported here: only thread mode loads llama.cpp into this process.
-        from locallab_gguf.engine.thread_runner import open_local_engine
+        from locallab_gguf.engine.worker.thread_runner import open_local_engine
 
         return await open_local_engine(path, config, n_gpu_layers)
     spec = WorkerSpec(
