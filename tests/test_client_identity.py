@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from locallab_gguf.api.common.client_address import TrustedProxies, forwarded_for
-from locallab_gguf.api.common.keys import ApiKeys, bearer_token, exposed_without_key, load_api_keys
+from locallab_gguf.api.common.middleware.client_address import TrustedProxies, forwarded_for
+from locallab_gguf.api.common.middleware.keys import (
+    ApiKeys,
+    bearer_token,
+    exposed_without_key,
+    load_api_keys,
+)
 from locallab_gguf.errors import ConfigError, NotAuthenticated
 
 NO_PROXIES = TrustedProxies([])

@@ -18,7 +18,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from locallab_gguf.api.common.keys import ApiKeys
+from locallab_gguf.api.common.middleware.keys import ApiKeys
 from locallab_gguf.log_format import JsonFormatter
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import Registry

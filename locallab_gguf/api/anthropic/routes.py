@@ -43,10 +43,10 @@ from locallab_gguf.api.anthropic.wire import (
     ToolUseOut,
     Usage,
 )
-from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.fields import arguments_object
+from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import (
+from locallab_gguf.api.common.streaming.sse import (
     EventStream,
     chunked_stream,
     collect_events,

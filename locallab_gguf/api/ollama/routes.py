@@ -21,10 +21,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf import __version__
-from locallab_gguf.api.common.answers import error_body, stream_media_type
 from locallab_gguf.api.common.fields import arguments_object
+from locallab_gguf.api.common.schema.answers import error_body, stream_media_type
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import (
+from locallab_gguf.api.common.streaming.sse import (
     EventStream,
     chunked_stream,
     collect_events,

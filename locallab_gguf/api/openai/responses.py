@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 
 from locallab_gguf.api.common.fields import UsageBody
-from locallab_gguf.api.common.sse import json_event
+from locallab_gguf.api.common.streaming.sse import json_event
 from locallab_gguf.api.openai.wire import (
     AssistantMessageBody,
     ChatChunkChoice,

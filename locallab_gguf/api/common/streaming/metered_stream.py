@@ -6,7 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
-from locallab_gguf.api.common.request_log import RequestRecord
+from locallab_gguf.api.common.middleware.request_log import RequestRecord
 from locallab_gguf.engine.client import RequestStream
 from locallab_gguf.engine.types import Event, Failed, Finished, TextDelta
 from locallab_gguf.serving.metrics import Metrics

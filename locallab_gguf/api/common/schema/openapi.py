@@ -8,7 +8,7 @@ exactly what decoding enforces, so a body the document allows is one the server 
 save for what depends on the loaded model (its context, its vocabulary).
 
 Each operation also lists the errors it may answer, in its surface's error body, and the media
-type of its stream, as its route declares them (api/common/answers.py).
+type of its stream, as its route declares them (api/common/schema/answers.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from litestar.openapi.plugins import (
     SwaggerRenderPlugin,
 )
 
-from locallab_gguf.api.common.answers import (
+from locallab_gguf.api.common.errors import ErrorBody
+from locallab_gguf.api.common.schema.answers import (
     ANY_ROUTE,
     ERROR_BODY,
     ERROR_STATUSES,
@@ -36,8 +37,7 @@ from locallab_gguf.api.common.answers import (
     STREAM_MEDIA_TYPE,
     WITH_PARAMETERS,
 )
-from locallab_gguf.api.common.errors import ErrorBody
-from locallab_gguf.api.common.sse import EventStream
+from locallab_gguf.api.common.streaming.sse import EventStream
 
 COMPONENT_REF = "#/components/schemas/{name}"
 

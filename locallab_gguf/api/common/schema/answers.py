@@ -2,7 +2,7 @@
 may send, in the error body of its surface, and the media type of a streamed answer.
 
 Routes declare these in their `opt` (Litestar merges it from the app, the router and the
-handler, the nearest winning); api/common/openapi.py writes them into the document. A surface
+handler, the nearest winning); api/common/schema/openapi.py writes them into the document. A surface
 names its error body once on its router (`error_body(...)`). A handler need declare nothing
 when the defaults are true of it:
 

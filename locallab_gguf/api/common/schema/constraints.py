@@ -4,7 +4,7 @@ A field a handler refuses by name (with a message that says what to send instead
 leniently, so that the handler's message reaches the client; the schema still says what is
 accepted, so the OpenAPI document allows exactly the bodies that are served. Rules between
 fields, which no field's type can state, are JSON Schema fragments that a body lists in its
-`json_schema_rules` (api/common/openapi.py adds them to the body's schema as `allOf`).
+`json_schema_rules` (api/common/schema/openapi.py adds them to the body's schema as `allOf`).
 
 What no JSON Schema can state (an id that must name something earlier in the same body, names
 that must differ) is said in the field's description and stays a 400 from the handler.

@@ -16,8 +16,8 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from locallab_gguf.api.common.client_address import TrustedProxies
-from locallab_gguf.api.common.keys import ApiKeys, exposed_without_key, load_api_keys
+from locallab_gguf.api.common.middleware.client_address import TrustedProxies
+from locallab_gguf.api.common.middleware.keys import ApiKeys, exposed_without_key, load_api_keys
 from locallab_gguf.errors import RateLimited
 from locallab_gguf.ratelimit import Clock, RateLimiter, rate_limiter_for
 from locallab_gguf.settings import Settings
