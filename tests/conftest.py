@@ -21,9 +21,9 @@ from locallab_gguf.ratelimit import Clock
 from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, residency_policy
 from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
 from locallab_gguf.settings import Settings
-from tests.local_hub import LocalHub
-from tests.reference import Reference
-from tests.servers import RunningServer, app_of, serving
+from tests.support.local_hub import LocalHub
+from tests.support.reference import Reference
+from tests.support.servers import RunningServer, app_of, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
 # Small contexts keep every test server's KV cache small; the tests never need more. Rate
@@ -47,7 +47,7 @@ def model_path(registry: Registry) -> Path:
 @pytest.fixture(scope="session")
 def reference(model_path: Path) -> Iterator[Reference]:
     """llama-cpp-python's own greedy answers on this machine: what model text is checked
-    against (tests/reference.py says why never a literal)."""
+    against (tests/support/reference.py says why never a literal)."""
     with Reference.open(model_path, TEST_SETTINGS) as opened:
         yield opened
 
@@ -124,7 +124,7 @@ def sse_events(lines: Any) -> list[str]:
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """A stand-in Hugging Face hub on a free loopback port (tests/local_hub.py).
+    """A stand-in Hugging Face hub on a free loopback port (tests/support/local_hub.py).
 
     HF_HUB_OFFLINE=1 (above) makes huggingface_hub refuse every request in this process;
     tests with this fixture let it through, to this hub only: they pass its URL as endpoint.
