@@ -34,6 +34,19 @@ TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4, rate_
 DETERMINISTIC_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, deterministic=True)
 
 
+# A test's tier is the folder it lives in; each gets the marker of that name (registered in
+# pyproject.toml), so `pytest -m "unit or engine"` picks the fast loop from anywhere.
+TIERS = ("unit", "engine", "api", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
 @pytest.fixture(scope="session")
 def registry() -> Registry:
     return load_registry(default_models_file())
