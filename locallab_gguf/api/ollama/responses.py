@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from locallab_gguf.api.common.fields import arguments_object
+from locallab_gguf.api.common.streaming.tool_calls import ToolCall, ToolCallCollector
 from locallab_gguf.api.ollama.wire import (
     AssistantMessage,
     ChatChunk,
@@ -26,8 +26,6 @@ from locallab_gguf.engine.types import (
     Finished,
     ReasoningDelta,
     TextDelta,
-    ToolCallArguments,
-    ToolCallStarted,
 )
 
 NDJSON = "application/x-ndjson"
@@ -72,38 +70,14 @@ def _done_reason(finished: Finished) -> DoneReason:
     return "length" if finished.finish_reason == "length" else "stop"
 
 
-class _Calls:
-    """Tool calls as the engine streams them (opened, then arguments in pieces), gathered into
-    Ollama's form: whole calls with their arguments as objects."""
-
-    def __init__(self) -> None:
-        self._names: dict[int, str] = {}
-        self._arguments: dict[int, list[str]] = {}
-
-    def feed(self, event: Event) -> bool:
-        if isinstance(event, ToolCallStarted):
-            self._names[event.index] = event.name
-            self._arguments[event.index] = []
-            return True
-        if isinstance(event, ToolCallArguments):
-            self._arguments[event.index].append(event.text)
-            return True
-        return False
-
-    def take(self) -> list[ToolCallBody] | None:
-        if not self._names:
-            return None
-        calls = [
-            ToolCallBody(
-                function=FunctionCall(
-                    name=name, arguments=arguments_object("".join(self._arguments[index]))
-                )
-            )
-            for index, name in sorted(self._names.items())
-        ]
-        self._names.clear()
-        self._arguments.clear()
-        return calls
+def _ollama_calls(calls: list[ToolCall]) -> list[ToolCallBody] | None:
+    """Ollama's form of whole calls: arguments as objects; None when there are none."""
+    if not calls:
+        return None
+    return [
+        ToolCallBody(function=FunctionCall(name=call.name, arguments=call.arguments_object()))
+        for call in calls
+    ]
 
 
 class Lines:
@@ -114,7 +88,7 @@ class Lines:
         self.model_id = model_id
         self.clock = clock
         self.chat = chat
-        self.calls = _Calls()
+        self.calls = ToolCallCollector()
 
     def opening(self) -> bytes:
         return b""
@@ -128,7 +102,7 @@ class Lines:
         if self.calls.feed(event):
             return None
         if isinstance(event, Finished):
-            calls = self.calls.take()
+            calls = _ollama_calls(self.calls.take())
             line = ndjson_line(self.body("", calls=calls)) if calls else b""
             return line + ndjson_line(self.body("", finished=event))
         return None
@@ -175,7 +149,7 @@ class Lines:
         thinking = "".join(event.text for event in events if isinstance(event, ReasoningDelta))
         for event in events:
             self.calls.feed(event)
-        calls = self.calls.take()
+        calls = _ollama_calls(self.calls.take())
         return self.body(text, thinking=thinking, calls=calls, finished=finished)
 
 
