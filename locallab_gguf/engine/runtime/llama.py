@@ -1,7 +1,7 @@
 """The loaded GGUF model: weights, vocabulary and metadata, over llama.cpp's C API.
 
-This is the one place that calls llama.cpp's loading and vocabulary functions; the
-scheduler owns the context built on top of it.
+This is the one place that calls llama.cpp's loading, vocabulary and context-creation
+functions; the scheduler owns the context built on top of the model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import llama_cpp
 
+from locallab_gguf.engine.types import EngineConfig, FlashAttention
 from locallab_gguf.errors import ModelLoadFailed
 
 log = logging.getLogger(__name__)
@@ -171,3 +172,43 @@ class LlamaModel:
                 value = buffer.value if size >= 0 else b""
             metadata[key] = value.decode("utf-8", errors="replace")
         return metadata
+
+
+# llama.cpp's flash_attn_type for each setting; AUTO leaves the choice to llama.cpp (on where
+# the backend has the kernel).
+FLASH_ATTN_TYPES = {
+    FlashAttention.AUTO: llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    FlashAttention.ON: llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    FlashAttention.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+def create_context(model: LlamaModel, config: EngineConfig, per_slot: int, unified: bool) -> Any:
+    """A context of `per_slot` tokens for each of the config's slots, one KV sequence each."""
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = per_slot * config.n_parallel
+    params.n_batch = config.n_batch
+    params.n_ubatch = config.n_batch
+    params.n_seq_max = config.n_parallel
+    params.kv_unified = unified  # see KvLayout
+    params.flash_attn_type = FLASH_ATTN_TYPES[config.flash_attn]
+    params.n_threads = config.n_threads
+    params.n_threads_batch = config.n_threads_batch
+    params.no_perf = True
+    context = llama_cpp.llama_init_from_model(model.handle, params)
+    if not context:
+        raise ModelLoadFailed(
+            f"llama.cpp could not create a context of {per_slot:,} tokens for each of "
+            f"{config.n_parallel} slots for {model.path.name}; "
+            "start with a smaller --ctx or fewer --parallel slots"
+        )
+    return context
+
+
+def put_token(batch: Any, index: int, token: int, position: int, seq_id: int, logits: bool) -> None:
+    """Write one token of one sequence at `index` of a llama_batch."""
+    batch.token[index] = token
+    batch.pos[index] = position
+    batch.n_seq_id[index] = 1
+    batch.seq_id[index][0] = seq_id
+    batch.logits[index] = logits
