@@ -44,6 +44,7 @@ from locallab_gguf.engine.types import (
     RerankRequest,
 )
 from locallab_gguf.engine.worker.activity import ActivityBlock, Note
+from locallab_gguf.engine.worker.pending import PendingCalls
 from locallab_gguf.engine.worker.resume import InFlightJobs
 from locallab_gguf.engine.worker.worker_hooks import ACTIVITY_LANES
 from locallab_gguf.engine.worker.worker_protocol import (
@@ -156,9 +157,7 @@ class WorkerEngine:
         self._loop = loop
         self._streams = StreamRouter()
         self._inflight = InFlightJobs()  # what each request has produced, to resume it
-        self._submits: dict[int, asyncio.Future[SubmitReply]] = {}
-        self._tokenizer_calls: dict[int, asyncio.Future[TokenizerReply]] = {}
-        self._encodes: dict[int, asyncio.Future[Encoded]] = {}
+        self._pending = PendingCalls(loop)  # every call waiting for the worker's reply
         self._process: _Process | None = None
         self._ready: asyncio.Future[Ready] | None = None
         self._state: EngineState = "restarting"
@@ -193,15 +192,12 @@ class WorkerEngine:
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         process = self._ready_process()
-        job_id, _ = self._streams.open()
-        self._streams.close(job_id)  # the id only names the reply; no events will come
-        reply: asyncio.Future[SubmitReply] = self._loop.create_future()
-        self._submits[job_id] = reply
+        job_id, reply = self._pending.open(SubmitReply)
         process.send(Submit(job_id=job_id, request=request, count_only=True))
         try:
             answer = await reply
         finally:
-            self._submits.pop(job_id, None)
+            self._pending.forget(job_id)
         if answer.error is not None:
             raise error_from_wire(answer.error)
         return answer.prompt_tokens
@@ -220,28 +216,17 @@ class WorkerEngine:
 
     async def _call_tokenizer(self, make: Callable[[int], TokenizerCall]) -> TokenizerReply:
         process = self._ready_process()
-        call_id, _ = self._streams.open()
-        self._streams.close(call_id)  # the id only names the reply; no events will come
-        reply: asyncio.Future[TokenizerReply] = self._loop.create_future()
-        self._tokenizer_calls[call_id] = reply
+        call_id, reply = self._pending.open(TokenizerReply)
         process.send(make(call_id))
         try:
             answer = await reply
         finally:
-            self._tokenizer_calls.pop(call_id, None)
+            self._pending.forget(call_id)
         if answer.error is not None:
             raise error_from_wire(answer.error)
         return answer
 
-    def _fail_tokenizer_calls(self, reason: str) -> None:
-        # A tokenizer call has nothing to resume: it fails, and the client may ask again.
-        calls, self._tokenizer_calls = self._tokenizer_calls, {}
-        for reply in calls.values():
-            if not reply.done():
-                reply.set_exception(EngineFailure(f"{reason}; retry the request"))
-
-    # ------------------------------------------------------------------------------------
-    # -- Embeddings and reranking ----------------------------------------------------------
+    # -- embeddings and reranking ----------------------------------------------------------
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
         result = await self._encode(request)
@@ -255,10 +240,7 @@ class WorkerEngine:
 
     async def _encode(self, request: EncodeRequest) -> EncodeResult:
         process = self._ready_process()
-        job_id, _ = self._streams.open()
-        self._streams.close(job_id)  # the id only names the answer; no events will come
-        answer: asyncio.Future[Encoded] = self._loop.create_future()
-        self._encodes[job_id] = answer
+        job_id, answer = self._pending.open(Encoded)
         process.send(Encode(job_id=job_id, request=request))
         try:
             encoded = await answer
@@ -266,24 +248,11 @@ class WorkerEngine:
             self._cancel(job_id)  # the client left: the worker drops the inputs still queued
             raise
         finally:
-            self._encodes.pop(job_id, None)
+            self._pending.forget(job_id)
         if encoded.error is not None:
             raise error_from_wire(encoded.error)
         assert encoded.result is not None
         return encoded.result
-
-    def _on_encoded(self, message: Encoded) -> None:
-        self._stats = message.stats
-        answer = self._encodes.pop(message.job_id, None)
-        if answer is not None and not answer.done():
-            answer.set_result(message)
-
-    def _fail_encodes(self, detail: str) -> None:
-        """An encoding has nothing to resume: it fails, and the client may ask again."""
-        encodes, self._encodes = self._encodes, {}
-        for answer in encodes.values():
-            if not answer.done():
-                answer.set_exception(EngineFailure(detail))
 
     # --------------------------------------------------------------------------------------
 
@@ -302,9 +271,8 @@ class WorkerEngine:
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         process = self._ready_process()
-        job_id, queue = self._streams.open()
-        reply: asyncio.Future[SubmitReply] = self._loop.create_future()
-        self._submits[job_id] = reply
+        job_id, reply = self._pending.open(SubmitReply)
+        queue = self._streams.open(job_id)
         self._inflight.add(job_id, request)
         process.send(Submit(job_id=job_id, request=request))
         try:
@@ -312,7 +280,7 @@ class WorkerEngine:
             # this waits for that one's answer.
             answer = await reply
         except BaseException:
-            self._submits.pop(job_id, None)
+            self._pending.forget(job_id)
             self._cancel(job_id)
             raise
         if answer.error is not None:
@@ -332,7 +300,6 @@ class WorkerEngine:
             return
         if not drain:
             self._abandon_all(SERVER_STOPPING)
-            self._fail_encodes(SERVER_STOPPING)
         process.send(Stop(drain=drain))
         try:
             await asyncio.wait_for(asyncio.to_thread(process.popen.wait), STOP_TIMEOUT_S)
@@ -341,7 +308,6 @@ class WorkerEngine:
             process.popen.kill()
             await asyncio.to_thread(process.popen.wait)
         self._abandon_all(SERVER_STOPPING)
-        self._fail_encodes(SERVER_STOPPING)
 
     def _cancel(self, job_id: int) -> None:
         self._streams.close(job_id)
@@ -352,16 +318,23 @@ class WorkerEngine:
     def _end_job(self, job_id: int, detail: str) -> None:
         """End one request in flight with `detail`, whether or not it was taken yet."""
         self._inflight.forget(job_id)
-        reply = self._submits.pop(job_id, None)
-        if reply is not None and not reply.done():
-            reply.set_exception(EngineFailure(detail))
-        else:
+        if not self._pending.fail(job_id, EngineFailure(detail)):
             self._streams.dispatch([(job_id, Failed(detail=detail))])
 
     def _abandon_all(self, detail: str) -> None:
+        """End every request: generations in flight, and every other call waiting."""
         for job_id in self._inflight.take_all():
             self._end_job(job_id, detail)
         self._streams.fail_all(detail)
+        self._fail_calls(detail)
+
+    def _fail_calls(self, detail: str) -> None:
+        """Calls that have nothing to resume (token counts, tokenizer calls, encodes) fail, and
+        the client may ask again; generations in flight are left to resume or end."""
+        self._pending.fail_all(lambda: EngineFailure(detail), keep=self._in_flight)
+
+    def _in_flight(self, job_id: int) -> bool:
+        return self._inflight.get(job_id) is not None
 
     # -- starting and restarting ---------------------------------------------------------
 
@@ -414,41 +387,36 @@ class WorkerEngine:
     def _on_message(self, process: _Process, message: FromWorker) -> None:
         if process is not self._process:
             return
-        if isinstance(message, Events):
-            self._stats = message.stats
-            if message.progress:
-                self._inflight.record(message.progress)
-            if message.events:
-                for job_id, event in message.events:
-                    if isinstance(event, Finished | Failed):
-                        self._inflight.forget(job_id)
-                self._streams.dispatch(message.events)
-        elif isinstance(message, SubmitReply):
-            self._stats = message.stats
-            reply = self._submits.pop(message.job_id, None)
-            if reply is not None and not reply.done():
-                reply.set_result(message)
-            elif message.error is not None and self._inflight.get(message.job_id) is not None:
-                # A resumed request the new worker refused.
-                self._end_job(message.job_id, str(error_from_wire(message.error)))
-        elif isinstance(message, TokenizerReply):
-            self._stats = message.stats
-            call = self._tokenizer_calls.pop(message.call_id, None)
-            if call is not None and not call.done():
-                call.set_result(message)
-        elif isinstance(message, Encoded):
-            self._on_encoded(message)
-        elif isinstance(message, Ready):
-            process.ready = True
-            if self._ready is not None and not self._ready.done():
-                self._ready.set_result(message)
-        elif isinstance(message, LoadFailed) and self._ready and not self._ready.done():
-            self._ready.set_exception(error_from_wire(message.error))
+        match message:
+            case Events(stats=stats, progress=progress, events=events):
+                self._stats = stats
+                if progress:
+                    self._inflight.record(progress)
+                if events:
+                    for job_id, event in events:
+                        if isinstance(event, Finished | Failed):
+                            self._inflight.forget(job_id)
+                    self._streams.dispatch(events)
+            case SubmitReply(job_id=job_id, error=error):
+                self._stats = message.stats
+                settled = self._pending.settle(job_id, message)
+                if not settled and error is not None and self._in_flight(job_id):
+                    # A resumed request the new worker refused.
+                    self._end_job(job_id, str(error_from_wire(error)))
+            case TokenizerReply(call_id=call_id) | Encoded(job_id=call_id):
+                self._stats = message.stats
+                self._pending.settle(call_id, message)
+            case Ready():
+                process.ready = True
+                if self._ready is not None and not self._ready.done():
+                    self._ready.set_result(message)
+            case LoadFailed(error=error) if self._ready and not self._ready.done():
+                self._ready.set_exception(error_from_wire(error))
 
     def _on_exit(self, process: _Process, reason: str, notes: list[Note]) -> None:
         if process is not self._process:
             return
-        self._fail_tokenizer_calls(reason)
+        self._fail_calls(f"{reason}; retry the request")
         if not process.ready:
             # It died while loading. A clean refusal (LoadFailed) has already settled the
             # future; anything else is a crash.
@@ -461,18 +429,12 @@ class WorkerEngine:
         verdict = self._inflight.judge_crash(reason, notes)
         for job_id, detail in verdict.ended.items():
             self._end_job(job_id, detail)
-        # A token count has nothing to resume: it fails, and the client may ask again.
-        for job_id in [job for job in self._submits if self._inflight.get(job) is None]:
-            reply = self._submits.pop(job_id)
-            if not reply.done():
-                reply.set_exception(EngineFailure(f"{reason}; retry the request"))
         log.error(
             "%s; restarting it, then resuming %d requests that were in flight%s",
             reason,
             len(verdict.resumed),
             f" (ended as its likely cause: {sorted(verdict.ended)})" if verdict.ended else "",
         )
-        self._fail_encodes(f"{reason}; retry the request")
         self._state, self._failure = "restarting", reason
         self.restarts += 1
         self._restarting = self._loop.create_task(self._restart())

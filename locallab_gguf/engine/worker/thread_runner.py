@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,12 +49,14 @@ class LocalEngine:
     ) -> None:
         self._loop = loop
         self._streams = StreamRouter()
+        self._ids = itertools.count(1)
         self.engine = make_engine(self._deliver)
         self.info = self.engine.info
         self._tokenizer = InProcessTokenizer(self.engine.model)
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
-        job_id, queue = self._streams.open()
+        job_id = next(self._ids)
+        queue = self._streams.open(job_id)
         try:
             accepted = await submit_on_a_thread(
                 functools.partial(self.engine.submit, job_id, request),
