@@ -9,24 +9,21 @@ import itertools
 from pathlib import Path
 
 from locallab_gguf.engine.client import EngineState, RequestStream, submit_on_a_thread
+from locallab_gguf.engine.encode.calls import EncodeCalls
 from locallab_gguf.engine.encode.embedding import EmbeddingEngine, open_embedding_engine
 from locallab_gguf.engine.runtime.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
     EmbeddingMode,
-    EmbeddingRequest,
-    Embeddings,
     EncodeRequest,
     EncodeResult,
     EngineConfig,
     EngineStats,
     GenerationRequest,
-    Rankings,
-    RerankRequest,
 )
 from locallab_gguf.errors import LocalLabError
 
 
-class LocalEmbeddingEngine:
+class LocalEmbeddingEngine(EncodeCalls):
     """An EngineClient over an EmbeddingEngine in this process; it does not generate."""
 
     state: EngineState = "ready"
@@ -45,16 +42,6 @@ class LocalEmbeddingEngine:
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         return self.engine.count_prompt_tokens(request)
-
-    async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        result = await self._encode(request)
-        assert isinstance(result, Embeddings)
-        return result
-
-    async def rerank(self, request: RerankRequest) -> Rankings:
-        result = await self._encode(request)
-        assert isinstance(result, Rankings)
-        return result
 
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         return await self._tokenizer.tokenize(

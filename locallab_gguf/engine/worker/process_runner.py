@@ -29,9 +29,8 @@ from locallab_gguf.engine.client import (
     RequestStream,
     StreamRouter,
 )
+from locallab_gguf.engine.encode.calls import EncodeCalls
 from locallab_gguf.engine.types import (
-    EmbeddingRequest,
-    Embeddings,
     EncodeRequest,
     EncodeResult,
     EngineConfig,
@@ -40,8 +39,6 @@ from locallab_gguf.engine.types import (
     Failed,
     Finished,
     GenerationRequest,
-    Rankings,
-    RerankRequest,
 )
 from locallab_gguf.engine.worker.activity import ActivityBlock, Note
 from locallab_gguf.engine.worker.pending import PendingCalls
@@ -149,7 +146,7 @@ class _Process:
         self.activity.close()
 
 
-class WorkerEngine:
+class WorkerEngine(EncodeCalls):
     """EngineClient over a worker process; build it with `await WorkerEngine.start(spec)`."""
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop) -> None:
@@ -227,16 +224,6 @@ class WorkerEngine:
         return answer
 
     # -- embeddings and reranking ----------------------------------------------------------
-
-    async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        result = await self._encode(request)
-        assert isinstance(result, Embeddings)
-        return result
-
-    async def rerank(self, request: RerankRequest) -> Rankings:
-        result = await self._encode(request)
-        assert isinstance(result, Rankings)
-        return result
 
     async def _encode(self, request: EncodeRequest) -> EncodeResult:
         process = self._ready_process()
