@@ -26,6 +26,7 @@ from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.engine.worker.thread_runner import LocalEngine
 from locallab_gguf.errors import InvalidRequest
 from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, sse_events
+from tests.support.engine_harness import EngineHarness
 from tests.support.servers import RunningServer, wait_until
 
 # The healthy stream beside each bad request must equal the same request alone: that holds
@@ -148,9 +149,9 @@ def test_an_empty_prompt_is_refused_naming_the_field(server: RunningServer) -> N
             assert "prompt" in reply.text
 
 
-def test_the_engine_refuses_a_request_of_no_tokens(thread_server: RunningServer) -> None:
+def test_the_engine_refuses_a_request_of_no_tokens(engine_harness: EngineHarness) -> None:
     with pytest.raises(InvalidRequest, match="empty"):
-        batch_engine(thread_server).submit(10**9, GenerationRequest(prompt="", max_tokens=4))
+        engine_harness.engine.submit(10**9, GenerationRequest(prompt="", max_tokens=4))
 
 
 @pytest.mark.parametrize(
