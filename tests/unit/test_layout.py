@@ -1,13 +1,15 @@
-"""The package's shape: no import cycles, and the HTTP layer never loads llama.cpp.
+"""The package's shape: no import cycles, the HTTP layer never loads llama.cpp, the engine
+shows only its seam at its top, and no module outgrows what one reading takes in.
 
-The import-linter contracts in pyproject.toml hold the layering rules; these two rules are
-ones its contracts cannot state.
+The import-linter contracts in pyproject.toml hold the layering rules; these are rules its
+contracts cannot state.
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import grimp
 
@@ -63,3 +65,21 @@ def test_importing_the_http_app_does_not_load_llama_cpp() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+PACKAGE = Path(__file__).resolve().parents[2] / "locallab_gguf"
+
+
+def test_the_engine_keeps_only_its_seam_and_entry_points_at_its_top() -> None:
+    # types (the seam) and client (the protocol); the rest lives in subpackages by concern.
+    top = sorted(path.name for path in (PACKAGE / "engine").glob("*.py"))
+    assert len(top) <= 8, top
+
+
+def test_no_module_is_longer_than_500_lines() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): lines
+        for path in PACKAGE.rglob("*.py")
+        if (lines := len(path.read_text().splitlines())) > 500
+    }
+    assert long == {}
