@@ -33,19 +33,22 @@ class PendingCalls:
 
     def settle(self, call_id: int, reply: Reply) -> bool:
         """Hand the reply to its caller; returns whether one was still waiting."""
-        future = self._waiting.pop(call_id, None)
-        if future is None or future.done():
-            return False
-        future.set_result(reply)
-        return True
+        future = self._take(call_id)
+        if future is not None:
+            future.set_result(reply)
+        return future is not None
 
     def fail(self, call_id: int, error: Exception) -> bool:
         """End the call with `error`; returns whether its caller was still waiting."""
+        future = self._take(call_id)
+        if future is not None:
+            future.set_exception(error)
+        return future is not None
+
+    def _take(self, call_id: int) -> asyncio.Future[Any] | None:
+        """The call's future, if its caller still waits; the call is forgotten either way."""
         future = self._waiting.pop(call_id, None)
-        if future is None or future.done():
-            return False
-        future.set_exception(error)
-        return True
+        return None if future is None or future.done() else future
 
     def forget(self, call_id: int) -> None:
         """The caller stopped waiting (it was cancelled, or it has its reply)."""

@@ -41,7 +41,7 @@ from locallab_gguf.engine.types import (
     GenerationRequest,
 )
 from locallab_gguf.engine.worker.activity import ActivityBlock, Note
-from locallab_gguf.engine.worker.pending import PendingCalls
+from locallab_gguf.engine.worker.pending import PendingCalls, R
 from locallab_gguf.engine.worker.resume import InFlightJobs
 from locallab_gguf.engine.worker.worker_hooks import ACTIVITY_LANES
 from locallab_gguf.engine.worker.worker_protocol import (
@@ -188,16 +188,30 @@ class WorkerEngine(EncodeCalls):
         return self._stats
 
     async def count_tokens(self, request: GenerationRequest) -> int:
-        process = self._ready_process()
-        job_id, reply = self._pending.open(SubmitReply)
-        process.send(Submit(job_id=job_id, request=request, count_only=True))
-        try:
-            answer = await reply
-        finally:
-            self._pending.forget(job_id)
-        if answer.error is not None:
-            raise error_from_wire(answer.error)
+        answer = await self._call(
+            SubmitReply, lambda job_id: Submit(job_id=job_id, request=request, count_only=True)
+        )
         return answer.prompt_tokens
+
+    async def _call(
+        self, reply: type[R], make: Callable[[int], ToWorker], *, cancellable: bool = False
+    ) -> R:
+        """Send the call `make` builds for a new id and wait for its reply, raising the error
+        it carries. A `cancellable` call left by its client is cancelled in the worker too."""
+        process = self._ready_process()
+        call_id, answer = self._pending.open(reply)
+        process.send(make(call_id))
+        try:
+            result = await answer
+        except asyncio.CancelledError:
+            if cancellable:
+                self._cancel(call_id)  # the worker drops what is still queued for it
+            raise
+        finally:
+            self._pending.forget(call_id)
+        if result.error is not None:
+            raise error_from_wire(result.error)
+        return result
 
     # -- the model's tokenizer ------------------------------------------------------------
 
@@ -212,32 +226,14 @@ class WorkerEngine(EncodeCalls):
         return reply.pieces
 
     async def _call_tokenizer(self, make: Callable[[int], TokenizerCall]) -> TokenizerReply:
-        process = self._ready_process()
-        call_id, reply = self._pending.open(TokenizerReply)
-        process.send(make(call_id))
-        try:
-            answer = await reply
-        finally:
-            self._pending.forget(call_id)
-        if answer.error is not None:
-            raise error_from_wire(answer.error)
-        return answer
+        return await self._call(TokenizerReply, make)
 
     # -- embeddings and reranking ----------------------------------------------------------
 
     async def _encode(self, request: EncodeRequest) -> EncodeResult:
-        process = self._ready_process()
-        job_id, answer = self._pending.open(Encoded)
-        process.send(Encode(job_id=job_id, request=request))
-        try:
-            encoded = await answer
-        except asyncio.CancelledError:
-            self._cancel(job_id)  # the client left: the worker drops the inputs still queued
-            raise
-        finally:
-            self._pending.forget(job_id)
-        if encoded.error is not None:
-            raise error_from_wire(encoded.error)
+        encoded = await self._call(
+            Encoded, lambda job_id: Encode(job_id=job_id, request=request), cancellable=True
+        )
         assert encoded.result is not None
         return encoded.result
 
