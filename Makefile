@@ -70,12 +70,18 @@ LLAMA_STAMP := $(VENV)/.llama-$(BUILD_KEY)
 INSTALL_STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test install install-test redis-server chromium lint imports typecheck pytest bench docs clean
+.PHONY: serve test test-fast install install-test redis-server chromium lint imports typecheck pytest bench docs clean
 
 serve: $(INSTALL_STAMP)
 	$(BIN)/locallab-gguf serve $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
 
 test: $(TEST_STAMP) lint imports typecheck pytest
+
+# The fast loop while changing code: the unit and engine tiers only (tests/unit, tests/engine),
+# no static checks (`make lint imports typecheck` runs those; `make test` runs everything).
+# The rate-limit unit tests start their own Redis.
+test-fast: $(TEST_STAMP) redis-server
+	$(BIN)/pytest -q tests/unit tests/engine
 
 install: $(INSTALL_STAMP)
 

@@ -28,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from locallab_gguf.engine.scheduler import open_batch_engine  # noqa: E402
+from locallab_gguf.engine.runtime.scheduler import open_batch_engine  # noqa: E402
 from locallab_gguf.engine.types import (  # noqa: E402
     ChatMessage,
     ChatOptions,

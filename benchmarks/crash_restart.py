@@ -66,7 +66,9 @@ class Client(threading.Thread):
 
 def worker_of(server: subprocess.Popen[bytes]) -> int:
     children = psutil.Process(server.pid).children()
-    workers = [c.pid for c in children if "locallab_gguf.engine.worker" in " ".join(c.cmdline())]
+    workers = [
+        c.pid for c in children if "locallab_gguf.engine.worker.worker" in " ".join(c.cmdline())
+    ]
     assert len(workers) == 1, workers
     return workers[0]
 

@@ -31,7 +31,7 @@ from typing import Any
 import llama_cpp as lc
 from launch import default_model_path, machine_record, verdict
 
-from locallab_gguf.engine.kv import KvPool
+from locallab_gguf.engine.runtime.kv import KvPool
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQUENCES = 8

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from launch import free_port, machine_record, start_ours  # noqa: E402
 
-from tests.two_models import (  # noqa: E402
+from tests.support.two_models import (  # noqa: E402
     GEMMA_FILE,
     GEMMA_ID,
     GEMMA_REPO,
@@ -50,7 +50,7 @@ REQUEST = {"prompt": "1, 2, 3, 4,", "max_length": 1, "temperature": 0, "stream":
 
 
 def registry_text() -> str:
-    from tests.two_models import GEMMA_SHA256
+    from tests.support.two_models import GEMMA_SHA256
 
     return f"""
 default = "{DEFAULT_ID}"

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from locallab_gguf.ratelimit import MemoryStore, RateLimiter, per_minute_with_burst  # noqa: E402
 from locallab_gguf.ratelimit.redis_store import RedisStore  # noqa: E402
-from tests.redis_server import running_redis  # noqa: E402
+from tests.support.redis_server import running_redis  # noqa: E402
 
 WINDOWS = per_minute_with_burst(60, 10)
 

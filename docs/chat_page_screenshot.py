@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from locallab_gguf.cli.serve import build_app, serve_in_thread
 from locallab_gguf.settings import Settings
-from tests.browser import PAGE_TIMEOUT_MS, chromium
-from tests.servers import RunningServer
+from tests.support.browser import PAGE_TIMEOUT_MS, chromium
+from tests.support.servers import RunningServer
 
 PICTURE = Path(__file__).resolve().parent / "chat-page.png"
 QUESTION = "Write a Python function that reverses a string, in a code block, and explain it."

@@ -22,9 +22,9 @@ from locallab_gguf.serving.loader import LocalPlanner, local_engine_opener, resi
 from locallab_gguf.serving.model_manager import EngineOpener, ModelManager
 from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
 from locallab_gguf.settings import Settings
-from tests.local_hub import LocalHub
-from tests.reference import Reference
-from tests.servers import RunningServer, app_of, serving
+from tests.support.local_hub import LocalHub
+from tests.support.reference import Reference
+from tests.support.servers import RunningServer, app_of, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
 # Small contexts keep every test server's KV cache small; the tests never need more. Rate
@@ -33,6 +33,19 @@ TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4, rate_
 # For the tests that compare one generation with another (alone, batched, cached, against
 # llama-cpp-python's own loop): only the deterministic mode promises those are equal.
 DETERMINISTIC_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, deterministic=True)
+
+
+# A test's tier is the folder it lives in; each gets the marker of that name (registered in
+# pyproject.toml), so `pytest -m "unit or engine"` picks the fast loop from anywhere.
+TIERS = ("unit", "engine", "api", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        parts = item.path.relative_to(root).parts
+        if len(parts) > 1 and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +61,7 @@ def model_path(registry: Registry) -> Path:
 @pytest.fixture(scope="session")
 def reference(model_path: Path) -> Iterator[Reference]:
     """llama-cpp-python's own greedy answers on this machine: what model text is checked
-    against (tests/reference.py says why never a literal)."""
+    against (tests/support/reference.py says why never a literal)."""
     with Reference.open(model_path, TEST_SETTINGS) as opened:
         yield opened
 
@@ -128,7 +141,7 @@ def sse_events(lines: Any) -> list[str]:
 
 @pytest.fixture
 def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
-    """A stand-in Hugging Face hub on a free loopback port (tests/local_hub.py).
+    """A stand-in Hugging Face hub on a free loopback port (tests/support/local_hub.py).
 
     HF_HUB_OFFLINE=1 (above) makes huggingface_hub refuse every request in this process;
     tests with this fixture let it through, to this hub only: they pass its URL as endpoint.

@@ -15,12 +15,12 @@ from litestar.openapi import OpenAPIConfig
 
 from locallab_gguf import __version__
 from locallab_gguf.api.anthropic.routes import anthropic_router
-from locallab_gguf.api.common.access import AccessControl
-from locallab_gguf.api.common.body import BoundedRequest
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
-from locallab_gguf.api.common.openapi import render_plugins
-from locallab_gguf.api.common.request_log import RequestObserver
+from locallab_gguf.api.common.middleware.access import AccessControl
+from locallab_gguf.api.common.middleware.request_log import RequestObserver
+from locallab_gguf.api.common.schema.body import BoundedRequest
+from locallab_gguf.api.common.schema.openapi import render_plugins
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.generation import chat, generate, generate_batch
 from locallab_gguf.api.locallab.models import (

@@ -28,7 +28,7 @@ import h11
 import msgspec
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from locallab_gguf.api.common.request_log import READ_TIMED_OUT
+from locallab_gguf.api.common.middleware.request_log import READ_TIMED_OUT
 
 log = logging.getLogger("locallab_gguf.connections")
 

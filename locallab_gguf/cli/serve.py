@@ -16,7 +16,7 @@ import uvicorn
 from locallab_gguf.api.app import create_app
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.cli.http_guard import ConnectionLimits, ensure_descriptors, guarded_protocol
-from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
+from locallab_gguf.engine.runtime.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.models.files import model_files
 from locallab_gguf.placement.hardware import HardwareProbe

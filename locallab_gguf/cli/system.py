@@ -46,7 +46,7 @@ def system_report(settings: Settings, probe: HardwareProbe, llama_cpp_python: st
 
 def print_system_report(settings: Settings, out: TextIO, *, as_json: bool = False) -> None:
     # Imported here: the engine loads llama.cpp, which only this command and serve need.
-    from locallab_gguf.engine.llama import llama_cpp_version, supports_gpu_offload
+    from locallab_gguf.engine.runtime.llama import llama_cpp_version, supports_gpu_offload
 
     report = system_report(settings, HardwareProbe(supports_gpu_offload()), llama_cpp_version())
     if as_json:

@@ -10,7 +10,6 @@ per token per request. Nothing here imports llama_cpp.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Callable
 from typing import Literal, Protocol, TypeVar
 
@@ -139,13 +138,12 @@ class StreamRouter:
 
     def __init__(self) -> None:
         self._queues: dict[int, asyncio.Queue[Event]] = {}
-        self._ids = itertools.count(1)
 
-    def open(self) -> tuple[int, asyncio.Queue[Event]]:
-        job_id = next(self._ids)
+    def open(self, job_id: int) -> asyncio.Queue[Event]:
+        """The queue of request `job_id`'s events (the caller chooses its ids)."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
         self._queues[job_id] = queue
-        return job_id, queue
+        return queue
 
     def close(self, job_id: int) -> None:
         self._queues.pop(job_id, None)

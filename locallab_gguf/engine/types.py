@@ -335,7 +335,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     flash_attn: FlashAttention = FlashAttention.AUTO
     prompt_cache_bytes: int = 0  # RAM for saved prompt states; 0: no prompt cache
     prompt_cache_dir: str | None = None  # where saved prompt states outlive a restart
-    # The server's prompt-cache ledger (engine/cache_ledger.py): with it, prompt_cache_bytes
+    # The server's prompt-cache ledger (engine/runtime/cache_ledger.py): with it, prompt_cache_bytes
     # is one budget that every resident model's cache shares.
     prompt_cache_ledger: str | None = None
     embedding: EmbeddingMode | None = None  # set: an embedding or reranker model, no generation

@@ -11,8 +11,8 @@ from pathlib import Path
 import msgspec
 
 from locallab_gguf.engine.client import EngineClient
-from locallab_gguf.engine.launch import open_engine
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
+from locallab_gguf.engine.worker.launch import open_engine
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
@@ -96,7 +96,7 @@ def offload_plan(
 
 def machine_probe() -> HardwareProbe:
     """This machine's GPUs and memory, as llama.cpp's build can use them."""
-    from locallab_gguf.engine.llama import supports_gpu_offload
+    from locallab_gguf.engine.runtime.llama import supports_gpu_offload
 
     return HardwareProbe(supports_gpu_offload())
 

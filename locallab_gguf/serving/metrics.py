@@ -45,7 +45,8 @@ from prometheus_client.registry import Collector
 
 from locallab_gguf.engine.types import Finished
 from locallab_gguf.serving.encoding_metrics import EncodingMetrics
-from locallab_gguf.serving.model_manager import ModelManager, ModelStatus
+from locallab_gguf.serving.load_state import ModelStatus
+from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.serving.resident import ResidentModel
 
 # The classic text format, which every Prometheus reads and generate_latest writes (our names

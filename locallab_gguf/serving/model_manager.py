@@ -18,18 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Literal, Protocol
 
 import msgspec
 
 from locallab_gguf.durations import FOREVER
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.errors import (
-    LoadCancelled,
     LoadInProgress,
     LocalLabError,
     ModelLoadFailed,
@@ -42,30 +39,17 @@ from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.ids import resolve_model_id
 from locallab_gguf.models.registry import ModelSpec, Registry
 from locallab_gguf.placement.offload import OffloadPlan, ensure_fits
+from locallab_gguf.serving.default_model import DefaultModel
+from locallab_gguf.serving.load_state import LoadProgress, ModelLoadState, ModelStatus
 from locallab_gguf.serving.resident import ResidencyLog, ResidentModel, UnloadReason
-from locallab_gguf.serving.room import RoomOutcome, find_room
+from locallab_gguf.serving.room import Planner, RoomOutcome, find_room
 
 log = logging.getLogger(__name__)
 
-ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
-LoadPhase = Literal["downloading", "loading"]
 EngineOpener = Callable[[ModelSpec, Path], Awaitable[EngineClient]]
-# The old name of a resident model, which routes still use.
-ActiveModel = ResidentModel
 # A model loaded for a request that never came back for it is unloaded after its keep-alive,
 # but not before this many seconds (the request may still be on its way to claim it).
 LOAD_GRACE_SECONDS = 10.0
-
-
-class Planner(Protocol):
-    """Plans a model's memory on this machine before it loads (loader.LocalPlanner)."""
-
-    def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan: ...
-
-    def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
-        """Layers of `spec` that would fit the GPUs with a given number of bytes of VRAM freed
-        (None: no GPU takes layers here)."""
-        ...
 
 
 class ResidencyPolicy(msgspec.Struct, frozen=True, kw_only=True):
@@ -73,38 +57,6 @@ class ResidencyPolicy(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive: float = 300.0  # seconds, for models loaded on demand; FOREVER: no limit
     autoload: bool = True
     room_wait: float = 30.0  # seconds a load waits for busy models to make room
-
-
-class ModelLoadState(msgspec.Struct, kw_only=True):
-    """Where one model stands: downloading (with bytes), loading, loaded, unloaded or failed."""
-
-    model_id: str
-    status: Literal["downloading", "loading", "loaded", "unloaded", "failed"]
-    downloaded_bytes: int | None = None
-    total_bytes: int | None = None
-    error: str | None = None
-
-
-class LoadProgress:
-    """A load in flight. The download thread writes the byte counts; the loop reads them."""
-
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-        self.phase: LoadPhase = "loading"
-        self.downloaded_bytes: int | None = None
-        self.total_bytes: int | None = None
-        self._cancelled = threading.Event()
-
-    def on_bytes(self, done: int, total: int | None) -> None:
-        # Raising here is the only way to stop hf_hub_download between two chunks.
-        if self._cancelled.is_set():
-            raise LoadCancelled(
-                f"the download of {self.spec.id!r} stopped: the server is shutting down"
-            )
-        self.phase, self.downloaded_bytes, self.total_bytes = "downloading", done, total
-
-    def cancel(self) -> None:
-        self._cancelled.set()
 
 
 class _Load:
@@ -130,17 +82,12 @@ class ModelManager:
         self.allow_custom_models = allow_custom_models
         self.policy = policy or ResidencyPolicy()
         self.history = ResidencyLog()
-        self.default_id: str | None = None
-        # The load POST /models/load started, while it runs: what LocalLab calls "loading".
-        self.loading: LoadProgress | None = None
+        self.default = DefaultModel()
         self._open_engine = open_engine
         self._planner = planner
         self._resident: dict[str, ResidentModel] = {}
         self._loads: dict[str, _Load] = {}
         self._pin_on_load: set[str] = set()
-        self._errors: dict[str, str] = {}  # model id -> why its last load failed
-        self._load_error: str | None = None
-        self._default_failed = False
         self._load_lock = asyncio.Lock()
         self._room_changed = asyncio.Event()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -163,27 +110,31 @@ class ModelManager:
         return self.resident_model(self.default_id) if self.default_id else None
 
     @property
+    def default_id(self) -> str | None:
+        return self.default.id
+
+    @property
+    def loading(self) -> LoadProgress | None:
+        """The load POST /models/load started, while it runs: what LocalLab calls "loading"."""
+        return self.default.loading
+
+    @property
     def loading_id(self) -> str | None:
         return self.loading.spec.id if self.loading is not None else None
 
     @property
     def status(self) -> ModelStatus:
         """The default model's state, as LocalLab's /health reports it."""
-        if self.loading is not None:
-            return "loading"  # a download is part of loading, for LocalLab's clients
-        model = self._resident.get(self.default_id) if self.default_id else None
-        if model is not None and model.engine.state != "failed":
-            return "restarting" if model.engine.state == "restarting" else "loaded"
-        broken = model is not None
-        return "failed" if self._default_failed or broken else "unloaded"
+        return self.default.status(self._default_resident())
 
     @property
     def last_error(self) -> str | None:
         """Why the last load failed, or why the default model stopped serving."""
-        model = self._resident.get(self.default_id) if self.default_id else None
-        if model is not None and model.engine.state == "failed":
-            return f"model {model.spec.id!r} failed: {model.engine.failure}"
-        return self._load_error
+        return self.default.last_error(self._default_resident())
+
+    def _default_resident(self) -> ResidentModel | None:
+        """The default model while it is resident, even when its engine has failed."""
+        return self._resident.get(self.default_id) if self.default_id else None
 
     def spec_for(self, model_id: str) -> ModelSpec:
         """The model an id names: a registry id, or a hub file when custom models are allowed."""
@@ -206,8 +157,9 @@ class ModelManager:
         if model is not None:
             error = f"model {spec.id!r} failed: {model.engine.failure}"
             return ModelLoadState(model_id=spec.id, status="failed", error=error)
-        if spec.id in self._errors:
-            return ModelLoadState(model_id=spec.id, status="failed", error=self._errors[spec.id])
+        failure = self.default.error_of(spec.id)
+        if failure is not None:
+            return ModelLoadState(model_id=spec.id, status="failed", error=failure)
         return ModelLoadState(model_id=spec.id, status="unloaded")
 
     def loaded(self) -> ResidentModel:
@@ -301,14 +253,14 @@ class ModelManager:
                 f"(GET /models/status/{self.loading.spec.id}), then retry"
             )
         task = self._load_task(spec, pin=True)
-        self.loading = self._loads[spec.id].progress
+        self.default.loading = self._loads[spec.id].progress
 
         def settled(done: asyncio.Task[ResidentModel]) -> None:
             if self.loading is not None and self.loading.spec.id == spec.id:
-                self.loading = None
+                self.default.loading = None
             failed = done.cancelled() or done.exception() is not None
             if failed:
-                self._default_failed = self.current is None
+                self.default.failed = self.current is None
             else:
                 self._make_default(done.result())
 
@@ -330,8 +282,7 @@ class ModelManager:
 
     def _make_default(self, model: ResidentModel) -> None:
         previous = self.current
-        self.default_id = model.spec.id
-        self._default_failed = False
+        self.default.make(model.spec.id)
         self._pin(model)
         if (
             previous is not None
@@ -408,7 +359,7 @@ class ModelManager:
             pinned=pinned,
         )
         self._resident[spec.id] = model
-        self._errors.pop(spec.id, None)
+        self.default.load_succeeded(spec.id)
         self.history.loaded(spec.id, seconds)
         log.info("model %s loaded from %s in %.1f s", spec.id, path, seconds)
         model.schedule_expiry(max(model.keep_alive, LOAD_GRACE_SECONDS), self._expire)
@@ -463,10 +414,9 @@ class ModelManager:
 
     def _load_failed(self, spec: ModelSpec, reason: str) -> None:
         self._pin_on_load.discard(spec.id)
-        self._load_error = f"loading {spec.id!r} failed: {reason}"
-        self._errors[spec.id] = self._load_error
+        error = self.default.load_failed(spec.id, reason)
         self.history.load_failed(spec.id)
-        log.error("%s", self._load_error)
+        log.error("%s", error)
 
     # -- unloading -----------------------------------------------------------------------
 
@@ -485,8 +435,7 @@ class ModelManager:
         if target_id is None:
             return None
         if target_id == self.default_id:
-            self.default_id = None
-            self._default_failed = False
+            self.default.clear()
         model = self._resident.get(target_id)
         if model is None:
             return None

@@ -1,7 +1,7 @@
 """The server's one prompt-cache budget (--cache-ram), shared by every resident chat model.
 
 Each model's engine keeps its saved prompt states in its own worker process; the ledger file
-made here lets them share one budget (engine/cache_ledger.py). The room planner counts the
+made here lets them share one budget (engine/runtime/cache_ledger.py). The room planner counts the
 part of the budget not yet held beside each new model's weights and KV cache, so models
 loaded later cannot promise the caches memory the machine does not have.
 """
@@ -12,7 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from locallab_gguf.engine.cache_ledger import create_ledger, held_bytes
+from locallab_gguf.engine.runtime.cache_ledger import create_ledger, held_bytes
 from locallab_gguf.placement.hardware import read_memory
 from locallab_gguf.sizes import human_bytes
 

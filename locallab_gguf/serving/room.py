@@ -20,10 +20,24 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Protocol
 
+from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan
 from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.sizes import human_bytes
+
+
+class Planner(Protocol):
+    """Plans a model's memory on this machine before it loads (loader.LocalPlanner)."""
+
+    def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan: ...
+
+    def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
+        """Layers of `spec` that would fit the GPUs with a given number of bytes of VRAM freed
+        (None: no GPU takes layers here)."""
+        ...
 
 
 class RoomOutcome(enum.Enum):

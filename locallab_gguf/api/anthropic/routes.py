@@ -43,15 +43,15 @@ from locallab_gguf.api.anthropic.wire import (
     ToolUseOut,
     Usage,
 )
-from locallab_gguf.api.common.answers import error_body
-from locallab_gguf.api.common.fields import arguments_object
+from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import (
+from locallab_gguf.api.common.streaming.sse import (
     EventStream,
     chunked_stream,
     collect_events,
     unless_client_leaves,
 )
+from locallab_gguf.api.common.streaming.tool_calls import ToolCallCollector
 from locallab_gguf.engine.types import (
     Event,
     Failed,
@@ -80,10 +80,12 @@ def _named_event(body: msgspec.Struct) -> bytes:
 def content_of(events: list[Event], *, thinking: bool) -> list[ContentOut]:
     """The blocks of a whole answer, in the order the model wrote them."""
     blocks: list[ContentOut] = []
-    arguments: dict[int, list[str]] = {}
-    calls: dict[int, ToolCallStarted] = {}
+    collector = ToolCallCollector()
     for event in events:
-        if isinstance(event, ReasoningDelta) and thinking:
+        if collector.feed(event):
+            if isinstance(event, ToolCallStarted):
+                blocks.append(ToolUseOut(id=event.id, name=event.name, input={}))
+        elif isinstance(event, ReasoningDelta) and thinking:
             if blocks and isinstance(blocks[-1], ThinkingOut):
                 blocks[-1] = ThinkingOut(thinking=blocks[-1].thinking + event.text)
             else:
@@ -93,15 +95,9 @@ def content_of(events: list[Event], *, thinking: bool) -> list[ContentOut]:
                 blocks[-1] = TextOut(text=blocks[-1].text + event.text)
             else:
                 blocks.append(TextOut(text=event.text))
-        elif isinstance(event, ToolCallStarted):
-            calls[event.index] = event
-            arguments[event.index] = []
-            blocks.append(ToolUseOut(id=event.id, name=event.name, input={}))
-        elif isinstance(event, ToolCallArguments):
-            arguments[event.index].append(event.text)
-    by_id = {call.id: "".join(arguments[index]) for index, call in calls.items()}
+    by_id = {call.id: call for call in collector.take()}
     return [
-        ToolUseOut(id=block.id, name=block.name, input=arguments_object(by_id[block.id]))
+        ToolUseOut(id=block.id, name=block.name, input=by_id[block.id].arguments_object())
         if isinstance(block, ToolUseOut)
         else block
         for block in blocks

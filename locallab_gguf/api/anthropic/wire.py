@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.constraints import is_set, non_empty_list, only, when
 from locallab_gguf.api.common.fields import INT32_MAX, ModelId
+from locallab_gguf.api.common.schema.constraints import is_set, non_empty_list, only, when
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
@@ -107,7 +107,7 @@ class ToolChoiceParam(msgspec.Struct, kw_only=True):
 
 
 class CountTokensRequest(msgspec.Struct, kw_only=True):
-    # Rules between fields, for the OpenAPI document (api/common/openapi.py).
+    # Rules between fields, for the OpenAPI document (api/common/schema/openapi.py).
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
         # tool_choice any or tool asks for a tool call, so it needs tools.
         when(

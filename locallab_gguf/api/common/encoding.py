@@ -12,7 +12,7 @@ from litestar.types import Receive
 
 from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import unless_client_leaves
+from locallab_gguf.api.common.streaming.sse import unless_client_leaves
 from locallab_gguf.engine.types import (
     EmbeddingRequest,
     Embeddings,

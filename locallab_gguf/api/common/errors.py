@@ -14,7 +14,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from locallab_gguf.api.common.access import bearer_challenge, rate_limit_headers
+from locallab_gguf.api.common.middleware.access import bearer_challenge, rate_limit_headers
 from locallab_gguf.errors import (
     ClientDisconnected,
     ConfigError,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 from litestar.di import NamedDependency
 
-from locallab_gguf.api.common.access import UNLIMITED
+from locallab_gguf.api.common.middleware.access import UNLIMITED
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.serving.metrics import CONTENT_TYPE
 

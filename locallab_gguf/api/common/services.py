@@ -10,9 +10,9 @@ from typing import Any
 
 from litestar import Request
 
-from locallab_gguf.api.common.metered_stream import MeteredStream
+from locallab_gguf.api.common.middleware.request_log import record_of
 from locallab_gguf.api.common.model_kinds import require_kind
-from locallab_gguf.api.common.request_log import record_of
+from locallab_gguf.api.common.streaming.metered_stream import MeteredStream
 from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.placement.hardware import HardwareProbe

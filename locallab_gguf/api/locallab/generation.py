@@ -13,7 +13,7 @@ from litestar.params import JSONBody
 
 from locallab_gguf.api.common.fields import UsageBody
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import (
+from locallab_gguf.api.common.streaming.sse import (
     EventSource,
     EventStream,
     chunked_stream,

@@ -11,8 +11,8 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.params import FromQuery, JSONBody
 
-from locallab_gguf.api.common.answers import ANY_ROUTE, error_statuses
 from locallab_gguf.api.common.fields import ModelIdInPath
+from locallab_gguf.api.common.schema.answers import ANY_ROUTE, error_statuses
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.wire import (
     AvailableModel,

@@ -12,7 +12,7 @@ from litestar import get
 from litestar.di import NamedDependency
 
 from locallab_gguf import __version__
-from locallab_gguf.api.common.access import PUBLIC, UNLIMITED
+from locallab_gguf.api.common.middleware.access import PUBLIC, UNLIMITED
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.models import describe, loaded_rows
 from locallab_gguf.api.locallab.wire import (

@@ -12,8 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.constraints import empty, never, one_of_named
 from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, OllamaModelName
+from locallab_gguf.api.common.schema.constraints import empty, never, one_of_named
 
 OllamaRole = Literal["system", "user", "assistant", "tool"]
 DoneReason = Literal["stop", "length", "load", "unload"]

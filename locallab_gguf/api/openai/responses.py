@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Sequence
 
 from locallab_gguf.api.common.fields import UsageBody
-from locallab_gguf.api.common.sse import json_event
+from locallab_gguf.api.common.streaming.sse import json_event
+from locallab_gguf.api.common.streaming.tool_calls import ToolCallCollector
 from locallab_gguf.api.openai.wire import (
     AssistantMessageBody,
     ChatChunkChoice,
@@ -80,20 +81,11 @@ def chat_completion(reply: Reply, events: Sequence[Event], finished: Finished) -
 
 
 def _tool_calls(events: Sequence[Event]) -> list[ToolCallBody]:
-    started: list[ToolCallStarted] = []
-    arguments: dict[int, list[str]] = {}
-    for event in events:
-        if isinstance(event, ToolCallStarted):
-            started.append(event)
-            arguments[event.index] = []
-        elif isinstance(event, ToolCallArguments):
-            arguments.setdefault(event.index, []).append(event.text)
     return [
         ToolCallBody(
-            id=call.id,
-            function=FunctionCallBody(name=call.name, arguments="".join(arguments[call.index])),
+            id=call.id, function=FunctionCallBody(name=call.name, arguments=call.arguments)
         )
-        for call in started
+        for call in ToolCallCollector.of(events)
     ]
 
 

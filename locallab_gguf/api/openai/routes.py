@@ -11,10 +11,10 @@ from litestar import Request, Router, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.fields import ModelIdInPath
+from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
-from locallab_gguf.api.common.sse import (
+from locallab_gguf.api.common.streaming.sse import (
     EventStream,
     chunked_stream,
     collect_deltas,

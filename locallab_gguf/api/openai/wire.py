@@ -13,14 +13,6 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from locallab_gguf.api.common.constraints import (
-    NULL,
-    absent_or_null,
-    non_empty_list,
-    only,
-    only_with,
-    when,
-)
 from locallab_gguf.api.common.fields import (
     INT32_MAX,
     KeepAlive,
@@ -28,6 +20,14 @@ from locallab_gguf.api.common.fields import (
     NewTokens,
     Stop,
     UsageBody,
+)
+from locallab_gguf.api.common.schema.constraints import (
+    NULL,
+    absent_or_null,
+    non_empty_list,
+    only,
+    only_with,
+    when,
 )
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason
 
@@ -49,7 +49,7 @@ class StreamOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """The fields /v1/chat/completions and /v1/completions share."""
 
-    # Rules between fields, for the OpenAPI document (api/common/openapi.py).
+    # Rules between fields, for the OpenAPI document (api/common/schema/openapi.py).
     json_schema_rules: ClassVar[tuple[dict[str, Any], ...]] = (
         only_with("stream_options", "stream", True),
     )

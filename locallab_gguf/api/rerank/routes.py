@@ -12,9 +12,9 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from msgspec import Meta
 
-from locallab_gguf.api.common.answers import error_body
 from locallab_gguf.api.common.encoding import encoder_for, rerank
 from locallab_gguf.api.common.fields import INT32_MAX, KeepAlive, ModelId
+from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
 from locallab_gguf.api.openai.wire import ErrorBody

@@ -8,7 +8,7 @@ from litestar import Request, Response, Router, get
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath
 
-from locallab_gguf.api.common.access import PUBLIC, UNLIMITED
+from locallab_gguf.api.common.middleware.access import PUBLIC, UNLIMITED
 from locallab_gguf.api.ui.assets import INDEX, Asset, load_assets
 
 # Model output is Markdown rendered into the page; should a sanitizer ever let markup through,

@@ -14,7 +14,7 @@ from typing import Any
 
 from llama_cpp import llama_grammar
 
-from locallab_gguf.engine.grammar import json_grammar
+from locallab_gguf.engine.runtime.grammar import json_grammar
 from locallab_gguf.engine.tools.formats import SPECS, ToolFormat
 from locallab_gguf.engine.types import ToolSpec, ToolUse
 from locallab_gguf.errors import InvalidRequest

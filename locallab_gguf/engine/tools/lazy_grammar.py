@@ -7,7 +7,7 @@ from typing import Any
 
 import llama_cpp
 
-from locallab_gguf.engine.grammar import GrammarSampler
+from locallab_gguf.engine.runtime.grammar import GrammarSampler
 from locallab_gguf.engine.tools.grammars import ToolGrammar
 
 

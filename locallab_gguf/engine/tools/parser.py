@@ -3,18 +3,18 @@
 `OutputParser.feed` takes text as it is generated, in pieces of any size, and returns the
 events that text completes; the events depend only on the whole text, never on where it was
 cut. Text that may be the start of a marker (`<think>`, `<tool_call>`, `{"tool_calls"`) is held
-back until it is known; text the parser cannot read as a call goes out as answer text.
+back until it is known; text the parser cannot read as a call goes out as answer text. The
+JSON after a call's opening is read by the incremental scanner (json_scanner.py).
 """
 
 from __future__ import annotations
 
 import enum
-import json
 import secrets
 import string
-from collections.abc import Callable
 
-from locallab_gguf.engine.tools.formats import SPECS, CallLayout, FormatSpec, ToolFormat
+from locallab_gguf.engine.tools.formats import SPECS, FormatSpec, ToolFormat
+from locallab_gguf.engine.tools.json_scanner import SPACES, JsonCalls, Scan
 from locallab_gguf.engine.types import (
     Event,
     ReasoningDelta,
@@ -25,10 +25,6 @@ from locallab_gguf.engine.types import (
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
-# The scanner's callbacks: a call to `name` starts (returns its index); arguments text.
-_StartCall = Callable[[str], int]
-_Arguments = Callable[[int, str], None]
-_SPACES = " \t\r\n"
 _ALNUM = string.ascii_letters + string.digits
 
 
@@ -77,7 +73,7 @@ class OutputParser:
         self._calls = 0  # calls started so far
         self._section_calls = 0  # calls started in the current JSON section
         self._section_raw = ""  # the current section's text, in case it is no call after all
-        self._scanner: _JsonCalls | None = None
+        self._scanner: JsonCalls | None = None
         # After a call (or at the start), spaces are dropped and the JSON opening may appear.
         self._after_call = False
         self._text_seen = False  # non-space answer text since the start or the last call
@@ -127,7 +123,7 @@ class OutputParser:
                 return  # waiting for more text
 
     def _start(self, final: bool) -> None:
-        stripped = self._held.lstrip(_SPACES)
+        stripped = self._held.lstrip(SPACES)
         if stripped.startswith(THINK_OPEN):
             self._held = stripped[len(THINK_OPEN) :]
             self._mode = _Mode.THINK
@@ -152,7 +148,7 @@ class OutputParser:
         held = self._held
         if self._after_call:
             skip = self._spec.separators if self._spec is not None and self._calls else ""
-            stripped = held.lstrip(_SPACES + skip)
+            stripped = held.lstrip(SPACES + skip)
             if not stripped:
                 if final:  # only spaces after the last call: nothing more to say
                     self._held = ""
@@ -166,11 +162,11 @@ class OutputParser:
         before = held[:at]
         if match is _Match.PARTIAL:
             # Spaces before a possible opening wait with it.
-            out = before.rstrip(_SPACES)
+            out = before.rstrip(SPACES)
             self._content(out)
             self._held = held[len(out) :]
             return
-        self._content(before.rstrip(_SPACES))  # spaces before a call are dropped
+        self._content(before.rstrip(SPACES))  # spaces before a call are dropped
         self._open_section(held[at:json_start] if body else "", held[json_start:] if body else "")
 
     def _open_section(self, tag: str, rest: str) -> None:
@@ -178,7 +174,7 @@ class OutputParser:
         self._mode = _Mode.CALL
         self._section_raw = tag
         self._section_calls = 0
-        self._scanner = _JsonCalls(self._spec, self._start_call, self._arguments, self._tool_names)
+        self._scanner = JsonCalls(self._spec, self._start_call, self._arguments, self._tool_names)
         self._held = rest
 
     def _call(self) -> None:
@@ -187,13 +183,13 @@ class OutputParser:
         consumed, state = scanner.feed(self._held)
         self._section_raw += self._held[:consumed]
         self._held = self._held[consumed:]
-        if state is _Scan.BROKEN:
+        if state is Scan.BROKEN:
             self._mode = _Mode.TEXT
             self._text_seen = True
             if self._section_calls == 0:
                 self._content(self._section_raw)
             self._section_raw = ""
-        elif state is _Scan.DONE:
+        elif state is Scan.DONE:
             self._text_seen = False
             self._section_raw = ""
             spec = self._spec
@@ -207,7 +203,7 @@ class OutputParser:
     def _closer(self, final: bool) -> None:
         spec = self._spec
         assert spec is not None and spec.closer is not None
-        stripped = self._held.lstrip(_SPACES)
+        stripped = self._held.lstrip(SPACES)
         if stripped.startswith(spec.closer):
             self._held = stripped[len(spec.closer) :]
         elif not final and spec.closer.startswith(stripped):
@@ -249,7 +245,7 @@ class OutputParser:
         if spec.json_at_start:
             if self._text_seen:
                 return []
-            first = len(text) - len(text.lstrip(_SPACES))
+            first = len(text) - len(text.lstrip(SPACES))
             return [first] if first < len(text) and text[first] == "{" else []
         return [i for i, char in enumerate(text) if char == "{"]
 
@@ -258,14 +254,14 @@ class OutputParser:
     def _emit_text(self, text: str, final: bool) -> None:
         # Trailing spaces wait, as they are dropped if a call follows; with no tools, text goes
         # out as it is.
-        out = text if final or self._spec is None else text.rstrip(_SPACES)
+        out = text if final or self._spec is None else text.rstrip(SPACES)
         self._held = text[len(out) :]
         self._content(out)
 
     def _content(self, text: str) -> None:
         if not text:
             return
-        if text.strip(_SPACES):
+        if text.strip(SPACES):
             self._text_seen = True
         last = self._events[-1] if self._events else None
         if isinstance(last, TextDelta):
@@ -319,7 +315,7 @@ def _match_tokens(text: str, at: int, tokens: tuple[str, ...]) -> _Match:
     i = at
     for n, token in enumerate(tokens):
         if n:
-            while i < len(text) and text[i] in _SPACES:
+            while i < len(text) and text[i] in SPACES:
                 i += 1
         rest = text[i : i + len(token)]
         if rest != token:
@@ -330,234 +326,3 @@ def _match_tokens(text: str, at: int, tokens: tuple[str, ...]) -> _Match:
             )
         i += len(token)
     return _Match.FULL
-
-
-class _Scan(enum.Enum):
-    MORE = "more"
-    DONE = "done"  # the JSON value is complete
-    BROKEN = "broken"  # not JSON, or not calls
-
-
-class _Frame:
-    __slots__ = ("call", "container", "key", "state")
-
-    def __init__(self, container: str, call: bool) -> None:
-        self.container = container  # "{" or "["
-        self.call = call  # this object is a call
-        self.key: str | None = None
-        self.state = "key" if container == "{" else "value"  # key, colon, value, comma
-
-
-class _CallState:
-    __slots__ = ("arguments", "index", "name", "pending")
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-        self.index: int | None = None  # set once started
-        self.arguments = ""  # seen before the name: sent when it comes
-        self.pending = False  # arguments are being read
-
-
-class _JsonCalls:
-    """Reads the JSON that follows an opening, character by character, and reports each call's
-    name (once known) and its arguments' text as it arrives."""
-
-    def __init__(
-        self,
-        spec: FormatSpec,
-        start_call: _StartCall,
-        arguments: _Arguments,
-        tool_names: frozenset[str] | None = None,
-    ) -> None:
-        self._spec = spec
-        self._tool_names = tool_names
-        self._start_call = start_call
-        self._send_arguments = arguments
-        self._stack: list[_Frame] = []
-        self._in_string = False
-        self._escape = False
-        self._string = ""  # the raw text of a key or a call's name being read
-        self._capture_string = False
-        self._primitive = False  # reading a number, true, false or null
-        self._started = False
-        self._call: _CallState | None = None
-        self._args_depth = 0  # the stack's depth where the arguments value started
-        self._args_closed = False  # this character closed the arguments' container
-
-    def flush(self) -> None:
-        """The output ended inside a call: its arguments so far are all it has."""
-        call = self._call
-        if call is not None and call.name is not None and call.index is None:
-            self._begin(call)
-
-    def feed(self, text: str) -> tuple[int, _Scan]:
-        for i, char in enumerate(text):
-            self._args_closed = False
-            call = self._call
-            state = self._char(char)
-            if call is not None and (call.pending or self._args_closed):
-                self._argument_text(call, char)
-            if state is not _Scan.MORE:
-                return i + 1, state
-        return len(text), _Scan.MORE
-
-    def _char(self, char: str) -> _Scan:
-        if self._in_string:
-            if self._escape:
-                self._escape = False
-            elif char == "\\":
-                self._escape = True
-            elif char == '"':
-                self._in_string = False
-                return self._string_done()
-            if self._capture_string:
-                self._string += char
-            return _Scan.MORE
-        if self._primitive:
-            if char not in ",}]" and char not in _SPACES:
-                return _Scan.MORE
-            self._primitive = False
-            self._value_done()
-        if char in _SPACES:
-            return _Scan.MORE
-        if not self._stack:
-            if self._started or char not in "{[":
-                return _Scan.BROKEN
-            self._started = True
-            return self._open(char)
-        frame = self._stack[-1]
-        if frame.state == "key":
-            if char == '"':
-                self._begin_string(capture=True)
-                return _Scan.MORE
-            return self._close() if char == "}" else _Scan.BROKEN
-        if frame.state == "colon":
-            if char != ":":
-                return _Scan.BROKEN
-            frame.state = "value"
-            return _Scan.MORE
-        if frame.state == "comma":
-            if char == ",":
-                frame.state = "key" if frame.container == "{" else "value"
-                return _Scan.MORE
-            if char == ("}" if frame.container == "{" else "]"):
-                return self._close()
-            return _Scan.BROKEN
-        if char == "]" and frame.container == "[":
-            return self._close()
-        self._value_starts(frame)
-        if char in "{[":
-            return self._open(char)
-        if char == '"':
-            self._begin_string(capture=frame.call and frame.key == "name")
-            return _Scan.MORE
-        if char in "-0123456789tfn":
-            self._primitive = True
-            return _Scan.MORE
-        return _Scan.BROKEN
-
-    # -- structure -------------------------------------------------------------------------
-
-    def _open(self, char: str) -> _Scan:
-        frame = _Frame(char, call=char == "{" and self._is_call_position())
-        self._stack.append(frame)
-        if frame.call:
-            self._call = _CallState()
-        return _Scan.MORE
-
-    def _close(self) -> _Scan:
-        frame = self._stack.pop()
-        call = self._call
-        if frame.call and call is not None:
-            call.pending = False
-            if call.name is None:
-                return _Scan.BROKEN
-            if call.index is None:
-                self._begin(call)
-            self._call = None
-        elif call is not None and call.pending and len(self._stack) == self._args_depth:
-            call.pending = False
-            self._args_closed = True
-        if not self._stack:
-            return _Scan.DONE
-        self._value_done()
-        return _Scan.MORE
-
-    def _value_starts(self, frame: _Frame) -> None:
-        call = self._call
-        if call is not None and frame.call and frame.key in self._spec.arguments_keys:
-            call.pending = True
-            self._args_depth = len(self._stack)
-
-    def _value_done(self, *, last_char_belongs: bool = False) -> None:
-        frame = self._stack[-1]
-        frame.state = "comma"
-        call = self._call
-        if call is not None and call.pending and len(self._stack) == self._args_depth:
-            # A string or other plain arguments value has ended: a string's closing quote is
-            # part of it, the character after a number is not.
-            call.pending = False
-            self._args_closed = last_char_belongs
-
-    def _is_call_position(self) -> bool:
-        stack = self._stack
-        layout = self._spec.layout
-        if layout is CallLayout.OBJECT:
-            return not stack
-        if layout is CallLayout.ARRAY:
-            return len(stack) == 1 and stack[0].container == "["
-        return (
-            len(stack) == 2
-            and stack[0].container == "{"
-            and stack[0].key == "tool_calls"
-            and stack[1].container == "["
-        )
-
-    # -- strings ---------------------------------------------------------------------------
-
-    def _begin_string(self, *, capture: bool) -> None:
-        self._in_string = True
-        self._capture_string = capture
-        self._string = ""
-
-    def _string_done(self) -> _Scan:
-        frame = self._stack[-1]
-        captured, self._capture_string = self._capture_string, False
-        if frame.state == "key":
-            frame.key = _decode_string(self._string)
-            frame.state = "colon"
-            return _Scan.MORE
-        call = self._call
-        if captured and call is not None and call.name is None:
-            call.name = _decode_string(self._string)
-            if self._tool_names is not None and call.name not in self._tool_names:
-                # JSON the grammar did not hold to the tools (say, written before its trigger):
-                # no call to a tool the request does not offer.
-                return _Scan.BROKEN
-        self._value_done(last_char_belongs=True)
-        return _Scan.MORE
-
-    # -- arguments -------------------------------------------------------------------------
-
-    def _argument_text(self, call: _CallState, char: str) -> None:
-        if call.index is None and call.name is not None:
-            self._begin(call)
-        if call.index is not None:
-            self._send_arguments(call.index, char)
-        else:
-            call.arguments += char  # the name comes after: sent when it does
-
-    def _begin(self, call: _CallState) -> None:
-        assert call.name is not None
-        call.index = self._start_call(call.name)
-        if call.arguments:
-            self._send_arguments(call.index, call.arguments)
-            call.arguments = ""
-
-
-def _decode_string(raw: str) -> str:
-    try:
-        value = json.loads(f'"{raw}"')
-    except ValueError:
-        return raw
-    return value if isinstance(value, str) else raw

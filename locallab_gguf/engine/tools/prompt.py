@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from locallab_gguf.engine.chat_template import ChatTemplate
+from locallab_gguf.engine.runtime.chat_template import ChatTemplate
 from locallab_gguf.engine.tools.formats import ToolFormat, detect_format, thinks
 from locallab_gguf.engine.tools.grammars import ToolGrammar, check_tool_schemas, tool_grammar
 from locallab_gguf.engine.tools.parser import THINK_OPEN, OutputParser

@@ -1,0 +1,2 @@
+"""Middleware every route passes through: API keys and rate limits, the client's address,
+the access log."""

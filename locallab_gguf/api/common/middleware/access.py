@@ -1,0 +1,176 @@
+"""Who may call the API, and how often: thin adapters from ASGI to ApiKeys and RateLimiter.
+
+The rate limiter sits outside the key check, so a client guessing keys is limited (by its
+address) like any other. Routes marked `opt={UNLIMITED: True}` (/health, /metrics) pass the
+rate limit, routes marked `opt={PUBLIC: True}` (/health) pass the key check, and OPTIONS
+requests pass both; browsers' CORS preflights are answered before either runs.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import Headers, MutableScopeHeaders
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from locallab_gguf.api.common.middleware.client_address import TrustedProxies
+from locallab_gguf.api.common.middleware.keys import ApiKeys, exposed_without_key, load_api_keys
+from locallab_gguf.errors import RateLimited
+from locallab_gguf.ratelimit import Clock, RateLimiter, rate_limiter_for
+from locallab_gguf.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PUBLIC = "public"
+_CLIENT_KEY = "locallab_gguf.client"
+# A scraper polls /metrics on a schedule of its own; counting it would eat a client's budget.
+UNLIMITED = "unlimited"
+
+# Sent to browsers' scripts under CORS, which otherwise hide every header but a few.
+EXPOSED_HEADERS = [
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+    "Retry-After",
+]
+
+
+def rate_limit_headers(limit: int, remaining: int, reset: int, policy: str) -> dict[str, str]:
+    return {
+        "RateLimit-Limit": str(limit),
+        "RateLimit-Remaining": str(remaining),
+        "RateLimit-Reset": str(reset),
+        "RateLimit-Policy": policy,
+    }
+
+
+def credential(headers: Headers) -> str | None:
+    """The key a request presents: `Authorization: Bearer <key>`, or Anthropic's
+    `x-api-key: <key>` (its SDKs send that instead), as an Authorization value."""
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        return authorization
+    api_key = headers.get("x-api-key")
+    return None if api_key is None else f"Bearer {api_key}"
+
+
+def bearer_challenge(*, key_sent: bool) -> str:
+    # RFC 6750: a rejected token is "invalid_token"; a missing one gets the bare challenge.
+    realm = 'Bearer realm="locallab-gguf"'
+    return f'{realm}, error="invalid_token"' if key_sent else realm
+
+
+class ClientIdentity:
+    """Names a request's client: the API key it sent (a digest, never the key), else its
+    address. The rate limit counts per name; the access log shows it."""
+
+    def __init__(self, keys: ApiKeys, proxies: TrustedProxies) -> None:
+        self.keys = keys
+        self.proxies = proxies
+
+    def of(self, scope: Scope) -> str:
+        # Named once per request: the access log and the rate limit both ask.
+        state = scope["state"]
+        name = state.get(_CLIENT_KEY)
+        if name is None:
+            name = state[_CLIENT_KEY] = self._identify(scope)
+        return str(name)
+
+    def _identify(self, scope: Scope) -> str:
+        headers = Headers.from_scope(scope)
+        # Only a key the server accepts names a client; any other would buy a fresh budget.
+        key = self.keys.identify(credential(headers))
+        if key is not None:
+            return f"key:{key}"
+        client = scope.get("client")
+        peer = client[0] if client else None
+        forwarded = ", ".join(headers.getall("forwarded", [])) or None
+        x_forwarded_for = ", ".join(headers.getall("x-forwarded-for", [])) or None
+        return "ip:" + self.proxies.client_address(peer, forwarded, x_forwarded_for)
+
+
+class RateLimitMiddleware(ASGIMiddleware):
+    """Counts each request against its client: the API key it sent, else its address."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = UNLIMITED
+
+    def __init__(self, limiter: RateLimiter, clients: ClientIdentity) -> None:
+        self.limiter = limiter
+        self.clients = clients
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get("method") == "OPTIONS":
+            await next_app(scope, receive, send)
+            return
+        decision = await self.limiter.hit(self.clients.of(scope))
+        if decision is None:  # the store is unreachable and the server fails open
+            await next_app(scope, receive, send)
+            return
+        if not decision.allowed:
+            raise RateLimited(
+                decision.limit, decision.window.seconds, decision.retry_after, decision.policy
+            )
+        limits = rate_limit_headers(
+            decision.limit, decision.remaining, decision.reset, decision.policy
+        )
+
+        async def send_with_limits(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableScopeHeaders.from_message(message).update(limits)
+            await send(message)
+
+        await next_app(scope, receive, send_with_limits)
+
+
+class ApiKeyMiddleware(ASGIMiddleware):
+    """Refuses requests without a key the server accepts (401 with a Bearer challenge)."""
+
+    scopes = (ScopeType.HTTP,)
+    exclude_opt_key = PUBLIC
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self.keys = keys
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        if scope.get("method") != "OPTIONS":
+            self.keys.authenticate(credential(Headers.from_scope(scope)))
+        await next_app(scope, receive, send)
+
+
+class AccessControl:
+    """The middleware, limiter and CORS policy that the settings ask for."""
+
+    def __init__(self, settings: Settings, clock: Clock) -> None:
+        keys = load_api_keys(settings.api_keys, settings.api_key_file)
+        if exposed_without_key(settings.host, keys):
+            log.warning(
+                "listening on %s without an API key: anyone who can reach this address can "
+                "use the server; set --api-key (or LOCALLAB_API_KEYS) to require one",
+                settings.host,
+            )
+        self.clients = ClientIdentity(keys, TrustedProxies(settings.trusted_proxies))
+        self.limiter = rate_limiter_for(settings, clock)
+        self.middleware: list[ASGIMiddleware] = []
+        if self.limiter is not None:
+            self.middleware.append(RateLimitMiddleware(self.limiter, self.clients))
+        if keys.required:
+            self.middleware.append(ApiKeyMiddleware(keys))
+        self.cors = (
+            CORSConfig(
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+                expose_headers=EXPOSED_HEADERS,
+            )
+            if settings.cors_origins
+            else None
+        )
+
+    async def close(self) -> None:
+        if self.limiter is not None:
+            await self.limiter.close()

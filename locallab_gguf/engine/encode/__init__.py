@@ -1,0 +1,1 @@
+"""Embeddings and reranking: the encoding engine and the runner that hosts it."""

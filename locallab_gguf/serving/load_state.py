@@ -1,0 +1,47 @@
+"""Where a model's load stands: its phase and byte counts while it runs, and the state one
+model reports (GET /models/status/{id})."""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal
+
+import msgspec
+
+from locallab_gguf.errors import LoadCancelled
+from locallab_gguf.models.registry import ModelSpec
+
+ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
+LoadPhase = Literal["downloading", "loading"]
+
+
+class LoadProgress:
+    """A load in flight. The download thread writes the byte counts; the loop reads them."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.phase: LoadPhase = "loading"
+        self.downloaded_bytes: int | None = None
+        self.total_bytes: int | None = None
+        self._cancelled = threading.Event()
+
+    def on_bytes(self, done: int, total: int | None) -> None:
+        # Raising here is the only way to stop hf_hub_download between two chunks.
+        if self._cancelled.is_set():
+            raise LoadCancelled(
+                f"the download of {self.spec.id!r} stopped: the server is shutting down"
+            )
+        self.phase, self.downloaded_bytes, self.total_bytes = "downloading", done, total
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+class ModelLoadState(msgspec.Struct, kw_only=True):
+    """Where one model stands: downloading (with bytes), loading, loaded, unloaded or failed."""
+
+    model_id: str
+    status: Literal["downloading", "loading", "loaded", "unloaded", "failed"]
+    downloaded_bytes: int | None = None
+    total_bytes: int | None = None
+    error: str | None = None

@@ -1,0 +1,78 @@
+"""The batch engine in this process, with a sink that collects its events: for the engine
+tier (tests/engine), which checks the engine itself without an HTTP server in between."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.types import Event, EventBatch, Failed, Finished, GenerationRequest
+from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.serving.loader import engine_config
+from locallab_gguf.settings import Settings
+
+
+class CollectingSink:
+    """The engine's `deliver` callback: keeps each request's events, and wakes who waits."""
+
+    def __init__(self) -> None:
+        self._events: dict[int, list[Event]] = collections.defaultdict(list)
+        self._changed = threading.Condition()
+
+    def __call__(self, batch: EventBatch) -> None:
+        if not batch:
+            return
+        with self._changed:
+            for job_id, event in batch:
+                self._events[job_id].append(event)
+            self._changed.notify_all()
+
+    def events(self, job_id: int) -> list[Event]:
+        with self._changed:
+            return list(self._events[job_id])
+
+    def wait_ended(self, job_id: int, timeout: float = 120.0) -> list[Event]:
+        """The request's events once its last one (Finished or Failed) has come."""
+
+        def ended() -> bool:
+            events = self._events[job_id]
+            return bool(events) and isinstance(events[-1], Finished | Failed)
+
+        with self._changed:
+            if not self._changed.wait_for(ended, timeout):
+                raise TimeoutError(f"request {job_id} did not end within {timeout:.0f} s")
+            return list(self._events[job_id])
+
+
+class EngineHarness:
+    """Submit requests to an in-process BatchEngine and read their events."""
+
+    def __init__(self, engine: BatchEngine, sink: CollectingSink) -> None:
+        self.engine = engine
+        self.sink = sink
+        self._ids = itertools.count(1)
+
+    def submit(self, request: GenerationRequest) -> int:
+        job_id = next(self._ids)
+        self.engine.submit(job_id, request)
+        return job_id
+
+    def run(self, request: GenerationRequest) -> list[Event]:
+        """Every event of the request, once it has ended."""
+        return self.sink.wait_ended(self.submit(request))
+
+
+@contextlib.contextmanager
+def running_engine(path: Path, spec: ModelSpec, settings: Settings) -> Iterator[EngineHarness]:
+    """The model at `path` in a BatchEngine configured as the server would configure it."""
+    sink = CollectingSink()
+    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink)
+    try:
+        yield EngineHarness(engine, sink)
+    finally:
+        engine.close(drain=False)
