@@ -72,7 +72,7 @@ class Registry(msgspec.Struct, frozen=True):
         if spec is None:
             known = ", ".join(sorted(self.models))
             raise ModelNotFound(
-                f"model {model_id!r} is not in {self.source}; known models: {known}"
+                f"model {model_id!r} is not in the model registry; known models: {known}"
             )
         return spec
 
