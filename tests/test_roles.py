@@ -110,7 +110,7 @@ def test_a_user_key_generates_and_lists_but_only_an_admin_key_manages_models(
     zero = server.client.post(
         "/api/generate", json={"model": DEFAULT_ID, "keep_alive": 0}, headers=USER
     )
-    assert zero.status_code == 200, zero.text
+    assert zero.status_code == 200 and zero.json()["done_reason"] == "load", zero.text
     time.sleep(0.5)
     assert server.services.manager.resident_model(DEFAULT_ID) is not None
 
