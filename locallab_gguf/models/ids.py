@@ -17,31 +17,20 @@ import msgspec
 
 from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
 from locallab_gguf.models.registry import ModelSpec, Registry
+from locallab_gguf.models.repo_names import NAME, repo_problem
 
 HF_SCHEME = "hf://"
 DEFAULT_REVISION = "main"
 HUB_ID_FORMS = "owner/repo:file.gguf or hf://owner/repo/file.gguf"
 
-# The hub's rules for an owner or a repository name (huggingface_hub's validate_repo_id):
-# letters, digits, '-', '_' and '.'; no '-' or '.' first or last; no '--' or '..'; at most 96
-# characters; a name may not end in '.git'. Checked here, so a bad id is a 400 naming the rule
-# rather than a failure inside huggingface_hub. (The hub also takes non-ASCII letters; these
-# ids do not.)
-NAME_MAX = 96
-_NAME_CHAR = "[A-Za-z0-9_.-]"
-_NAME = (
-    rf"(?!{_NAME_CHAR}*(?:--|\.\.))(?!{_NAME_CHAR}*\.git(?!{_NAME_CHAR}))"
-    rf"[A-Za-z0-9_](?:{_NAME_CHAR}{{0,{NAME_MAX - 2}}}[A-Za-z0-9_])?"
-)
-_REPO = re.compile(rf"{_NAME}/{_NAME}")
 _REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
 
 # Every id that names a model or may name one (an unknown registry id is a 404, a malformed hub
 # id a 400), as a regular expression that ECMA (JSON Schema) and Python read alike.
 _NO_DOTS = r"(?![A-Za-z0-9_./-]*\.\.)"
 _FILE = r"(?:(?!\.\.?/)[^/\\]+/)*[^/\\]*\.[Gg][Gg][Uu][Ff]"
-_HUB_ID = rf"{_NAME}/{_NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
-_HUB_URL = rf"hf://{_NAME}/{_NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
+_HUB_ID = rf"{NAME}/{NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
+_HUB_URL = rf"hf://{NAME}/{NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
 MODEL_ID_FORMS = rf"[^/:]+|{_HUB_ID}|{_HUB_URL}"
 MODEL_ID_PATTERN = rf"^(?:{MODEL_ID_FORMS})$"
 
@@ -78,8 +67,9 @@ def parse_hub_id(model_id: str) -> HubFile:
 
 
 def _check(model_id: str, hub_file: HubFile) -> None:
-    if not _REPO.fullmatch(hub_file.repo):
-        raise _invalid(model_id, _repo_problem(hub_file.repo))
+    problem = repo_problem(hub_file.repo)
+    if problem is not None:
+        raise _invalid(model_id, problem)
     if not _REVISION.fullmatch(hub_file.revision) or ".." in hub_file.revision:
         raise _invalid(model_id, f"{hub_file.revision!r} is not a branch, tag or commit")
     parts = hub_file.file.split("/")
@@ -87,28 +77,6 @@ def _check(model_id: str, hub_file: HubFile) -> None:
         raise _invalid(model_id, "the file must be a .gguf file")
     if any(part in ("", ".", "..") for part in parts) or "\\" in hub_file.file:
         raise _invalid(model_id, f"{hub_file.file!r} is not a file path inside the repository")
-
-
-def _repo_problem(repo: str) -> str:
-    """Which of the hub's rules `repo` breaks, in words."""
-    owner, slash, name = repo.partition("/")
-    if not slash or "/" in name or not owner or not name:
-        return f"{repo!r} is not a repository name (owner/name)"
-    for part, what in ((owner, "the owner"), (name, "the repository name")):
-        if not re.fullmatch(f"{_NAME_CHAR}+", part):
-            rule = "may hold only ASCII letters, digits, '-', '_' and '.'"
-        elif part[0] in "-." or part[-1] in "-.":
-            rule = "may not start or end with '-' or '.'"
-        elif "--" in part or ".." in part:
-            rule = "may not contain '--' or '..'"
-        elif len(part) > NAME_MAX:
-            rule = f"is {len(part)} characters long; the hub allows at most {NAME_MAX}"
-        elif part.endswith(".git"):
-            rule = "may not end with '.git'"
-        else:
-            continue
-        return f"{what} {part!r} {rule}, as the Hugging Face hub requires"
-    return f"{repo!r} is not a repository name (owner/name)"
 
 
 def _invalid(model_id: str, reason: str) -> InvalidModelId:
