@@ -16,6 +16,8 @@
     ├── Overloaded               the request queue is full; retry later
     ├── EngineRestarting         the engine process died and is being restarted; retry shortly
     ├── NotAuthenticated         API keys are required and the request has no valid one
+    ├── AdminKeyRequired         a management route (load, unload, pull, delete), a user key
+    ├── DownloadRefused          a request would download a model, and its key may not
     ├── RateLimited              the client is over its rate limit; retry after the wait
     ├── RateLimitStoreUnavailable  the limits' store is unreachable, and the server fails closed
     ├── LoadInProgress           another load is already running
@@ -23,7 +25,8 @@
     ├── ModelUnavailable         a model file cannot be resolved (missing, corrupt)
     │   ├── ChecksumMismatch     the file's sha256 is not the expected one
     │   ├── ModelNotCached       offline, and the file is not on this machine
-    │   └── NotEnoughDisk        the download would not fit the free disk
+    │   ├── NotEnoughDisk        the download would not fit the free disk
+    │   └── DownloadBudgetExceeded  … nor what --max-cache-bytes leaves of the cache
     ├── HubError                 the Hugging Face hub did not deliver the file
     │   ├── HubUnreachable       no answer from the hub (network, DNS, timeout)
     │   ├── HubNotFound          the hub has no such …
@@ -190,6 +193,21 @@ class NotAuthenticated(LocalLabError):
         self.key_sent = key_sent
 
 
+class AdminKeyRequired(LocalLabError):
+    """A user key asked for what only an admin key may do: load, unload, pull or delete."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what} needs an admin key; the key sent is a user key. Ask the server's operator "
+            "for an admin key (a key line 'admin:KEY' in --api-key-file or --api-key)."
+        )
+
+
+class DownloadRefused(LocalLabError):
+    """Serving the request would download a model, and the request may not make the server
+    download (a user key without --allow-pull)."""
+
+
 class RateLimited(LocalLabError):
     def __init__(self, limit: int, window_seconds: float, retry_after: int, policy: str) -> None:
         super().__init__(
@@ -258,13 +276,29 @@ class ModelNotCached(ModelUnavailable):
 
 
 class NotEnoughDisk(ModelUnavailable):
-    def __init__(self, what: str, directory: str, needed: int, free: int) -> None:
+    def __init__(self, what: str, needed: int, free: int) -> None:
         super().__init__(
-            f"{what} needs {needed:,} bytes, but {directory} has only {free:,} bytes free; "
-            "nothing was downloaded. Free some space or choose another --cache-dir."
+            f"{what} needs {needed:,} bytes, but the disk of the model cache has only "
+            f"{free:,} bytes free; nothing was downloaded. Free some space or choose another "
+            "--cache-dir."
         )
         self.needed = needed
         self.free = free
+
+
+class DownloadBudgetExceeded(ModelUnavailable):
+    """The server's downloads would pass --max-cache-bytes; refused before the transfer."""
+
+    def __init__(self, what: str, needed: int, left: int, budget: int) -> None:
+        super().__init__(
+            f"{what} needs {needed:,} bytes, but only {left:,} bytes are left of the "
+            f"{budget:,} bytes the server may download into its model cache (--max-cache-bytes); "
+            "nothing was downloaded. Delete a model the server downloaded (DELETE /api/delete) "
+            "or ask the operator to raise --max-cache-bytes."
+        )
+        self.needed = needed
+        self.left = left
+        self.budget = budget
 
 
 class HubError(LocalLabError):

@@ -61,6 +61,22 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "and POST /models/load; --no-custom-models serves only the registry's models"
         ),
     ] = True
+    allow_pull: Annotated[
+        bool,
+        Meta(
+            description="let requests made with a user key download a model they name that is "
+            "not on this machine (without it only admin keys make the server download; "
+            "without any keys every request may)"
+        ),
+    ] = False
+    max_cache_bytes: Annotated[
+        Annotated[int, Meta(ge=0)] | None,
+        Meta(
+            description="bytes of GGUF files the model cache (--cache-dir) may hold after a "
+            "download by the server; a pull or load whose download would pass it is refused "
+            "before it starts (default: no limit but the free disk)"
+        ),
+    ] = None
     hf_token: Annotated[
         str | None,
         Meta(description="Hugging Face token for gated or private repos (default: HF_TOKEN)"),
@@ -253,12 +269,17 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         Meta(
             description="a key clients must send as 'Authorization: Bearer KEY' (repeatable; "
             "the environment variable takes a comma-separated list); /health and the chat "
-            "page's own files stay open",
+            "page's own files stay open. 'admin:KEY' makes KEY an admin key (load, unload, "
+            "pull, delete); others are user keys",
             extra={"flag": "api-key"},
         ),
     ] = ()
     api_key_file: Annotated[
-        str | None, Meta(description="file of further API keys, one per line; # starts a comment")
+        str | None,
+        Meta(
+            description="file of further API keys, one per line, 'admin:KEY' for an admin key; "
+            "# starts a comment"
+        ),
     ] = None
     trusted_proxies: Annotated[
         tuple[str, ...],

@@ -7,7 +7,7 @@ import logging
 import time
 from typing import Any
 
-from litestar import Litestar, Router
+from litestar import Litestar, Request, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.handlers import HTTPRouteHandler
@@ -17,7 +17,7 @@ from locallab_gguf import __version__
 from locallab_gguf.api.anthropic.routes import anthropic_router
 from locallab_gguf.api.common.errors import EXCEPTION_HANDLERS
 from locallab_gguf.api.common.metrics import metrics
-from locallab_gguf.api.common.middleware.access import AccessControl
+from locallab_gguf.api.common.middleware.access import AccessControl, role_of
 from locallab_gguf.api.common.middleware.request_log import RequestObserver
 from locallab_gguf.api.common.schema.body import BoundedRequest
 from locallab_gguf.api.common.schema.openapi import render_plugins
@@ -77,6 +77,10 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
     observer = RequestObserver(services.metrics, access.clients.of)
     background: set[asyncio.Task[Any]] = set()
 
+    def services_for(request: Request[Any, Any, Any]) -> Services:
+        # Bound to the role of the request's key: what it may load on demand follows from it.
+        return services.acting_as(role_of(request.scope, access.keys))
+
     async def start_loading() -> None:
         preloads = [spec.id for spec in manager.registry.models.values() if spec.preload]
 
@@ -104,7 +108,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
 
     return Litestar(
         route_handlers=[*ROUTES, ui_router()] if settings.ui else ROUTES,
-        dependencies={"services": Provide(lambda: services, sync_to_thread=False, use_cache=True)},
+        dependencies={"services": Provide(services_for, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=settings.max_body_bytes,
         request_class=BoundedRequest,

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 def build_app(settings: Settings) -> Litestar:
     registry = load_settings_registry(settings)
     # The Hugging Face variables are read here, once; nothing below looks at the environment.
-    files = model_files(settings, os.environ)
+    files = model_files(settings, os.environ, serving=True)
     hardware = HardwareProbe(supports_gpu_offload())
     cache = PromptCacheBudget.of_settings(settings.cache_ram)
     manager = ModelManager(

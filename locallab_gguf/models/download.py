@@ -10,6 +10,8 @@ process wait for the first and then reuse its file.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 from pathlib import Path
 
@@ -41,9 +43,12 @@ from locallab_gguf.errors import (
     RepoNotFound,
     RevisionNotFound,
 )
+from locallab_gguf.models.budget import CacheBudget
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.progress import ProgressCallback, reporter_class
 from locallab_gguf.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 class RemoteFile(msgspec.Struct, frozen=True):
@@ -56,9 +61,14 @@ def cache_root(cache_dir: str | None) -> Path:
 
 
 def download(
-    spec: ModelSpec, access: HubAccess, cache_dir: str | None, on_progress: ProgressCallback
+    spec: ModelSpec,
+    access: HubAccess,
+    cache_dir: str | None,
+    on_progress: ProgressCallback,
+    budget: CacheBudget | None = None,
 ) -> Path:
-    """Download `spec`'s file into the cache (or find it there) and return its path."""
+    """Download `spec`'s file into the cache (or find it there) and return its path; within
+    `budget` (--max-cache-bytes) when one is given."""
     if access.offline:
         raise not_cached(spec)
     where = f"{spec.repo}/{spec.file}"
@@ -66,10 +76,25 @@ def download(
     on_progress(0, remote.size)
     root = cache_root(cache_dir)
     repo_dir = root / repo_folder_name(repo_id=spec.repo, repo_type="model")
+    admitted: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
     if not (repo_dir / "blobs" / remote.etag).exists():
         remove_stale_partials(root, repo_dir, remote.etag)
         if remote.size is not None:
             require_free_space(where, root, remote.size)
+        if budget is not None:
+            if remote.size is None:
+                raise HubError(
+                    f"the hub did not say how large {where} is, so it cannot be checked "
+                    "against --max-cache-bytes; nothing was downloaded."
+                )
+            admitted = budget.admit(where, root, remote.etag, remote.size)
+    with admitted:
+        return _transfer(spec, access, root, on_progress)
+
+
+def _transfer(
+    spec: ModelSpec, access: HubAccess, root: Path, on_progress: ProgressCallback
+) -> Path:
     try:
         found = hf_hub_download(
             spec.repo,
@@ -113,7 +138,8 @@ def require_free_space(what: str, root: Path, needed: int) -> None:
         directory = directory.parent
     free = shutil.disk_usage(directory).free
     if free < needed:
-        raise NotEnoughDisk(what, str(root), needed, free)
+        log.error("%s needs %d bytes; %s has %d free", what, needed, root, free)
+        raise NotEnoughDisk(what, needed, free)
 
 
 def remove_stale_partials(root: Path, repo_dir: Path, etag: str) -> None:

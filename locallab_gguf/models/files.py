@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import re
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 
 from locallab_gguf.errors import ChecksumMismatch, ModelFilePackaged, ModelUnavailable
+from locallab_gguf.models.budget import CacheBudget
 from locallab_gguf.models.hub_access import HubAccess, hub_access
 from locallab_gguf.models.progress import ProgressCallback
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.settings import Settings
+
+log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 8 * 1024 * 1024
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -32,9 +36,17 @@ def _ignore_progress(done: int, total: int | None) -> None:
 class ModelFiles:
     """Finds and fetches model files; remembers which files it has verified (by size, mtime)."""
 
-    def __init__(self, cache_dir: str | None = None, *, access: HubAccess | None = None) -> None:
+    def __init__(
+        self,
+        cache_dir: str | None = None,
+        *,
+        access: HubAccess | None = None,
+        budget: CacheBudget | None = None,
+    ) -> None:
+        """`budget` bounds what `fetch` downloads into the cache (--max-cache-bytes)."""
         self.cache_dir = cache_dir
         self.access = access or HubAccess()
+        self.budget = budget
         self._verified: dict[tuple[str, int, int], str] = {}
         self._lock = threading.Lock()
 
@@ -66,7 +78,9 @@ class ModelFiles:
             # Imported here: huggingface_hub is slow to import, and local files never need it.
             from locallab_gguf.models.download import download
 
-            path = download(spec, self.access, self.cache_dir, on_progress or _ignore_progress)
+            path = download(
+                spec, self.access, self.cache_dir, on_progress or _ignore_progress, self.budget
+            )
         return self._verified_file(spec, path)
 
     def remove_cached(self, spec: ModelSpec) -> bool:
@@ -119,8 +133,9 @@ class ModelFiles:
                 from locallab_gguf.models.download import remove_cached
 
                 remove_cached(path)
+            log.error("%s has sha256 %s; %s expects %s", path, actual, expected_by, expected)
             raise ChecksumMismatch(
-                str(path), expected, actual, expected_by=expected_by, removed=not packaged
+                spec.file, expected, actual, expected_by=expected_by, removed=not packaged
             )
         return path
 
@@ -162,7 +177,13 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def model_files(settings: Settings, env: Mapping[str, str]) -> ModelFiles:
+def model_files(settings: Settings, env: Mapping[str, str], *, serving: bool = False) -> ModelFiles:
     """The model files of this process: --cache-dir, reaching the hub as settings and the
-    Hugging Face variables in `env` say (read once, here)."""
-    return ModelFiles(settings.cache_dir, access=hub_access(settings, env))
+    Hugging Face variables in `env` say (read once, here). A server (`serving`) downloads
+    within --max-cache-bytes; the operator's own `pull` is not bounded by it."""
+    budget = (
+        CacheBudget(settings.max_cache_bytes)
+        if serving and settings.max_cache_bytes is not None
+        else None
+    )
+    return ModelFiles(settings.cache_dir, access=hub_access(settings, env), budget=budget)

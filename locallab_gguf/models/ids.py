@@ -17,22 +17,20 @@ import msgspec
 
 from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
 from locallab_gguf.models.registry import ModelSpec, Registry
+from locallab_gguf.models.repo_names import NAME, repo_problem
 
 HF_SCHEME = "hf://"
 DEFAULT_REVISION = "main"
 HUB_ID_FORMS = "owner/repo:file.gguf or hf://owner/repo/file.gguf"
 
-# The hub's own rules for user and repository names, loosely: no spaces, no leading dot.
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}"
-_REPO = re.compile(rf"{_NAME}/{_NAME}")
 _REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
 
 # Every id that names a model or may name one (an unknown registry id is a 404, a malformed hub
 # id a 400), as a regular expression that ECMA (JSON Schema) and Python read alike.
 _NO_DOTS = r"(?![A-Za-z0-9_./-]*\.\.)"
 _FILE = r"(?:(?!\.\.?/)[^/\\]+/)*[^/\\]*\.[Gg][Gg][Uu][Ff]"
-_HUB_ID = rf"{_NAME}/{_NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
-_HUB_URL = rf"hf://{_NAME}/{_NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
+_HUB_ID = rf"{NAME}/{NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
+_HUB_URL = rf"hf://{NAME}/{NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
 MODEL_ID_FORMS = rf"[^/:]+|{_HUB_ID}|{_HUB_URL}"
 MODEL_ID_PATTERN = rf"^(?:{MODEL_ID_FORMS})$"
 
@@ -69,8 +67,9 @@ def parse_hub_id(model_id: str) -> HubFile:
 
 
 def _check(model_id: str, hub_file: HubFile) -> None:
-    if not _REPO.fullmatch(hub_file.repo):
-        raise _invalid(model_id, f"{hub_file.repo!r} is not a repository name (owner/name)")
+    problem = repo_problem(hub_file.repo)
+    if problem is not None:
+        raise _invalid(model_id, problem)
     if not _REVISION.fullmatch(hub_file.revision) or ".." in hub_file.revision:
         raise _invalid(model_id, f"{hub_file.revision!r} is not a branch, tag or commit")
     parts = hub_file.file.split("/")
@@ -108,7 +107,7 @@ def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -
     if not is_hub_id(model_id):
         hint = f", or name a GGUF file on the hub as {HUB_ID_FORMS}" if allow_custom else ""
         raise ModelNotFound(
-            f"model {model_id!r} is not in {registry.source}; "
+            f"model {model_id!r} is not in the model registry; "
             f"known models: {', '.join(sorted(registry.models))}{hint}"
         )
     hub_file = parse_hub_id(model_id)

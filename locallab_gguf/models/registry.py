@@ -12,6 +12,7 @@ from msgspec import Meta
 from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
 from locallab_gguf.engine.types import ModelKind, Pooling
 from locallab_gguf.errors import ConfigError, ModelNotFound
+from locallab_gguf.models.repo_names import repo_problem
 
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
 NonEmpty = Annotated[str, Meta(min_length=1)]
@@ -72,7 +73,7 @@ class Registry(msgspec.Struct, frozen=True):
         if spec is None:
             known = ", ".join(sorted(self.models))
             raise ModelNotFound(
-                f"model {model_id!r} is not in {self.source}; known models: {known}"
+                f"model {model_id!r} is not in the model registry; known models: {known}"
             )
         return spec
 
@@ -123,6 +124,9 @@ def parse_registry(text: str, source: str) -> Registry:
                 f"{source}: model {model_id!r}: pooling and min_dimensions are for models of "
                 'kind "embedding"; set kind = "embedding"'
             )
+        problem = repo_problem(spec.repo)
+        if problem is not None:
+            raise ConfigError(f"{source}: model {model_id!r}: repo: {problem}")
         if "id" in table:
             raise ConfigError(
                 f"{source}: model {model_id!r}: the id is the table's key; remove `id`"

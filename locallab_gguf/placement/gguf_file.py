@@ -71,7 +71,7 @@ class GgufHeader(msgspec.Struct, frozen=True, kw_only=True):
 class GgufFormatError(ModelUnavailable):
     def __init__(self, path: Path, problem: str) -> None:
         super().__init__(
-            f"{path} is not a GGUF model this server can read ({problem}); "
+            f"{path.name} is not a GGUF model this server can read ({problem}); "
             "the file is damaged or in another format: remove it and fetch it again"
         )
 
@@ -81,7 +81,7 @@ def read_gguf_header(path: Path) -> GgufHeader:
         with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
             return _Parser(path, m).header()
     except OSError as exc:
-        raise ModelUnavailable(f"cannot read {path}: {exc.strerror or exc}") from exc
+        raise ModelUnavailable(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # mmap of an empty file
         raise GgufFormatError(path, str(exc)) from exc
 

@@ -27,6 +27,7 @@ import msgspec
 from locallab_gguf.durations import FOREVER
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.errors import (
+    DownloadRefused,
     LoadInProgress,
     LocalLabError,
     ModelLoadFailed,
@@ -175,14 +176,21 @@ class ModelManager:
 
     @contextlib.asynccontextmanager
     async def use(
-        self, model_id: str | None, keep_alive: float | None = None
+        self,
+        model_id: str | None,
+        keep_alive: float | None = None,
+        *,
+        refuse_download: str | None = None,
+        keep_pins: bool = False,
     ) -> AsyncIterator[ResidentModel]:
         """The model a request names (None: the default model), loaded first if need be,
         and held while the block runs. `keep_alive` (seconds) replaces the model's own from
-        now on, as in Ollama: 0 unloads it as soon as nothing uses it."""
-        model = await self.model_for(model_id)
+        now on, as in Ollama: 0 unloads it as soon as nothing uses it; with `keep_pins` it
+        leaves a pinned model as it is. `refuse_download` says why this request may not
+        make the server download a model (DownloadRefused when the model is not here)."""
+        model = await self.model_for(model_id, refuse_download=refuse_download)
         model.claim()
-        if keep_alive is not None:
+        if keep_alive is not None and not (keep_pins and model.pinned):
             model.keep_alive = keep_alive
         try:
             yield model
@@ -202,7 +210,9 @@ class ModelManager:
 
         return release
 
-    async def model_for(self, model_id: str | None) -> ResidentModel:
+    async def model_for(
+        self, model_id: str | None, *, refuse_download: str | None = None
+    ) -> ResidentModel:
         if model_id is None:
             # Nothing to load, a load under way, or a default model that failed for good
             # (its worker kept crashing): requests do not reload it; POST /models/load does.
@@ -215,6 +225,17 @@ class ModelManager:
             return model
         if spec.id not in self._loads and not self.policy.autoload:
             raise ModelNotResident(spec.id)
+        # A load already under way was allowed to whoever started it; waiting for it is not a
+        # download of one's own.
+        if (
+            refuse_download is not None
+            and spec.id not in self._loads
+            and await asyncio.to_thread(self.files.local_path, spec) is None
+        ):
+            raise DownloadRefused(
+                f"the model {spec.id!r} is not on this machine, and loading it would "
+                f"download {spec.file} from the hub: {refuse_download}"
+            )
         return await asyncio.shield(self._load_task(spec, pin=False))
 
     def _release(self, model: ResidentModel) -> None:
@@ -343,9 +364,11 @@ class ModelManager:
             self._load_failed(spec, str(exc))
             raise
         except Exception as exc:
+            # What went wrong is in the log: an unforeseen error's text may name server paths.
             log.exception("loading %s failed", spec.id)
-            self._load_failed(spec, f"{type(exc).__name__}: {exc}")
-            raise ModelLoadFailed(f"loading model {spec.id!r} failed: {exc}") from exc
+            reason = f"{type(exc).__name__}; the server log has the details"
+            self._load_failed(spec, reason)
+            raise ModelLoadFailed(f"loading model {spec.id!r} failed: {reason}") from exc
         pinned = spec.id in self._pin_on_load
         self._pin_on_load.discard(spec.id)
         seconds = time.monotonic() - started

@@ -7,7 +7,10 @@ the server, see schema_fuzz/schemathesis.toml) and one it refuses is refused; ev
 content type and body answered is one the document lists. The examples are bounded (per route,
 and by a time budget that a busy machine spends on fewer of them) and the seed is fixed;
 `tests/e2e/schema_fuzz/hooks.py` keeps each generation to one token, and makes the bodies the
-document allows meet the rules it states only in words (ids of earlier tool calls).
+document allows meet the rules it states only in words (ids of earlier tool calls), and
+record every answer's body, which must show no path of the server (its checkout, the home
+directory, the model cache or registry). The server runs `--offline`: an unreachable hub
+would answer 504 for every hub id and hide what lies behind it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from locallab_gguf.models.registry import default_models_file, load_registry
-from tests.e2e.schema_fuzz.hooks import EMBEDDING_MODEL, RERANKER_MODEL, SERVED_MODEL
+from tests.e2e.schema_fuzz.hooks import BODIES_FILE, EMBEDDING_MODEL, RERANKER_MODEL, SERVED_MODEL
 from tests.support.subprocess_server import serve
 from tests.support.tiny_encoders import write_tiny_bert
 from tests.support.two_models import hub_cache_with
@@ -87,6 +90,7 @@ kind = "reranker"
 def test_no_input_gets_a_server_error_and_the_schema_says_what_is_served(tmp_path: Path) -> None:
     # A 64-token context and one new token by default keep every generation short.
     flags = ("--ctx", "64", "--parallel", "4", "--default-max-tokens", "1", *_models(tmp_path))
+    bodies = tmp_path / "bodies.txt"
     with serve(tmp_path, *flags) as served:
         run = subprocess.run(
             [
@@ -122,6 +126,7 @@ def test_no_input_gets_a_server_error_and_the_schema_says_what_is_served(tmp_pat
                 **os.environ,
                 "PYTHONPATH": str(ROOT),
                 "SCHEMATHESIS_HOOKS": "tests.e2e.schema_fuzz.hooks",
+                BODIES_FILE: str(bodies),
             },
             capture_output=True,
             text=True,
@@ -131,3 +136,10 @@ def test_no_input_gets_a_server_error_and_the_schema_says_what_is_served(tmp_pat
     assert run.returncode == 0, run.stdout[-30000:] + run.stderr[-5000:]
     assert not re.search(r"status=5\d\d", log), log[-5000:]
     assert "Traceback" not in log, log[-5000:]
+    # No answer shows where the server lies: the checkout, the home directory, the model
+    # cache and registry (both under tmp_path).
+    answered = bodies.read_text(encoding="utf-8").splitlines()
+    assert len(answered) > 100, answered[-5:]
+    for place in (str(ROOT), str(Path.home()), str(tmp_path)):
+        showing = [line for line in answered if place in line]
+        assert not showing, showing[:5]

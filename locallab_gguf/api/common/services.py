@@ -4,12 +4,14 @@ to create_app."""
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from litestar import Request
 
+from locallab_gguf.api.common.middleware.keys import Role
 from locallab_gguf.api.common.middleware.request_log import record_of
 from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.streaming.metered_stream import MeteredStream
@@ -41,6 +43,18 @@ class Services:
         self.engine_version = engine_version
         self.metrics = Metrics(manager)
         self.started_at = time.time()
+        # The role of the key of the request these services serve (acting_as): every request
+        # may do everything on a server without keys.
+        self.role: Role = "admin"
+
+    def acting_as(self, role: Role) -> Services:
+        """These services, for a request whose key has `role`: what it loads on demand is
+        bounded by the role (downloads, pinned models)."""
+        if role == self.role:
+            return self
+        bound = copy.copy(self)
+        bound.role = role
+        return bound
 
     def model_for(
         self, model_id: str | None, keep_alive: str | float | None = None
@@ -49,7 +63,23 @@ class Services:
         while the block runs: `async with services.model_for(data.model_id) as model:`.
         `keep_alive` is the request's, in Ollama's terms (a bad one is a 400)."""
         seconds = None if keep_alive is None else keep_alive_seconds(keep_alive)
-        return self.manager.use(model_id, seconds)
+        return self.manager.use(
+            model_id,
+            seconds,
+            refuse_download=self._download_refusal(),
+            # Unpinning the start-up, preload or admin-loaded model is an unload: admin's.
+            keep_pins=self.role != "admin",
+        )
+
+    def _download_refusal(self) -> str | None:
+        """Why this request may not make the server download a model; None when it may."""
+        if self.role == "admin" or self.settings.allow_pull:
+            return None
+        return (
+            "a user key may not make the server download a model. Ask the operator to pull it "
+            "(POST /api/pull or /models/load with an admin key), or to allow downloads on "
+            "demand (--allow-pull)"
+        )
 
     async def generate(
         self,

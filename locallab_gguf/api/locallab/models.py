@@ -12,6 +12,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import FromQuery, JSONBody
 
 from locallab_gguf.api.common.fields import ModelIdInPath
+from locallab_gguf.api.common.middleware.access import ADMIN
 from locallab_gguf.api.common.schema.answers import ANY_ROUTE, error_statuses
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.locallab.wire import (
@@ -41,7 +42,7 @@ def describe(model: ResidentModel) -> ModelDescription:
     return ModelDescription(
         id=model.spec.id,
         name=model.spec.name,
-        file=str(model.path),
+        file=model.spec.file,  # as the repository names it: no path of this server
         size_bytes=model.path.stat().st_size,
         context_length=info.context_length,
         n_gpu_layers=info.n_gpu_layers,
@@ -58,7 +59,8 @@ def status_url(model_id: str) -> str:
     "/models/load",
     status_code=200,
     summary="Load a model, downloading it first if need be; answers once it serves, "
-    "or at once with 202 and a status URL when ?wait=false",
+    "or at once with 202 and a status URL when ?wait=false (admin key)",
+    opt={ADMIN: True},
 )
 async def load_model(
     data: JSONBody[LoadRequest],
@@ -87,7 +89,8 @@ async def load_model(
 @post(
     "/models/unload",
     status_code=200,
-    summary='Unload the default model, or the one a body {"model_id": ...} names',
+    summary='Unload the default model, or the one a body {"model_id": ...} names (admin key)',
+    opt={ADMIN: True},
 )
 async def unload_model(
     services: NamedDependency[Services], data: JSONBody[UnloadRequest | None] = None

@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf import __version__
+from locallab_gguf.api.common.middleware.access import ADMIN
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.streaming.sse import (
     EventStream,
@@ -140,7 +141,7 @@ def _show(services: Services, name: str) -> ShowResponse:
         f"{arch}.block_count": facts.block_count,
     }
     parameters = f"num_ctx {services.settings.ctx or facts.context_length}"
-    modelfile = f"FROM {path}\nTEMPLATE {msgspec.json.encode(template).decode()}\n"
+    modelfile = f"FROM {path.name}\nTEMPLATE {msgspec.json.encode(template).decode()}\n"
     return ShowResponse(
         modelfile=modelfile,
         parameters=parameters,
@@ -238,7 +239,12 @@ async def _pull_progress(services: Services, spec: ModelSpec) -> AsyncIterator[P
     yield PullProgress(status="success")
 
 
-@post("/pull", status_code=200, summary="Ollama: download a model, with progress")
+@post(
+    "/pull",
+    status_code=200,
+    summary="Ollama: download a model, with progress (admin key)",
+    opt={ADMIN: True},
+)
 async def pull(
     data: JSONBody[ModelRequest], services: NamedDependency[Services]
 ) -> Response[Any] | EventStream:
@@ -258,7 +264,12 @@ async def pull(
     return EventStream(lines(), media_type=NDJSON)
 
 
-@delete("/delete", status_code=200, summary="Ollama: remove a model's downloaded file")
+@delete(
+    "/delete",
+    status_code=200,
+    summary="Ollama: remove a model's downloaded file (admin key)",
+    opt={ADMIN: True},
+)
 async def remove(data: JSONBody[ModelRequest], services: NamedDependency[Services]) -> None:
     name = _named(data)
     manager = services.manager

@@ -36,7 +36,6 @@ from locallab_gguf.api.ollama.wire import (
     ErrorBody,
     GenerateRequest,
 )
-from locallab_gguf.durations import keep_alive_seconds
 
 
 async def _answer(
@@ -51,7 +50,8 @@ async def _answer(
         if model.loaded_at * 1e9 >= clock.wall_started:
             clock.load_ns = int(model.load_seconds * 1e9)  # this request waited for the load
         if is_load_only(data):
-            unloading = data.keep_alive is not None and keep_alive_seconds(data.keep_alive) == 0
+            # What the model will do: a user key's keep_alive leaves a pinned model as it is.
+            unloading = model.keep_alive == 0
             done = Lines(model.spec.id, clock, chat=chat)
             return Response(done.body("", done_reason="unload" if unloading else "load"))
         info = model.engine.info

@@ -417,7 +417,7 @@ class EmbeddingEngine:
         ctx = llama_cpp.llama_init_from_model(self.model.handle, params)
         if not ctx:
             raise ModelLoadFailed(
-                f"llama.cpp could not create an embeddings context for {self.model.path} "
+                f"llama.cpp could not create an embeddings context for {self.model.path.name} "
                 "(see the server log for its reason)"
             )
         return ctx

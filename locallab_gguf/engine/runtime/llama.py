@@ -64,7 +64,7 @@ class LlamaModel:
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise ModelLoadFailed(
-                f"llama.cpp could not load {path}: the file is not a GGUF model this build "
+                f"llama.cpp could not load {path.name}: the file is not a GGUF model this build "
                 "supports (see the server log for llama.cpp's reason)"
             )
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)

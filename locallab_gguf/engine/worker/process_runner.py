@@ -330,10 +330,10 @@ class WorkerEngine(EncodeCalls):
             except _WorkerCrashed as crash:
                 crashes += 1
                 if crashes >= MAX_LOAD_CRASHES:
-                    reason = (
-                        f"{crash.reason} while loading {self._spec.model_path}, "
-                        f"{crashes} times in a row"
-                    )
+                    # The file's name only: the reason reaches clients, its directory the log.
+                    log.error("%s while loading %s", crash.reason, self._spec.model_path)
+                    file_name = os.path.basename(self._spec.model_path)
+                    reason = f"{crash.reason} while loading {file_name}, {crashes} times in a row"
                     self._state, self._failure = "failed", reason
                     raise ModelLoadFailed(reason) from None
                 log.warning("%s while loading; starting it again", crash.reason)

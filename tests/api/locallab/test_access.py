@@ -336,8 +336,10 @@ def test_an_exposed_server_without_a_key_warns_and_keys_never_reach_the_log(
             app_of(settings, manager, initial_model=None)
     finally:
         logger.removeHandler(records)
-    assert len(records.messages) == 1
+    assert len(records.messages) == 2
     assert "0.0.0.0 without an API key" in records.messages[0]
+    # The one key is a user key: nobody could manage models over HTTP, which the log says.
+    assert "none of the API keys is an admin key" in records.messages[1]
     assert all("hidden-key" not in message for message in records.messages)
 
 

@@ -32,6 +32,9 @@ MODEL_IDS = [
     "owner/repo@v1.0:dir/File.GGUF",
     "hf://owner/repo/dir/file.gguf",
     "hf://owner/repo@main/file.gguf",
+    "_owner/re.po_:file.gguf",
+    "owner/a.git.b:file.gguf",
+    "owner/" + "n" * 96 + ":file.gguf",
 ]
 NOT_MODEL_IDS = [
     ":Q",
@@ -43,6 +46,15 @@ NOT_MODEL_IDS = [
     "owner/repo:dir\\file.gguf",
     "owner:file.gguf",
     "hf://owner/file.gguf",
+    # The hub's rules for repository names (huggingface_hub's validate_repo_id).
+    "JLJ3c8HFFr.C720v1zOTtrFR-/k6pOXcZ1H:x.gguf",
+    "owner/repo-:file.gguf",
+    "owner/.repo:file.gguf",
+    "owner/re--po:file.gguf",
+    "owner/re..po:file.gguf",
+    "owner/repo.git:file.gguf",
+    "owner/" + "n" * 97 + ":file.gguf",
+    "hf://owner./repo/file.gguf",
 ]
 
 

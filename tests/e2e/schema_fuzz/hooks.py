@@ -13,6 +13,7 @@ least one token.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -46,6 +47,18 @@ _OLLAMA_NAME = re.compile(MODEL_ID_PATTERN.removesuffix("$") + "(?::latest)?$")
 _KEEPS_ITS_NAMES = {"/api/delete"}
 NOT_HERE = "not-here"  # what /api/delete is sent instead of a model the run uses
 ANY_OBJECT = {"type": "object"}
+
+
+# Where every answer's body is appended, for tests/test_schema_fuzz.py to scan afterwards.
+BODIES_FILE = "LOCALLAB_FUZZ_BODIES"
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    bodies = os.environ.get(BODIES_FILE)
+    if bodies:
+        with open(bodies, "a", encoding="utf-8") as out:
+            out.write(f"{case.operation.path} {response.status_code} {response.text}\n")
 
 
 @schemathesis.hook

@@ -3,7 +3,9 @@
 The rate limiter sits outside the key check, so a client guessing keys is limited (by its
 address) like any other. Routes marked `opt={UNLIMITED: True}` (/health, /metrics) pass the
 rate limit, routes marked `opt={PUBLIC: True}` (/health) pass the key check, and OPTIONS
-requests pass both; browsers' CORS preflights are answered before either runs.
+requests pass both; browsers' CORS preflights are answered before either runs. Routes marked
+`opt={ADMIN: True}` (load, unload, pull, delete) need an admin key when keys are set; the
+role of a request's key is kept in its scope for what a route does on demand (`role_of`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from locallab_gguf.api.common.middleware.client_address import TrustedProxies
-from locallab_gguf.api.common.middleware.keys import ApiKeys, exposed_without_key, load_api_keys
-from locallab_gguf.errors import RateLimited
+from locallab_gguf.api.common.middleware.keys import (
+    ApiKeys,
+    Role,
+    exposed_without_key,
+    load_api_keys,
+)
+from locallab_gguf.errors import AdminKeyRequired, RateLimited
 from locallab_gguf.ratelimit import Clock, RateLimiter, rate_limiter_for
 from locallab_gguf.settings import Settings
 
 log = logging.getLogger(__name__)
 
 PUBLIC = "public"
+# A management route: only an admin key may call it (when the server has keys at all).
+ADMIN = "admin"
 _CLIENT_KEY = "locallab_gguf.client"
+_ROLE_KEY = "locallab_gguf.role"
 # A scraper polls /metrics on a schedule of its own; counting it would eat a client's budget.
 UNLIMITED = "unlimited"
 
@@ -128,7 +138,8 @@ class RateLimitMiddleware(ASGIMiddleware):
 
 
 class ApiKeyMiddleware(ASGIMiddleware):
-    """Refuses requests without a key the server accepts (401 with a Bearer challenge)."""
+    """Refuses requests without a key the server accepts (401 with a Bearer challenge), and
+    user keys on admin routes (403)."""
 
     scopes = (ScopeType.HTTP,)
     exclude_opt_key = PUBLIC
@@ -138,8 +149,23 @@ class ApiKeyMiddleware(ASGIMiddleware):
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         if scope.get("method") != "OPTIONS":
-            self.keys.authenticate(credential(Headers.from_scope(scope)))
+            authorization = credential(Headers.from_scope(scope))
+            self.keys.authenticate(authorization)
+            role = self.keys.role_of(authorization)
+            scope["state"][_ROLE_KEY] = role
+            route = scope.get("route_handler")
+            if role != "admin" and route is not None and route.opt.get(ADMIN):
+                raise AdminKeyRequired(f"{scope.get('method')} {scope.get('path')}")
         await next_app(scope, receive, send)
+
+
+def role_of(scope: Scope, keys: ApiKeys) -> Role:
+    """The role of the key a request sent: admin when the server has no keys; user where no
+    key was checked (a public route), so that nothing is allowed by mistake."""
+    if not keys.required:
+        return "admin"
+    role: Role | None = scope["state"].get(_ROLE_KEY)
+    return role if role is not None else "user"
 
 
 class AccessControl:
@@ -153,6 +179,13 @@ class AccessControl:
                 "use the server; set --api-key (or LOCALLAB_API_KEYS) to require one",
                 settings.host,
             )
+        if keys.required and not keys.has_admin:
+            log.warning(
+                "none of the API keys is an admin key, so no client can load, unload, pull or "
+                "delete models over HTTP (POST /models/load, /models/unload, /api/pull, "
+                "DELETE /api/delete); write a key as 'admin:KEY' to make it one"
+            )
+        self.keys = keys
         self.clients = ClientIdentity(keys, TrustedProxies(settings.trusted_proxies))
         self.limiter = rate_limiter_for(settings, clock)
         self.middleware: list[ASGIMiddleware] = []
