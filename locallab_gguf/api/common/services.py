@@ -13,6 +13,7 @@ from litestar import Request
 from locallab_gguf.api.common.metered_stream import MeteredStream
 from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.request_log import record_of
+from locallab_gguf.api.responses.store import ResponseStore
 from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.placement.hardware import HardwareProbe
@@ -31,9 +32,12 @@ class Services:
         *,
         initial_model: str | None = None,
         engine_version: str = "unknown",
+        responses: ResponseStore | None = None,
     ) -> None:
         """`hardware` reads GPUs and memory for /system/info (tests simulate them);
-        `initial_model` loads when the server starts; `engine_version` is llama-cpp-python's."""
+        `initial_model` loads when the server starts; `engine_version` is llama-cpp-python's;
+        `responses` keeps the Responses API's stored responses (default: as the settings
+        say)."""
         self.settings = settings
         self.manager = manager
         self.hardware = hardware
@@ -41,6 +45,9 @@ class Services:
         self.engine_version = engine_version
         self.metrics = Metrics(manager)
         self.started_at = time.time()
+        self.responses = responses or ResponseStore(
+            settings.responses_max, settings.responses_store
+        )
 
     def model_for(
         self, model_id: str | None, keep_alive: str | float | None = None
