@@ -7,15 +7,17 @@ the final response of the same run, and at token counts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import jsonschema
 import msgspec
 import openai
+import pydantic
 import pytest
 
 from locallab_gguf.api.responses.requests import chat_messages, generation
@@ -561,21 +563,31 @@ def test_an_agent_of_the_agents_sdk_runs_on_its_default_responses_model(
     agents = pytest.importorskip("agents")
     from agents.models.openai_provider import OpenAIProvider
 
-    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
-    agent = agents.Agent(
-        name="Assistant",
-        instructions="Answer in one word.",
-        model=DEFAULT_ID,
-        model_settings=agents.ModelSettings(max_tokens=8),
+    class Colour(pydantic.BaseModel):
+        colour: Literal["red", "green", "blue"]
+
+    async def run() -> Any:
+        async with openai.AsyncOpenAI(
+            base_url=f"{server.url}/v1", api_key="unused", max_retries=0
+        ) as client:
+            # A structured output (a json_schema format) makes the answer end on any CPU.
+            agent = agents.Agent(
+                name="Assistant",
+                instructions="Answer with a colour.",
+                model=DEFAULT_ID,
+                output_type=Colour,
+            )
+            run_config = agents.RunConfig(
+                model_provider=OpenAIProvider(openai_client=client, use_responses=True),
+                tracing_disabled=True,
+            )
+            return await agents.Runner.run(agent, "Name a colour.", run_config=run_config)
+
+    result = asyncio.run(run())
+    assert isinstance(result.final_output, Colour)
+    assert result.raw_responses and all(
+        each.response_id and each.response_id.startswith("resp_") for each in result.raw_responses
     )
-    run_config = agents.RunConfig(
-        model_provider=OpenAIProvider(openai_client=client, use_responses=True),
-        tracing_disabled=True,
-    )
-    result = agents.Runner.run_sync(agent, "Name a colour.", run_config=run_config)
-    assert isinstance(result.final_output, str)
-    responses = [each for each in result.raw_responses if each.response_id]
-    assert responses and all(each.response_id.startswith("resp_") for each in responses)
 
 
 def test_the_schema_lists_the_routes_with_their_stream_and_errors(server: RunningServer) -> None:
