@@ -297,6 +297,20 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             extra={"flag": "cors-origin"},
         ),
     ] = ()
+    responses_max: Annotated[
+        Positive,
+        Meta(
+            description="responses the Responses API keeps for previous_response_id and GET "
+            "/v1/responses/ID; past it the least recently used is forgotten (a 404 after)"
+        ),
+    ] = 1000
+    responses_store: Annotated[
+        str | None,
+        Meta(
+            description="SQLite file that keeps stored responses across restarts (created, "
+            "readable by this user only); default: memory only"
+        ),
+    ] = None
     ui: Annotated[
         bool,
         Meta(

@@ -36,6 +36,7 @@ from locallab_gguf.api.locallab.tokenizer import detokenize, tokenize
 from locallab_gguf.api.ollama.routes import ollama_router
 from locallab_gguf.api.openai.routes import openai_router
 from locallab_gguf.api.rerank.routes import rerank_documents
+from locallab_gguf.api.responses.routes import responses_router
 from locallab_gguf.api.ui.routes import ui_router
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.ratelimit import Clock
@@ -59,6 +60,7 @@ ROUTES: list[HTTPRouteHandler | Router] = [
     system_info,
     metrics,
     openai_router,
+    responses_router,
     ollama_router,
     anthropic_router,
     rerank_documents,
@@ -105,6 +107,7 @@ def create_app(settings: Settings, services: Services, *, clock: Clock = time.ti
             task.cancel()
         await manager.close()
         await access.close()
+        services.responses.close()
 
     return Litestar(
         route_handlers=[*ROUTES, ui_router()] if settings.ui else ROUTES,

@@ -60,6 +60,9 @@ class ChatMessage(msgspec.Struct, frozen=True):
     # An assistant's calls; a tool message names the call it answers.
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # An assistant turn's thinking, given back by a client: templates that show past
+    # reasoning read it as `reasoning_content`; the others leave it out.
+    reasoning: str | None = None
 
 
 class JsonOutput(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,6 +15,7 @@ from locallab_gguf.api.common.middleware.keys import Role
 from locallab_gguf.api.common.middleware.request_log import record_of
 from locallab_gguf.api.common.model_kinds import require_kind
 from locallab_gguf.api.common.streaming.metered_stream import MeteredStream
+from locallab_gguf.api.responses.store import ResponseStore
 from locallab_gguf.durations import keep_alive_seconds
 from locallab_gguf.engine.types import GenerationRequest
 from locallab_gguf.placement.hardware import HardwareProbe
@@ -33,9 +34,12 @@ class Services:
         *,
         initial_model: str | None = None,
         engine_version: str = "unknown",
+        responses: ResponseStore | None = None,
     ) -> None:
         """`hardware` reads GPUs and memory for /system/info (tests simulate them);
-        `initial_model` loads when the server starts; `engine_version` is llama-cpp-python's."""
+        `initial_model` loads when the server starts; `engine_version` is llama-cpp-python's;
+        `responses` keeps the Responses API's stored responses (default: as the settings
+        say)."""
         self.settings = settings
         self.manager = manager
         self.hardware = hardware
@@ -43,6 +47,9 @@ class Services:
         self.engine_version = engine_version
         self.metrics = Metrics(manager)
         self.started_at = time.time()
+        self.responses = responses or ResponseStore(
+            settings.responses_max, settings.responses_store
+        )
         # The role of the key of the request these services serve (acting_as): every request
         # may do everything on a server without keys.
         self.role: Role = "admin"

@@ -286,6 +286,19 @@ async def remove(data: JSONBody[ModelRequest], services: NamedDependency[Service
     # Ollama answers an empty 200.
 
 
-@get("/version", summary="Ollama: the server's version")
-async def version() -> VersionResponse:
-    return VersionResponse(version=__version__)
+# The Ollama API version this server answers like. Clients gate features on it (Codex's
+# --oss path requires 0.13.4 or newer); our own version is in a header and /system/info.
+OLLAMA_COMPATIBLE_VERSION = "0.13.5"
+VERSION_HEADER = "X-LocalLab-Version"
+
+
+@get(
+    "/version",
+    summary="Ollama: the Ollama API version this server is compatible with (its own version "
+    "is in the X-LocalLab-Version header)",
+)
+async def version() -> Response[VersionResponse]:
+    return Response(
+        VersionResponse(version=OLLAMA_COMPATIBLE_VERSION),
+        headers={VERSION_HEADER: __version__},
+    )

@@ -185,6 +185,8 @@ def _message_data(message: ChatMessage, escaper: _Escaper) -> dict[str, Any]:
         ]
     if message.tool_call_id is not None:
         data["tool_call_id"] = escaper.text(message.tool_call_id)
+    if message.reasoning:
+        data["reasoning_content"] = escaper.text(message.reasoning)
     return data
 
 

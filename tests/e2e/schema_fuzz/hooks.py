@@ -94,7 +94,12 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     content = body.get("content")
     if path == "/tokenize" and isinstance(content, list):
         body["content"] = [_id_in_vocabulary(item) for item in content]
+    if path == "/v1/responses":
+        # Without max_output_tokens a response runs until the context is full.
+        body["max_output_tokens"] = NEW_TOKENS
     if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE:
+        if path == "/v1/responses":
+            _responses_rules(body)
         _meet_unstated_rules(body)
         _prompts_have_tokens(path, body)
         if path in _MODEL_OF_ROUTE and body.get("model") is None:
@@ -156,6 +161,52 @@ def _prompts_have_tokens(path: str, body: dict[str, Any]) -> None:
     # prompt is given, and nothing to continue.
     if path == "/api/generate" and body.get("raw") is True and not body.get("prompt"):
         body["prompt"] = "."
+
+
+def _responses_rules(body: dict[str, Any]) -> None:
+    """The Responses API's unstated rules: each function_call_output answers an earlier
+    function_call, the functions of a namespace are named apart, a named tool choice names
+    one of the functions, and every schema is one the grammar converter understands."""
+    items = body.get("input")
+    if isinstance(items, list):
+        call_ids: list[str] = []
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
+                call_ids.append(item["call_id"])
+            elif item.get("type") == "function_call_output" and item.get("call_id") not in call_ids:
+                item.update(
+                    {"call_id": call_ids[0]}
+                    if call_ids
+                    else {"type": "message", "role": "user", "content": ""}
+                )
+    # Named as _tools_named_apart names them (it runs next); a namespace's functions apart.
+    functions: list[dict[str, Any]] = []
+    names: list[str] = []
+    for index, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict):
+            continue
+        if tool.get("type") == "function":
+            functions.append(tool)
+            names.append(f"tool_{index}")
+        elif tool.get("type") == "namespace":
+            inner = [each for each in tool.get("tools") or () if isinstance(each, dict)]
+            for number, function in enumerate(inner):
+                if function.get("type") == "function":
+                    function["name"] = f"tool_{number}"
+                    functions.append(function)
+                    names.append(f"tool_{index}.tool_{number}")
+    for function in functions:
+        if isinstance(function.get("parameters"), dict):
+            function["parameters"] = ANY_OBJECT
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict) and names:
+        choice["name"] = names[0]
+    text = body.get("text")
+    text_format = text.get("format") if isinstance(text, dict) else None
+    if isinstance(text_format, dict) and isinstance(text_format.get("schema"), dict):
+        text_format["schema"] = ANY_OBJECT
 
 
 def _meet_unstated_rules(body: dict[str, Any]) -> None:
