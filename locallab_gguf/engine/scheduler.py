@@ -36,6 +36,7 @@ import llama_cpp
 import msgspec
 
 from locallab_gguf.engine.activity import Doing
+from locallab_gguf.engine.chat_encoder import ChatEncoder
 from locallab_gguf.engine.chat_template import ChatTemplate
 from locallab_gguf.engine.hooks import EngineHooks, NoHooks
 from locallab_gguf.engine.kv import Holder, KvPool, ReusePlan, ReuseSource, plan_reuse
@@ -224,6 +225,8 @@ class BatchEngine:
         self._cache = _open_prompt_cache(model, config)
         self._reused = dict.fromkeys(ReuseSource, 0)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
+        # Embeddings from this model, in a context of their own opened on first use.
+        self.encoder = ChatEncoder(model, config)
         self.info = EngineInfo(
             context_length=self.n_ctx,
             trained_context_length=model.n_ctx_train,
@@ -295,12 +298,6 @@ class BatchEngine:
             tokens += resume.completion_tokens
         if len(tokens) >= self.n_ctx:
             raise PromptTooLong(len(tokens), self.n_ctx)
-        if request.max_tokens > self.n_ctx:
-            raise InvalidRequest(
-                # Worded for both APIs: LocalLab calls the limit max_length, OpenAI max_tokens.
-                f"{request.max_tokens:,} new tokens were asked for; the context holds "
-                f"{self.n_ctx:,}. Ask for fewer new tokens."
-            )
         if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(
                 f"{request.logprobs} alternatives per token were asked for; "
@@ -311,7 +308,9 @@ class BatchEngine:
         job = _Job(
             job_id,
             tokens,
-            request.max_tokens,
+            # A limit beyond the room left is no error, as in OpenAI's and Anthropic's APIs:
+            # the answer runs until the context is full and ends as cut off by its length.
+            min(request.max_tokens, self.n_ctx - prompt_length),
             StopMatcher(request.stop),
             sampler,
             request.logprobs,
@@ -403,6 +402,7 @@ class BatchEngine:
             self._stopping = True
             self._wake.notify()
         self._thread.join()
+        self.encoder.close(drain)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
         self.model.close()

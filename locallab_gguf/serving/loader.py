@@ -11,6 +11,7 @@ from pathlib import Path
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.launch import open_engine
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
+from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
@@ -38,7 +39,10 @@ DEFAULT_CACHE_RAM_CAP_MIB = 8192
 
 
 def load_settings_registry(settings: Settings) -> Registry:
-    return load_registry_file(settings.models_file)
+    registry = load_registry_file(settings.models_file)
+    if settings.aliases:
+        registry = registry.with_aliases(parse_alias_flags(settings.aliases))
+    return registry
 
 
 def residency_policy(settings: Settings) -> ResidencyPolicy:
