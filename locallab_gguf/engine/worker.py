@@ -23,7 +23,7 @@ from locallab_gguf.engine.embedding import EmbeddingEngine, open_embedding_engin
 from locallab_gguf.engine.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.thread_runner import NOT_AN_ENCODER
 from locallab_gguf.engine.tokenizer import token_pieces, tokenize_text
-from locallab_gguf.engine.types import EncodeResult, EventBatch
+from locallab_gguf.engine.types import EncodeResult, EventBatch, RerankRequest
 from locallab_gguf.engine.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
 from locallab_gguf.engine.worker_protocol import (
     Cancel,
@@ -170,9 +170,13 @@ class Worker:
                 self.send(Encoded(message.job_id, outcome, None, stats))
 
         try:
-            if not isinstance(engine, EmbeddingEngine):
+            if isinstance(engine, EmbeddingEngine):
+                encoder = engine
+            elif isinstance(message.request, RerankRequest):
                 raise WrongModelKind(NOT_AN_ENCODER)
-            engine.submit_encode(message.job_id, message.request, answer)
+            else:
+                encoder = engine.encoder.engine()  # a chat model embeds too
+            encoder.submit_encode(message.job_id, message.request, answer)
         except LocalLabError as exc:
             answer(exc)
         except Exception as exc:  # never leave the server waiting for an answer
