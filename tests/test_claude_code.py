@@ -9,8 +9,9 @@ maxLength 524288 and a description-only property, eight anthropic-beta values.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 
 from locallab_gguf.api.anthropic.requests import messages_of
 from locallab_gguf.api.anthropic.wire import CountTokensRequest
+from locallab_gguf.api.common.keepalive import with_keepalive
 from locallab_gguf.engine.types import ChatMessage
 from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.registry import Registry
@@ -211,7 +213,7 @@ def test_32000_new_tokens_on_a_small_context_run_to_its_end_on_every_surface(
 ) -> None:
     """No 400: the answer runs until the context is full and ends as cut off by length."""
     server = small_context
-    chat, context = _nearly_full(server, room=24)
+    chat, context = _nearly_full(server, room=12)
 
     def filled(prompt: int, completion: int) -> None:
         assert context - 2 <= prompt + completion <= context, (prompt, completion, context)
@@ -262,7 +264,7 @@ def test_openai_without_a_limit_is_not_cut_at_the_servers_default(
     server = make_server(
         msgspec.structs.replace(TEST_SETTINGS, ctx=256, parallel=1, default_max_tokens=4)
     )
-    chat, _ = _nearly_full(server, room=24)
+    chat, _ = _nearly_full(server, room=12)
     oai = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
     schema_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": LONG_JSON}}
     done = oai.chat.completions.create(
@@ -274,3 +276,33 @@ def test_openai_without_a_limit_is_not_cut_at_the_servers_default(
     oai.close()
     locallab = server.client.post("/generate", json={"prompt": "Tell me a story"}).json()
     assert locallab["usage"]["completion_tokens"] <= 4
+
+
+def test_a_quiet_stream_gets_pings_and_closing_it_closes_the_answer() -> None:
+    """While the prompt is read nothing comes: pings keep the client's watchdog quiet."""
+    closed: list[bool] = []
+
+    async def slow() -> AsyncIterator[bytes]:
+        try:
+            yield b"first"
+            await asyncio.sleep(0.35)
+            yield b"second"
+            await asyncio.sleep(10)
+            yield b"never"
+        finally:
+            closed.append(True)
+
+    async def scenario() -> list[bytes]:
+        got = []
+        stream = with_keepalive(slow(), b"ping", every=0.1)
+        async for chunk in stream:
+            got.append(chunk)
+            if chunk == b"second":
+                break
+        await stream.aclose()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got[0] == b"first" and got[-1] == b"second"
+    assert 2 <= got.count(b"ping") <= 4
+    assert closed == [True]
