@@ -179,7 +179,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         Meta(description="requests that may wait for a free slot before 503"),
     ] = 64
     default_max_tokens: Annotated[
-        Positive, Meta(description="new tokens generated when a request does not say")
+        Positive,
+        Meta(
+            description="new tokens LocalLab's own routes (/generate, /chat) generate when a "
+            "request does not say; the OpenAI, Anthropic and Ollama routes run until the turn "
+            "ends or the context is full, as those APIs do"
+        ),
     ] = 512
     max_body_bytes: Annotated[
         Positive, Meta(description="largest request body accepted (413 above it)")
@@ -279,6 +284,23 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         Meta(
             description="file of further API keys, one per line, 'admin:KEY' for an admin key; "
             "# starts a comment"
+        ),
+    ] = None
+    aliases: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="NAME=MODEL: a model name a client insists on (claude-sonnet-4-5, or "
+            "a glob such as 'claude-*') that means MODEL of this server (repeatable; beats "
+            "models.toml [aliases])",
+            extra={"flag": "alias"},
+        ),
+    ] = ()
+    client_id_header: Annotated[
+        str | None,
+        Meta(
+            description="header naming the end user behind a front-end (e.g. "
+            "X-OpenWebUI-User-Id), so each user gets a rate-limit window of their own; "
+            "believed only from a --trusted-proxy or with an accepted API key"
         ),
     ] = None
     trusted_proxies: Annotated[

@@ -96,6 +96,9 @@ class ToolSpec(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     description: str | None = None
     parameters: str | None = None
+    # Where the request holds `parameters`, in its API's terms (`tools[2].input_schema`),
+    # for errors about the schema; empty: tools[i].parameters.
+    where: str = ""
 
 
 ToolChoiceMode = Literal["auto", "none", "required"]

@@ -104,6 +104,10 @@ def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -
     known = registry.models.get(model_id)
     if known is not None:
         return known
+    model_id = registry.aliases.target(model_id) or model_id
+    known = registry.models.get(model_id)
+    if known is not None:
+        return known
     if not is_hub_id(model_id):
         hint = f", or name a GGUF file on the hub as {HUB_ID_FORMS}" if allow_custom else ""
         raise ModelNotFound(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -12,6 +13,7 @@ from msgspec import Meta
 from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
 from locallab_gguf.engine.types import ModelKind, Pooling
 from locallab_gguf.errors import ConfigError, ModelNotFound
+from locallab_gguf.models.aliases import Aliases, aliases_of
 from locallab_gguf.models.repo_names import repo_problem
 
 Sha256 = Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
@@ -61,12 +63,20 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
 class _RegistryFile(msgspec.Struct, forbid_unknown_fields=True):
     default: str
     models: dict[str, dict[str, object]]
+    # Names clients insist on -> ids of this registry (models/aliases.py).
+    aliases: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Registry(msgspec.Struct, frozen=True):
     default: str
     models: dict[str, ModelSpec]
     source: str
+    aliases: Aliases = msgspec.field(default_factory=Aliases)
+
+    def with_aliases(self, more: Aliases, source: str = "--alias") -> Registry:
+        """This registry with `more` aliases (beating its own on the same name)."""
+        check_alias_targets(more, self.models, source)
+        return msgspec.structs.replace(self, aliases=self.aliases.merged(more))
 
     def get(self, model_id: str) -> ModelSpec:
         spec = self.models.get(model_id)
@@ -133,8 +143,20 @@ def parse_registry(text: str, source: str) -> Registry:
             )
         models[model_id] = msgspec.structs.replace(spec, id=model_id)
 
+    aliases = aliases_of(document.aliases)
+    check_alias_targets(aliases, models, source)
     if document.default not in models:
         raise ConfigError(
             f"{source}: default = {document.default!r} names no [models.{document.default}] table"
         )
-    return Registry(default=document.default, models=models, source=source)
+    return Registry(default=document.default, models=models, source=source, aliases=aliases)
+
+
+def check_alias_targets(aliases: Aliases, models: Mapping[str, ModelSpec], source: str) -> None:
+    """Each alias names a model of the registry or a hub file (owner/repo:file.gguf)."""
+    for name, target in (*aliases.exact.items(), *aliases.patterns):
+        if target not in models and "/" not in target and ":" not in target:
+            raise ConfigError(
+                f"{source}: alias {name!r} means {target!r}, which is no model of the "
+                f"registry ({', '.join(sorted(models))}) and no hub file"
+            )

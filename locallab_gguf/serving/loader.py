@@ -13,6 +13,7 @@ import msgspec
 from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
 from locallab_gguf.engine.worker.launch import open_engine
+from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def load_settings_registry(settings: Settings) -> Registry:
-    return load_registry_file(settings.models_file)
+    registry = load_registry_file(settings.models_file)
+    if settings.aliases:
+        registry = registry.with_aliases(parse_alias_flags(settings.aliases))
+    return registry
 
 
 def residency_policy(settings: Settings) -> ResidencyPolicy:

@@ -368,7 +368,6 @@ def test_too_long_input_is_413_naming_it_or_truncated_when_asked(encoders: Runni
         ({"model": EMBED_ID, "input": ["ok", 5]}, "only texts"),
         ({"model": EMBED_ID, "input": [10**6]}, "token id 1000000"),
         ({"model": EMBED_ID, "input": "x", "encoding_format": "hex"}, "encoding_format"),
-        ({"model": DEFAULT_ID, "input": "hello"}, "is a chat model"),
         ({"model": RERANK_ID, "input": "hello"}, "is a reranker"),
     ],
 )

@@ -20,7 +20,7 @@ from tests.conftest import DEFAULT_ID, ServerFactory
 from tests.support.local_hub import LocalHub
 from tests.support.two_models import hub_cache_with
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HUB_REPO = "test-owner/files-GGUF"
 HI = [{"role": "user", "content": "Hi"}]
 

@@ -8,6 +8,7 @@ from locallab_gguf.api.anthropic.wire import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,
+    InputBlock,
     MessagesRequest,
     SystemBlock,
     TextBlock,
@@ -19,6 +20,7 @@ from locallab_gguf.engine.types import (
     ChatMessage,
     ChatOptions,
     GenerationRequest,
+    JsonOutput,
     SamplingParams,
     ToolCall,
     ToolChoiceMode,
@@ -29,16 +31,25 @@ from locallab_gguf.errors import UnsupportedParameter
 
 
 def thinking_enabled(data: CountTokensRequest) -> bool:
-    return data.thinking is not None and data.thinking.type == "enabled"
+    """Whether the answer shows the model's thinking (Anthropic's `display: "omitted"` asks
+    for thinking blocks without their text; they are left out here)."""
+    thinking = data.thinking
+    return (
+        thinking is not None
+        and thinking.type in ("enabled", "adaptive")
+        and thinking.display != "omitted"
+    )
 
 
 def messages_of(data: CountTokensRequest) -> tuple[ChatMessage, ...]:
     turns: list[ChatMessage] = []
-    system = _system_text(data.system)
+    system = _system_text(data)
     if system:
         turns.append(ChatMessage("system", system))
     call_ids: set[str] = set()
     for index, message in enumerate(data.messages):
+        if message.role == "system":
+            continue  # joined to the system prompt above
         if isinstance(message.content, str):
             turns.append(ChatMessage(message.role, message.content))
             continue
@@ -97,6 +108,7 @@ def tool_use_of(data: CountTokensRequest) -> ToolUse | None:
                 name=tool.name,
                 description=tool.description,
                 parameters=msgspec.json.encode(tool.input_schema).decode(),
+                where=f"tools[{index}].input_schema",
             )
         )
     mode: ToolChoiceMode = "auto"
@@ -117,7 +129,8 @@ def tool_use_of(data: CountTokensRequest) -> ToolUse | None:
 
 
 def generation_of(data: MessagesRequest) -> GenerationRequest:
-    """Anthropic's defaults: temperature 1, no top-p or top-k cut."""
+    """Anthropic's defaults: temperature 1, no top-p or top-k cut. A `max_tokens` beyond the
+    room the context leaves generates until the context is full (stop_reason max_tokens)."""
     return GenerationRequest(
         messages=messages_of(data),
         max_tokens=data.max_tokens,
@@ -125,27 +138,52 @@ def generation_of(data: MessagesRequest) -> GenerationRequest:
             temperature=1.0 if data.temperature is None else data.temperature,
             top_p=1.0 if data.top_p is None else data.top_p,
             top_k=data.top_k or 0,
+            json_output=_json_output(data),
         ),
         stop=tuple(stop for stop in data.stop_sequences or () if stop),
-        # Thinking is always read apart from the answer; it is returned only when enabled.
-        chat=ChatOptions(tool_use=tool_use_of(data), reasoning="split"),
+        chat=_chat_options(data),
     )
 
 
 def count_request(data: CountTokensRequest) -> GenerationRequest:
-    return GenerationRequest(
-        messages=messages_of(data),
-        max_tokens=1,
-        chat=ChatOptions(tool_use=tool_use_of(data), reasoning="split"),
-    )
+    return GenerationRequest(messages=messages_of(data), max_tokens=1, chat=_chat_options(data))
 
 
-def _system_text(system: str | list[SystemBlock] | None) -> str:
-    if system is None:
+def _chat_options(data: CountTokensRequest) -> ChatOptions:
+    effort = data.output_config.effort if data.output_config else None
+    # Thinking is always read apart from the answer; it is returned only when asked for.
+    return ChatOptions(tool_use=tool_use_of(data), reasoning="split", reasoning_effort=effort)
+
+
+def _json_output(data: MessagesRequest) -> JsonOutput | None:
+    """Anthropic's structured output, `output_config.format` of type json_schema."""
+    output_format = data.output_config.format if data.output_config else None
+    if output_format is None:
+        return None
+    if (
+        not isinstance(output_format, dict)
+        or output_format.get("type") != "json_schema"
+        or not isinstance(output_format.get("schema"), dict)
+    ):
+        raise UnsupportedParameter(
+            "output_config.format", 'give {"type": "json_schema", "schema": {...}}'
+        )
+    return JsonOutput(schema=msgspec.json.encode(output_format["schema"]).decode())
+
+
+def _system_text(data: CountTokensRequest) -> str:
+    """The system prompt, then each system message of `messages`, in order."""
+    parts = [_text_of(data.system)]
+    parts += [_text_of(message.content) for message in data.messages if message.role == "system"]
+    return "\n\n".join(part for part in parts if part)
+
+
+def _text_of(content: str | list[SystemBlock] | list[InputBlock] | None) -> str:
+    if content is None:
         return ""
-    if isinstance(system, str):
-        return system
-    return "\n".join(block.text for block in system)
+    if isinstance(content, str):
+        return content
+    return "\n".join(block.text for block in content if isinstance(block, SystemBlock | TextBlock))
 
 
 def _result_text(where: str, block: ToolResultBlock) -> str:

@@ -43,6 +43,7 @@ from locallab_gguf.api.anthropic.wire import (
     ToolUseOut,
     Usage,
 )
+from locallab_gguf.api.common.keepalive import with_keepalive
 from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.streaming.sse import (
@@ -192,7 +193,10 @@ async def create_message(
             events = _MessageEvents(
                 message_id, model.spec.id, stream.prompt_tokens, thinking=thinking
             )
-            return EventStream(chunked_stream(stream, events, _stream_failure, done=b""))
+            chunks = chunked_stream(stream, events, _stream_failure, done=b"")
+            # Pings while the prompt is read, as Anthropic sends them, so that a client's
+            # idle watchdog does not drop an answer that is still coming.
+            return EventStream(with_keepalive(chunks, _named_event(Ping())))
         answer, finished = await unless_client_leaves(request.receive, collect_events(stream))
     return Message(
         id=message_id,

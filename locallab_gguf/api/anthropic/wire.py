@@ -77,7 +77,8 @@ _USER_CALLS_NO_TOOL = when(
 
 
 class MessageParam(msgspec.Struct, kw_only=True):
-    role: Literal["user", "assistant"]
+    # "system": Claude Code puts its environment block there; joined to the system prompt.
+    role: Literal["user", "assistant", "system"]
     content: str | list[Annotated[InputBlock, Meta(extra_json_schema=_NO_IMAGES)]]
 
 
@@ -86,8 +87,19 @@ class Metadata(msgspec.Struct, kw_only=True):
 
 
 class ThinkingConfig(msgspec.Struct, kw_only=True):
-    type: Literal["enabled", "disabled"]
+    """`adaptive` lets the model decide, as `enabled` does here (a model thinks or not as
+    its template says); `display` "omitted" leaves the thinking out of the answer."""
+
+    type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: int | None = None
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    """`effort` goes to the chat template as reasoning effort (templates that know it)."""
+
+    effort: str | None = None
+    format: Any = None
 
 
 class ToolParam(msgspec.Struct, kw_only=True):
@@ -125,6 +137,10 @@ class CountTokensRequest(msgspec.Struct, kw_only=True):
     tools: Annotated[list[ToolParam] | None, Meta(description="each with its own name")] = None
     tool_choice: ToolChoiceParam | None = None
     thinking: ThinkingConfig | None = None
+    output_config: OutputConfig | None = None
+    # Anthropic's server-side context editing: accepted and left alone, as nothing is cleared
+    # here; the client sends the whole conversation each time anyway.
+    context_management: dict[str, Any] | None = None
 
 
 class MessagesRequest(CountTokensRequest, kw_only=True):
@@ -237,3 +253,21 @@ class ErrorDetail(msgspec.Struct, kw_only=True):
 
 class ErrorBody(msgspec.Struct, tag_field="type", tag="error"):
     error: ErrorDetail
+
+
+class ModelInfo(msgspec.Struct, kw_only=True):
+    """An entry of GET /v1/models in Anthropic's shape (a request with `anthropic-version`)."""
+
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    created_at: str  # RFC 3339
+    # Not Anthropic's: the context of each request, in tokens, when known.
+    context_length: int | None = None
+
+
+class ModelInfoList(msgspec.Struct, kw_only=True):
+    data: list[ModelInfo]
+    has_more: bool = False
+    first_id: str | None
+    last_id: str | None

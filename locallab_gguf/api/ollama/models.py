@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from locallab_gguf import __version__
+from locallab_gguf.api.common.listing import context_length_of, exact_aliases
 from locallab_gguf.api.common.middleware.access import ADMIN
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.streaming.sse import (
@@ -51,12 +52,14 @@ from locallab_gguf.serving.resident import ResidentModel
 NEVER_EXPIRES = "2318-01-01T00:00:00Z"
 
 
-def _details(facts: GgufFacts) -> ModelDetails:
+def _details(services: Services, spec: ModelSpec, facts: GgufFacts) -> ModelDetails:
     return ModelDetails(
         family=facts.architecture,
         families=[facts.architecture],
         parameter_size=facts.parameter_size,
         quantization_level=facts.quantization,
+        kind=spec.kind,
+        context_length=context_length_of(services, spec) or facts.context_length,
     )
 
 
@@ -72,21 +75,24 @@ def _digest(services: Services, spec: ModelSpec, path: Path) -> str:
 
 
 def _local_models(services: Services) -> list[ListedModel]:
+    """The registry's models on this machine, then the aliases of those."""
     manager = services.manager
+    named = [(spec.id, spec) for spec in manager.registry.models.values()]
+    named += list(exact_aliases(services).items())
     listed = []
-    for spec in manager.registry.models.values():
+    for name, spec in named:
         path = manager.files.local_path(spec)
         if path is None:
             continue
         facts = gguf_facts(path)
         listed.append(
             ListedModel(
-                name=ollama_name(spec.id),
-                model=ollama_name(spec.id),
+                name=ollama_name(name),
+                model=ollama_name(name),
                 modified_at=_modified_at(path),
                 size=facts.file_size,
                 digest=_digest(services, spec, path),
-                details=_details(facts),
+                details=_details(services, spec, facts),
             )
         )
     return listed
@@ -146,7 +152,7 @@ def _show(services: Services, name: str) -> ShowResponse:
         modelfile=modelfile,
         parameters=parameters,
         template=template,
-        details=_details(facts),
+        details=_details(services, spec, facts),
         model_info=info,
         capabilities=_capabilities(template),
         modified_at=_modified_at(path),
@@ -186,7 +192,7 @@ def _running(services: Services) -> list[RunningModel]:
                 model=ollama_name(model.spec.id),
                 size=ram + vram,
                 digest=_digest(services, model.spec, model.path),
-                details=_details(gguf_facts(model.path)),
+                details=_details(services, model.spec, gguf_facts(model.path)),
                 expires_at=_expires_at(model),
                 size_vram=vram,
                 context_length=model.engine.info.context_length,

@@ -124,8 +124,9 @@ def _chat_options(data: GenerateRequest | ChatRequest) -> ChatOptions:
                     if tool.function.parameters is None
                     else msgspec.json.encode(tool.function.parameters).decode()
                 ),
+                where=f"tools[{index}].function.parameters",
             )
-            for tool in data.tools
+            for index, tool in enumerate(data.tools)
         )
         tool_use = ToolUse(tools=specs, mode="auto")
     # think true: thinking apart from the answer; false: asked not to think (templates that

@@ -155,6 +155,10 @@ class ModelDetails(msgspec.Struct, kw_only=True):
     families: list[str]
     parameter_size: str
     quantization_level: str
+    # Not Ollama's: what the model is for ("chat", "embedding", "reranker") and the context
+    # of each request in tokens (loaded or configured; else the model's trained context).
+    kind: str = "chat"
+    context_length: int | None = None
 
 
 class ListedModel(msgspec.Struct, kw_only=True):

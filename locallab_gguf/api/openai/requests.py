@@ -42,7 +42,9 @@ _ROLES: dict[str, Role] = {
 }
 
 
-def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> GenerationRequest:
+def chat_generation(data: ChatCompletionRequest, context_length: int) -> GenerationRequest:
+    """Without max_tokens (or max_completion_tokens) the answer runs until the model ends
+    its turn or the context is full, as OpenAI's API and llama.cpp's server do."""
     _refuse_common(data)
     _refuse_chat_only(data)
     top_logprobs = _top_logprobs(data)
@@ -56,7 +58,7 @@ def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> Gen
         )
     return GenerationRequest(
         messages=_messages(data.messages),
-        max_tokens=data.max_completion_tokens or data.max_tokens or default_max_tokens,
+        max_tokens=data.max_completion_tokens or data.max_tokens or context_length,
         sampling=_sampling(data, json_output),
         stop=stop_strings(data.stop),
         logprobs=top_logprobs,
@@ -73,7 +75,7 @@ def chat_generation(data: ChatCompletionRequest, default_max_tokens: int) -> Gen
     )
 
 
-def completion_generation(data: CompletionRequest, default_max_tokens: int) -> GenerationRequest:
+def completion_generation(data: CompletionRequest, context_length: int) -> GenerationRequest:
     _refuse_common(data)
     if data.echo:
         _refuse("echo", "repeating the prompt in the answer is not supported; leave echo out")
@@ -83,7 +85,7 @@ def completion_generation(data: CompletionRequest, default_max_tokens: int) -> G
         _refuse("suffix", "inserting text before a suffix is not supported; leave suffix out")
     return GenerationRequest(
         prompt=_single_prompt(data.prompt),
-        max_tokens=data.max_tokens or default_max_tokens,
+        max_tokens=data.max_tokens or context_length,
         sampling=_sampling(data, None),
         stop=stop_strings(data.stop),
         logprobs=data.logprobs,
@@ -164,6 +166,7 @@ def _tool_use(data: ChatCompletionRequest) -> ToolUse | None:
                 name=function.name,
                 description=function.description,
                 parameters=None if parameters is None else msgspec.json.encode(parameters).decode(),
+                where=f"tools[{index}].function.parameters",
             )
         )
     named = None

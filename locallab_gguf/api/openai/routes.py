@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request, Router, get, post
+from litestar import Request, Router, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from locallab_gguf.api.common.fields import ModelIdInPath
 from locallab_gguf.api.common.schema.answers import error_body
 from locallab_gguf.api.common.services import Services
 from locallab_gguf.api.common.streaming.sse import (
@@ -23,6 +22,7 @@ from locallab_gguf.api.common.streaming.sse import (
 )
 from locallab_gguf.api.openai.embeddings import create_embeddings
 from locallab_gguf.api.openai.errors import OPENAI_EXCEPTION_HANDLERS
+from locallab_gguf.api.openai.models import list_models, retrieve_model
 from locallab_gguf.api.openai.requests import (
     chat_generation,
     completion_generation,
@@ -42,42 +42,7 @@ from locallab_gguf.api.openai.wire import (
     Completion,
     CompletionRequest,
     ErrorBody,
-    ModelList,
-    OpenAIModel,
 )
-from locallab_gguf.errors import ModelNotFound
-
-OWNER = "locallab-gguf"
-
-
-def _described(services: Services, model_id: str) -> OpenAIModel:
-    # OpenAI's `created` dates the model; this server knows no date for it but its own start.
-    state = services.manager.state_of(model_id).status
-    return OpenAIModel(id=model_id, created=int(services.started_at), owned_by=OWNER, state=state)
-
-
-@get(
-    "/models",
-    summary="The registry's models and any other resident one, each with its state; a "
-    "request for any of them loads it",
-)
-async def list_models(services: NamedDependency[Services]) -> ModelList:
-    manager = services.manager
-    ids = list(manager.registry.models)
-    ids += [model.spec.id for model in manager.resident if model.spec.id not in ids]
-    return ModelList(data=[_described(services, model_id) for model_id in ids])
-
-
-@get("/models/{model_id:path}", summary="One model, in OpenAI's shape")
-async def retrieve_model(
-    model_id: ModelIdInPath, services: NamedDependency[Services]
-) -> OpenAIModel:
-    model_id = model_id.lstrip("/")  # a path parameter keeps its leading slash
-    manager = services.manager
-    spec = manager.spec_for(model_id)  # a registry id or a hub file; anything else is a 404
-    if spec.id not in manager.registry.models and manager.resident_model(spec.id) is None:
-        raise ModelNotFound(f"the model {model_id!r} is neither in the registry nor loaded")
-    return _described(services, spec.id)
 
 
 @post("/chat/completions", status_code=200, summary="OpenAI chat completion")
@@ -87,7 +52,7 @@ async def chat_completions(
     request: Request[Any, Any, Any],
 ) -> ChatCompletion | EventStream:
     async with services.model_for(data.model, data.keep_alive) as model:
-        generation = chat_generation(data, services.new_tokens_default(model))
+        generation = chat_generation(data, model.engine.info.context_length)
         stream = await services.generate(request, model, generation, user=data.user)
         reply = Reply("chatcmpl", model.spec.id, logprobs=generation.logprobs is not None)
         if data.stream:
@@ -104,7 +69,7 @@ async def completions(
     request: Request[Any, Any, Any],
 ) -> Completion | EventStream:
     async with services.model_for(data.model, data.keep_alive) as model:
-        generation = completion_generation(data, services.new_tokens_default(model))
+        generation = completion_generation(data, model.engine.info.context_length)
         stream = await services.generate(request, model, generation, user=data.user)
         reply = Reply("cmpl", model.spec.id, logprobs=generation.logprobs is not None)
         if data.stream:

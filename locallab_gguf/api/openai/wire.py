@@ -29,7 +29,7 @@ from locallab_gguf.api.common.schema.constraints import (
     only_with,
     when,
 )
-from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason
+from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason, ModelKind
 
 # A field of OpenAI's API that this server does not implement: accepted only when null.
 Unsupported = Annotated[Any, only()]
@@ -290,6 +290,11 @@ class OpenAIModel(msgspec.Struct, kw_only=True):
     owned_by: str
     # Not OpenAI's: whether the model is resident; a request for any of them loads it.
     state: ModelState
+    # Not OpenAI's: what the model is for ("chat", "embedding", "reranker"), the context of
+    # each request in tokens (when loaded or configured), and the model an alias means.
+    kind: ModelKind = "chat"
+    context_length: int | None = None
+    alias_of: str | None = None
 
 
 class ModelList(msgspec.Struct, kw_only=True):

@@ -92,8 +92,18 @@ class _Input:
 class EmbeddingEngine:
     """Encodes with one llama.cpp context in embeddings mode, on a thread of its own."""
 
-    def __init__(self, model: LlamaModel, config: EngineConfig, mode: EmbeddingMode) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        config: EngineConfig,
+        mode: EmbeddingMode,
+        *,
+        owns_model: bool = True,
+    ) -> None:
+        """`owns_model` False: the model is a chat engine's too (chat_encoder.py), and
+        outlives this engine."""
         self.model = model
+        self._owns_model = owns_model
         self.mode = mode
         self.config = config
         trained = model.n_ctx_train
@@ -229,7 +239,8 @@ class EmbeddingEngine:
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
-        self.model.close()
+        if self._owns_model:
+            self.model.close()
 
     def _not_for_generation(self) -> str:
         kind = "a reranker" if self.pooling == "rank" else "an embedding model"

@@ -66,12 +66,6 @@ class Admission:
             tokens += resume.completion_tokens
         if len(tokens) >= n_ctx:
             raise PromptTooLong(len(tokens), n_ctx)
-        if request.max_tokens > n_ctx:
-            raise InvalidRequest(
-                # Worded for both APIs: LocalLab calls the limit max_length, OpenAI max_tokens.
-                f"{request.max_tokens:,} new tokens were asked for; the context holds "
-                f"{n_ctx:,}. Ask for fewer new tokens."
-            )
         if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidRequest(
                 f"{request.logprobs} alternatives per token were asked for; "
@@ -81,7 +75,9 @@ class Admission:
         job = Job(
             job_id,
             tokens,
-            request.max_tokens,
+            # A limit beyond the room left is no error, as in OpenAI's and Anthropic's APIs:
+            # the answer runs until the context is full and ends as cut off by its length.
+            min(request.max_tokens, n_ctx - prompt_length),
             StopMatcher(request.stop),
             sampler,
             request.logprobs,

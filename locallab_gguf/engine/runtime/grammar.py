@@ -63,6 +63,14 @@ class NoTokenAllowed(InvalidRequest):
 def check_schema_text(schema: str) -> Any:
     """The schema (JSON text) decoded, once it is within the limits; raises
     GrammarLimitExceeded naming the limit and the value."""
+    decoded = check_schema_size_and_depth(schema)
+    check_schema_limits(decoded)
+    return decoded
+
+
+def check_schema_size_and_depth(schema: str) -> Any:
+    """The schema (JSON text) decoded, once its size and nesting are within the limits (a
+    tool's schema is loosened to the other limits rather than refused: tools/schema_fit.py)."""
     size = len(schema.encode())
     if size > MAX_SCHEMA_BYTES:
         raise _over("the JSON schema is", f"{size:,} bytes", f"{MAX_SCHEMA_BYTES:,} bytes")
@@ -70,19 +78,24 @@ def check_schema_text(schema: str) -> Any:
         decoded = json.loads(schema)
     except RecursionError:
         raise _over("the JSON schema nests", "too deep", f"{MAX_SCHEMA_DEPTH} levels") from None
-    check_schema_limits(decoded)
+    for path, depth, _ in _walk(decoded):
+        _check_depth(path, depth)
     return decoded
+
+
+def _check_depth(path: str, depth: int) -> None:
+    if depth > MAX_SCHEMA_DEPTH:
+        raise _over(
+            f"the JSON schema nests at {path or '/'}",
+            f"{depth} levels deep",
+            f"{MAX_SCHEMA_DEPTH} levels",
+        )
 
 
 def check_schema_limits(schema: Any) -> None:
     """Raises GrammarLimitExceeded for the first value of `schema` above a limit."""
     for path, depth, node in _walk(schema):
-        if depth > MAX_SCHEMA_DEPTH:
-            raise _over(
-                f"the JSON schema nests at {path or '/'}",
-                f"{depth} levels deep",
-                f"{MAX_SCHEMA_DEPTH} levels",
-            )
+        _check_depth(path, depth)
         if not isinstance(node, dict):
             continue
         for keyword in _REPEAT_KEYWORDS:

@@ -33,6 +33,7 @@ from typing import TypeVar
 
 import llama_cpp
 
+from locallab_gguf.engine.encode.chat_encoder import ChatEncoder
 from locallab_gguf.engine.runtime.admission import Admission
 from locallab_gguf.engine.runtime.job import Job, JobPhase, Slot
 from locallab_gguf.engine.runtime.kv import KvPool
@@ -118,6 +119,8 @@ class BatchEngine:
         )
         self._slots = [Slot(seq_id) for seq_id in range(config.n_parallel)]
         self._reuse = SlotReuse(self._kv, self._slots, open_prompt_cache(model, config))
+        # Embeddings from this model, in a context of their own opened on first use.
+        self.encoder = ChatEncoder(model, config)
         self._step = 0
         self._eog: dict[int, bool] = {}
 
@@ -206,6 +209,7 @@ class BatchEngine:
             self._wake.notify()
         self._thread.join()
         self._reuse.close()
+        self.encoder.close(drain)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
         self.model.close()

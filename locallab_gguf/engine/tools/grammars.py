@@ -9,15 +9,23 @@ grammar starts).
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from llama_cpp import llama_grammar
 
-from locallab_gguf.engine.runtime.grammar import json_grammar
+from locallab_gguf.engine.runtime.grammar import (
+    GrammarLimitExceeded,
+    check_grammar_size,
+    check_schema_size_and_depth,
+)
 from locallab_gguf.engine.tools.formats import SPECS, ToolFormat
+from locallab_gguf.engine.tools.schema_fit import loosened
 from locallab_gguf.engine.types import ToolSpec, ToolUse
 from locallab_gguf.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
 
 # json_schema_to_gbnf writes optional spaces as `space ::= " "?`; an opening the trigger
 # matches must be one the grammar accepts, or llama.cpp aborts when it replays it.
@@ -41,9 +49,12 @@ def tool_grammar(tool_format: ToolFormat, use: ToolUse) -> ToolGrammar | None:
     """The grammar for a request's calls; None when it makes none."""
     if use.mode == "none":
         return None
-    tools = [tool for tool in use.tools if use.named is None or tool.name == use.named]
     spec = SPECS[tool_format]
-    calls = [_call_schema(tool, spec.arguments_key) for tool in tools]
+    calls = [
+        _call_schema(tool.name, fitted_parameters(index, tool), spec.arguments_key)
+        for index, tool in enumerate(use.tools)
+        if use.named is None or tool.name == use.named
+    ]
     call_schema: dict[str, Any] = calls[0] if len(calls) == 1 else {"anyOf": calls}
     if tool_format is ToolFormat.GENERIC:
         array: dict[str, Any] = {"type": "array", "items": call_schema, "minItems": 1}
@@ -59,28 +70,43 @@ def tool_grammar(tool_format: ToolFormat, use: ToolUse) -> ToolGrammar | None:
         )
     else:
         gbnf = _with_root(_gbnf(call_schema), _root(tool_format, parallel=use.parallel))
+    try:
+        check_grammar_size(gbnf)
+    except GrammarLimitExceeded as exc:
+        raise GrammarLimitExceeded(
+            f"the {len(calls)} tools together: {exc} Send fewer tools or simpler schemas."
+        ) from exc
     triggers = _TRIGGERS[tool_format] if use.mode == "auto" else ()
     return ToolGrammar(gbnf=gbnf, trigger_patterns=triggers)
 
 
-def check_tool_schemas(tools: tuple[ToolSpec, ...]) -> None:
-    """Refuses, naming it, a tool whose parameters cannot become a grammar."""
-    for index, tool in enumerate(tools):
-        if tool.parameters is None:
-            continue
-        try:
-            json_grammar(json.loads(tool.parameters))
-        except InvalidRequest as exc:
-            raise InvalidRequest(
-                f"tools[{index}].function.parameters ({tool.name}): {exc}"
-            ) from exc
+def fitted_parameters(index: int, tool: ToolSpec) -> dict[str, Any]:
+    """The tool's parameters as a schema the grammar can follow (schema_fit.py): loosened
+    where it asks more than the grammar can, refused, naming the tool, only above the limits
+    that protect the engine (schema size and nesting, grammar size)."""
+    if tool.parameters is None:
+        return {"type": "object"}
+    where = f"{tool.where or f'tools[{index}].parameters'} ({tool.name})"
+    try:
+        schema = check_schema_size_and_depth(tool.parameters)
+        fitted: dict[str, Any] = loosened(schema)
+        if fitted.get("type") != "object" and "properties" not in fitted:
+            fitted = {"type": "object"}  # arguments are an object whatever the schema says
+        check_grammar_size(_gbnf(fitted))
+    except GrammarLimitExceeded as exc:
+        raise GrammarLimitExceeded(f"{where}: {exc}") from exc
+    except InvalidRequest as exc:
+        # What is left is a schema the converter still cannot read (a regular expression
+        # beyond it, say): the call is then held to an object of any shape.
+        log.warning("%s: arguments unconstrained, as %s", where, exc)
+        return {"type": "object"}
+    return fitted
 
 
-def _call_schema(tool: ToolSpec, arguments_key: str) -> dict[str, Any]:
-    parameters = json.loads(tool.parameters) if tool.parameters else {"type": "object"}
+def _call_schema(name: str, parameters: dict[str, Any], arguments_key: str) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": {"name": {"const": tool.name}, arguments_key: parameters},
+        "properties": {"name": {"const": name}, arguments_key: parameters},
         "required": ["name", arguments_key],
         "additionalProperties": False,
     }

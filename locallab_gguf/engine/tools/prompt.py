@@ -15,7 +15,7 @@ from typing import Any
 
 from locallab_gguf.engine.runtime.chat_template import ChatTemplate
 from locallab_gguf.engine.tools.formats import ToolFormat, detect_format, thinks
-from locallab_gguf.engine.tools.grammars import ToolGrammar, check_tool_schemas, tool_grammar
+from locallab_gguf.engine.tools.grammars import ToolGrammar, tool_grammar
 from locallab_gguf.engine.tools.parser import THINK_OPEN, OutputParser
 from locallab_gguf.engine.types import (
     ChatMessage,
@@ -61,8 +61,9 @@ class ChatPrompter:
         use = options.tool_use
         calling = use is not None and use.mode != "none"
         tools: list[dict[str, Any]] | None = None
+        # Built first: a schema above the engine's limits is refused before any rendering.
+        grammar = tool_grammar(self.tool_format, use) if use is not None and calling else None
         if use is not None and calling:
-            check_tool_schemas(use.tools)
             if self.tool_format is ToolFormat.GENERIC:
                 messages = with_generic_tools(messages, use)
             else:
@@ -80,7 +81,6 @@ class ChatPrompter:
                 thinking=split_reasoning and rendered.rstrip().endswith(THINK_OPEN),
                 tool_names=frozenset(tool.name for tool in use.tools) if use and calling else None,
             )
-        grammar = tool_grammar(self.tool_format, use) if use is not None and calling else None
         return PreparedChat(tokens=tokens, parser=parser, grammar=grammar)
 
     def _polyfilled(self, messages: Sequence[ChatMessage]) -> list[ChatMessage]:

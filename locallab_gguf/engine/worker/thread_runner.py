@@ -16,6 +16,7 @@ from locallab_gguf.engine.client import (
     StreamRouter,
     submit_on_a_thread,
 )
+from locallab_gguf.engine.encode.embedding_runner import LocalEmbeddingEngine
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.runtime.tokenizer import InProcessTokenizer
 from locallab_gguf.engine.types import (
@@ -31,8 +32,8 @@ from locallab_gguf.engine.types import (
 from locallab_gguf.errors import WrongModelKind
 
 NOT_AN_ENCODER = (
-    "this model is a chat model: it generates text and does not embed or rerank; name a "
-    'model of kind "embedding" or "reranker"'
+    "this model is a chat model: it generates text and embeds, but does not rerank; name a "
+    'model of kind "reranker"'
 )
 
 
@@ -53,6 +54,7 @@ class LocalEngine:
         self.engine = make_engine(self._deliver)
         self.info = self.engine.info
         self._tokenizer = InProcessTokenizer(self.engine.model)
+        self._encoder: LocalEmbeddingEngine | None = None
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         job_id = next(self._ids)
@@ -84,7 +86,11 @@ class LocalEngine:
         return await self._tokenizer.token_pieces(tokens)
 
     async def embed(self, request: EmbeddingRequest) -> Embeddings:
-        raise WrongModelKind(NOT_AN_ENCODER)
+        # A chat model embeds through an encoder of its own, opened on first use.
+        if self._encoder is None:
+            encoder = await asyncio.to_thread(self.engine.encoder.engine)
+            self._encoder = LocalEmbeddingEngine(self._loop, encoder)
+        return await self._encoder.embed(request)
 
     async def rerank(self, request: RerankRequest) -> Rankings:
         raise WrongModelKind(NOT_AN_ENCODER)

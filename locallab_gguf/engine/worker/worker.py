@@ -21,7 +21,7 @@ from pathlib import Path
 from locallab_gguf.engine.encode.embedding import EmbeddingEngine, open_embedding_engine
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.runtime.tokenizer import token_pieces, tokenize_text
-from locallab_gguf.engine.types import EncodeResult, EventBatch
+from locallab_gguf.engine.types import EncodeResult, EventBatch, RerankRequest
 from locallab_gguf.engine.worker.activity import ActivityBlock
 from locallab_gguf.engine.worker.thread_runner import NOT_AN_ENCODER
 from locallab_gguf.engine.worker.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
@@ -170,9 +170,13 @@ class Worker:
                 self.send(Encoded(message.job_id, outcome, None, stats))
 
         try:
-            if not isinstance(engine, EmbeddingEngine):
+            if isinstance(engine, EmbeddingEngine):
+                encoder = engine
+            elif isinstance(message.request, RerankRequest):
                 raise WrongModelKind(NOT_AN_ENCODER)
-            engine.submit_encode(message.job_id, message.request, answer)
+            else:
+                encoder = engine.encoder.engine()  # a chat model embeds too
+            encoder.submit_encode(message.job_id, message.request, answer)
         except LocalLabError as exc:
             answer(exc)
         except Exception as exc:  # never leave the server waiting for an answer

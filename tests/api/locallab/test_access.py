@@ -138,6 +138,61 @@ def test_clients_behind_a_trusted_proxy_do_not_share_a_budget(make_server: Serve
     assert server.client.get("/models/available").status_code == 200
 
 
+USER_HEADER = "X-OpenWebUI-User-Id"
+
+
+def test_each_user_behind_a_trusted_front_end_has_a_budget_of_their_own(
+    make_server: ServerFactory,
+) -> None:
+    """Open WebUI's users all come from one address; the header it forwards names each."""
+    server = make_server(
+        with_settings(trusted_proxies=("127.0.0.0/8",), client_id_header=USER_HEADER),
+        initial_model=None,
+        wait_for=None,
+        clock=FakeClock(),
+    )
+    alice = {USER_HEADER: "alice"}
+    spend_burst(server, headers=alice)
+    assert server.client.get("/models/available", headers=alice).status_code == 429
+    bob = server.client.get("/models/available", headers={USER_HEADER: "bob"})
+    assert bob.status_code == 200
+    assert bob.headers["RateLimit-Remaining"] == "9"
+    # The front-end's own requests (no user) are a client of their own.
+    assert server.client.get("/models/available").status_code == 200
+
+
+def test_a_user_header_from_an_untrusted_peer_buys_no_fresh_budget(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server(
+        with_settings(trusted_proxies=("10.0.0.0/8",), client_id_header=USER_HEADER),
+        initial_model=None,
+        wait_for=None,
+        clock=FakeClock(),
+    )
+    spend_burst(server, headers={USER_HEADER: "alice"})
+    for user in ("bob", "carol"):
+        reply = server.client.get("/models/available", headers={USER_HEADER: user})
+        assert reply.status_code == 429
+
+
+def test_with_an_accepted_key_the_user_header_splits_the_keys_budget(
+    make_server: ServerFactory,
+) -> None:
+    server = make_server(
+        with_settings(api_keys=("front-end-key",), client_id_header=USER_HEADER),
+        initial_model=None,
+        wait_for=None,
+        clock=FakeClock(),
+    )
+    key = {"Authorization": "Bearer front-end-key"}
+    spend_burst(server, headers={**key, USER_HEADER: "alice"})
+    alice = server.client.get("/models/available", headers={**key, USER_HEADER: "alice"})
+    assert alice.status_code == 429
+    bob = server.client.get("/models/available", headers={**key, USER_HEADER: "bob"})
+    assert bob.status_code == 200
+
+
 def test_each_api_key_has_a_budget_of_its_own(make_server: ServerFactory) -> None:
     server = make_server(
         with_settings(api_keys=("key-one", "key-two")),

@@ -201,16 +201,6 @@ def test_numbers_beyond_any_token_count_are_400_naming_the_field(
     assert refused.value.body["param"] == field  # type: ignore[index]
 
 
-def test_max_tokens_beyond_the_context_is_refused_in_openai_terms(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(
-            model=DEFAULT_ID, messages=QUESTION, temperature=0, max_tokens=5000
-        )
-    message = str(refused.value)
-    assert "5,000 new tokens" in message and "1,024" in message
-    assert "max_length" not in message  # a field this API does not have
-
-
 def test_a_seed_repeats_a_sample_and_every_supported_field_is_accepted(
     client: openai.OpenAI,
 ) -> None:

@@ -18,7 +18,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from locallab_gguf.api.common.middleware.client_address import TrustedProxies
+from locallab_gguf.api.common.middleware.client_address import TrustedProxies, parse_address
 from locallab_gguf.api.common.middleware.keys import (
     ApiKeys,
     Role,
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PUBLIC = "public"
 # A management route: only an admin key may call it (when the server has keys at all).
 ADMIN = "admin"
+MAX_USER_NAME = 128
 _CLIENT_KEY = "locallab_gguf.client"
 _ROLE_KEY = "locallab_gguf.role"
 # A scraper polls /metrics on a schedule of its own; counting it would eat a client's budget.
@@ -76,11 +77,20 @@ def bearer_challenge(*, key_sent: bool) -> str:
 
 class ClientIdentity:
     """Names a request's client: the API key it sent (a digest, never the key), else its
-    address. The rate limit counts per name; the access log shows it."""
+    address. The rate limit counts per name; the access log shows it.
 
-    def __init__(self, keys: ApiKeys, proxies: TrustedProxies) -> None:
+    With `user_header` (--client-id-header), a front-end serving many users (Open WebUI's
+    X-OpenWebUI-User-Id) names each of them: the header is believed from a trusted proxy or
+    with an accepted key, and each user it names is a client of their own. From anyone else
+    it is ignored, or any client could buy a fresh budget by making up a name.
+    """
+
+    def __init__(
+        self, keys: ApiKeys, proxies: TrustedProxies, user_header: str | None = None
+    ) -> None:
         self.keys = keys
         self.proxies = proxies
+        self.user_header = user_header
 
     def of(self, scope: Scope) -> str:
         # Named once per request: the access log and the rate limit both ask.
@@ -94,13 +104,26 @@ class ClientIdentity:
         headers = Headers.from_scope(scope)
         # Only a key the server accepts names a client; any other would buy a fresh budget.
         key = self.keys.identify(credential(headers))
-        if key is not None:
-            return f"key:{key}"
         client = scope.get("client")
         peer = client[0] if client else None
+        if key is not None:
+            return f"key:{key}" + self._user(headers, believed=True)
         forwarded = ", ".join(headers.getall("forwarded", [])) or None
         x_forwarded_for = ", ".join(headers.getall("x-forwarded-for", [])) or None
-        return "ip:" + self.proxies.client_address(peer, forwarded, x_forwarded_for)
+        address = self.proxies.client_address(peer, forwarded, x_forwarded_for)
+        peer_address = parse_address(peer) if peer else None
+        from_proxy = peer_address is not None and self.proxies.trusts(peer_address)
+        return "ip:" + address + self._user(headers, believed=from_proxy)
+
+    def _user(self, headers: Headers, *, believed: bool) -> str:
+        """`/user:<name>` when the request names a user the server may believe."""
+        if self.user_header is None or not believed:
+            return ""
+        user = headers.get(self.user_header, "").strip()
+        if not user:
+            return ""
+        # Bounded: a name is a rate-limit key and appears in the access log.
+        return "/user:" + user[:MAX_USER_NAME]
 
 
 class RateLimitMiddleware(ASGIMiddleware):
@@ -187,6 +210,15 @@ class AccessControl:
             )
         self.keys = keys
         self.clients = ClientIdentity(keys, TrustedProxies(settings.trusted_proxies))
+        if settings.client_id_header and not (settings.trusted_proxies or keys.required):
+            log.warning(
+                "--client-id-header %s is believed only from a --trusted-proxy or with an API "
+                "key; with neither set it is ignored",
+                settings.client_id_header,
+            )
+        self.clients = ClientIdentity(
+            keys, TrustedProxies(settings.trusted_proxies), settings.client_id_header
+        )
         self.limiter = rate_limiter_for(settings, clock)
         self.middleware: list[ASGIMiddleware] = []
         if self.limiter is not None:
@@ -197,7 +229,13 @@ class AccessControl:
             CORSConfig(
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST"],
-                allow_headers=["Authorization", "Content-Type", "x-api-key", "anthropic-version"],
+                allow_headers=[
+                    "Authorization",
+                    "Content-Type",
+                    "x-api-key",
+                    "anthropic-version",
+                    "anthropic-beta",
+                ],
                 expose_headers=EXPOSED_HEADERS,
             )
             if settings.cors_origins
