@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from locallab_gguf.settings import FlagSpec, env_name, flag_groups
+from locallab_gguf.setting_flags import FlagSpec, flag_groups
+from locallab_gguf.settings import env_name
 
 PAGE = Path("docs") / "configuration.md"
 COMMAND = "make docs"

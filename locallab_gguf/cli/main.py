@@ -15,7 +15,8 @@ from locallab_gguf import __version__
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.log_format import configure_logging
 from locallab_gguf.openmp import tune_for_serving
-from locallab_gguf.settings import Settings, env_name, flag_groups, flag_specs, load_settings
+from locallab_gguf.setting_flags import flag_groups, flag_specs, load_settings
+from locallab_gguf.settings import Settings, env_name
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:

@@ -34,16 +34,15 @@ from locallab_gguf.errors import (
     ModelLoading,
     ModelNotResident,
     NoModelLoaded,
-    NoRoomForModel,
 )
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.ids import resolve_model_id
 from locallab_gguf.models.registry import ModelSpec, Registry
-from locallab_gguf.placement.offload import OffloadPlan, ensure_fits
+from locallab_gguf.placement.offload import OffloadPlan
 from locallab_gguf.serving.default_model import DefaultModel
 from locallab_gguf.serving.load_state import LoadProgress, ModelLoadState, ModelStatus
 from locallab_gguf.serving.resident import ResidencyLog, ResidentModel, UnloadReason
-from locallab_gguf.serving.room import Planner, RoomOutcome, find_room
+from locallab_gguf.serving.room import Planner, make_room
 
 log = logging.getLogger(__name__)
 
@@ -389,46 +388,17 @@ class ModelManager:
         return model
 
     async def _make_room(self, spec: ModelSpec, path: Path) -> OffloadPlan | None:
-        """Unload idle models until `spec` fits; wait (bounded) while busy ones hold the room."""
-        plan = None
-        gpu_layers_after = None
-        if self._planner is not None:
-            plan = await asyncio.to_thread(self._planner.plan, spec, path)
-            gpu_layers_after = await asyncio.to_thread(self._planner.gpu_layers_after, spec, path)
-        deadline = time.monotonic() + self.policy.room_wait
         self._drop_failed()
-        while True:
-            room = find_room(
-                self._resident.values(), plan, self.policy.max_models, gpu_layers_after
-            )
-            if room.outcome is RoomOutcome.FITS:
-                for model in room.unload:
-                    log.info(
-                        "unloading idle model %s to make room for %s%s",
-                        model.spec.id,
-                        spec.id,
-                        room.reason,
-                    )
-                    await self._retire(model, "make_room").wait()
-                if room.unload and self._planner is not None:
-                    # What the unloaded models held is free now: the engine is planned on that.
-                    plan = await asyncio.to_thread(self._planner.plan, spec, path)
-                return plan
-            if room.outcome is RoomOutcome.NEVER:
-                assert plan is not None  # without a plan only the count is judged
-                # The whole budget: what is free now and what every other model holds, within
-                # the machine's RAM.
-                budget = plan.ram_available_bytes + sum(m.ram_bytes for m in self.resident)
-                if plan.ram_total_bytes:
-                    budget = min(budget, plan.ram_total_bytes)
-                ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise NoRoomForModel(spec.id, room.reason)
-            log.info("loading %s waits for room: %s", spec.id, room.reason)
-            self._room_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._room_changed.wait(), left)
+        return await make_room(
+            spec,
+            path,
+            resident=lambda: list(self._resident.values()),
+            planner=self._planner,
+            max_models=self.policy.max_models,
+            wait_seconds=self.policy.room_wait,
+            unload=lambda model: self._retire(model, "make_room").wait(),
+            room_changed=self._room_changed,
+        )
 
     def _drop_failed(self) -> None:
         for model in list(self._resident.values()):

@@ -18,15 +18,22 @@ account: a model that fits in RAM loads with the layers that fit, rather than no
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
-from collections.abc import Callable, Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
+from locallab_gguf.errors import NoRoomForModel
 from locallab_gguf.models.registry import ModelSpec
-from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan
+from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan, ensure_fits
 from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.sizes import human_bytes
+
+log = logging.getLogger(__name__)
 
 
 class Planner(Protocol):
@@ -80,6 +87,58 @@ def find_room(
     else:
         why = f"{len(models)} of --max-models {max_models} are loaded"
     return Room(RoomOutcome.WAIT, [], f"{why}, and only unloading {busy} would make room")
+
+
+async def make_room(
+    spec: ModelSpec,
+    path: Path,
+    *,
+    resident: Callable[[], list[ResidentModel]],
+    planner: Planner | None,
+    max_models: int | None,
+    wait_seconds: float,
+    unload: Callable[[ResidentModel], Awaitable[object]],
+    room_changed: asyncio.Event,
+) -> OffloadPlan | None:
+    """Unload idle models until `spec` fits; wait (at most `wait_seconds`) while busy ones
+    hold the room, waking when `room_changed` is set; raise when it never can fit."""
+    plan = None
+    gpu_layers_after = None
+    if planner is not None:
+        plan = await asyncio.to_thread(planner.plan, spec, path)
+        gpu_layers_after = await asyncio.to_thread(planner.gpu_layers_after, spec, path)
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        models = resident()
+        room = find_room(models, plan, max_models, gpu_layers_after)
+        if room.outcome is RoomOutcome.FITS:
+            for model in room.unload:
+                log.info(
+                    "unloading idle model %s to make room for %s%s",
+                    model.spec.id,
+                    spec.id,
+                    room.reason,
+                )
+                await unload(model)
+            if room.unload and planner is not None:
+                # What the unloaded models held is free now: the engine is planned on that.
+                plan = await asyncio.to_thread(planner.plan, spec, path)
+            return plan
+        if room.outcome is RoomOutcome.NEVER:
+            assert plan is not None  # without a plan only the count is judged
+            # The whole budget: what is free now and what every other model holds, within
+            # the machine's RAM.
+            budget = plan.ram_available_bytes + sum(m.ram_bytes for m in models)
+            if plan.ram_total_bytes:
+                budget = min(budget, plan.ram_total_bytes)
+            ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise NoRoomForModel(spec.id, room.reason)
+        log.info("loading %s waits for room: %s", spec.id, room.reason)
+        room_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(room_changed.wait(), left)
 
 
 class _GpuGoal:

@@ -13,7 +13,8 @@ from locallab_gguf.errors import ConfigError
 from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.registry import Registry, parse_registry
 from locallab_gguf.serving.loader import load_settings_registry
-from locallab_gguf.settings import Settings, load_settings
+from locallab_gguf.setting_flags import load_settings
+from locallab_gguf.settings import Settings
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
 from tests.support.servers import RunningServer
 

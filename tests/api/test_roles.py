@@ -239,7 +239,7 @@ def test_two_downloads_at_once_cannot_each_take_what_is_left(tmp_path: Path) -> 
 
 
 def test_the_environment_and_flags_set_roles_and_guards() -> None:
-    from locallab_gguf.settings import load_settings
+    from locallab_gguf.setting_flags import load_settings
 
     settings = load_settings(
         {"LOCALLAB_API_KEYS": "admin:a1,u1", "LOCALLAB_MAX_CACHE_BYTES": "1000"},

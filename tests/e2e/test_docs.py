@@ -29,7 +29,8 @@ from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.registry import default_models_file, parse_registry
 from locallab_gguf.serving.loader import local_engine_opener
 from locallab_gguf.serving.model_manager import ModelManager
-from locallab_gguf.settings import OTHER_GROUP, SETTING_GROUPS, Settings, flag_groups
+from locallab_gguf.setting_flags import OTHER_GROUP, SETTING_GROUPS, flag_groups
+from locallab_gguf.settings import Settings
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS
 from tests.support.servers import RunningServer, app_of, serving
 

@@ -6,7 +6,8 @@ import pytest
 
 from locallab_gguf.cli.main import build_parser, main
 from locallab_gguf.errors import ConfigError
-from locallab_gguf.settings import Settings, env_name, flag_specs, load_settings
+from locallab_gguf.setting_flags import flag_specs, load_settings
+from locallab_gguf.settings import Settings, env_name
 
 
 def test_flags_beat_environment_beats_defaults() -> None:
