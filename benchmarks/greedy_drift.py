@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,10 @@ NEW_TOKENS = 64
 
 
 def answers(model_path: str, threads: int) -> dict[str, Any]:
+    from locallab_gguf.openmp import tune_for_serving
+
+    # Before llama.cpp loads: an unbounded spin wastes a busy machine's cores.
+    tune_for_serving(os.environ)
     import llama_cpp
 
     llm = llama_cpp.Llama(
