@@ -28,7 +28,8 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Models",
-        "which models are served, where their files come from, how long they stay loaded",
+        "which models are served and under which names, where their files come from and what "
+        "may be downloaded, how long they stay loaded, the Responses API's stored responses",
         (
             "model",
             "models_file",
@@ -41,6 +42,11 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "autoload",
             "room_wait",
             "default_max_tokens",
+            "aliases",
+            "allow_pull",
+            "max_cache_bytes",
+            "responses_max",
+            "responses_store",
         ),
     ),
     (
@@ -77,6 +83,7 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "api_keys",
             "api_key_file",
             "trusted_proxies",
+            "client_id_header",
             "cors_origins",
         ),
     ),
