@@ -26,9 +26,9 @@ from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.settings import Settings
 from tests.conftest import DEFAULT_ID, TEST_SETTINGS, ServerFactory
+from tests.e2e.test_model_downloads import CUSTOM_ID, CUSTOM_REPO, HUB_REPO, SMOL_FILE, hub_registry
 from tests.support.local_hub import LocalHub
 from tests.support.servers import RunningServer
-from tests.e2e.test_model_downloads import CUSTOM_ID, CUSTOM_REPO, HUB_REPO, SMOL_FILE, hub_registry
 
 USER_KEY = "user-key-123"
 ADMIN_KEY = "admin-key-456"
