@@ -142,6 +142,12 @@ def test_three_models_under_traffic_never_hold_more_than_the_budget(
     assert capacity == budget
     for model in MODELS:  # every engine draws on the one budget
         assert server.engine_stats(model).prompt_reuse.cache_capacity_bytes == budget
+    # /api/ps shows each model's share as /metrics does.
+    shares = {
+        entry["name"].removesuffix(":latest"): entry["prompt_cache_bytes"]
+        for entry in server.client.get("/api/ps").json()["models"]
+    }
+    assert shares == {model: int(held) for model, held in cache_bytes(server).items()}
 
 
 def test_the_least_recently_used_state_goes_first_whichever_model_holds_it(

@@ -196,6 +196,7 @@ def _running(services: Services) -> list[RunningModel]:
                 expires_at=_expires_at(model),
                 size_vram=vram,
                 context_length=model.engine.info.context_length,
+                prompt_cache_bytes=model.engine.stats().prompt_reuse.cache_bytes,
             )
         )
     return running

@@ -187,6 +187,9 @@ class RunningModel(msgspec.Struct, kw_only=True):
     expires_at: str
     size_vram: int
     context_length: int
+    # Not Ollama's: the bytes of this model's saved prompt states, its share of the server's
+    # one prompt-cache budget (--cache-ram).
+    prompt_cache_bytes: int = 0
 
 
 class PsResponse(msgspec.Struct):
