@@ -65,10 +65,18 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     warning: str | None = None
     ram_total_bytes: int = 0  # the machine's RAM: what resident models' estimates share
+    # The part of the prompt caches' budget (--cache-ram) they do not hold yet: free now, but
+    # promised to them, so no new model may count on it.
+    ram_promised_bytes: int = 0
 
     @property
     def fits(self) -> bool:
-        return self.estimate.ram_bytes + RAM_RESERVE_BYTES <= self.ram_available_bytes
+        return self.ram_needed_bytes <= self.ram_available_bytes
+
+    @property
+    def ram_needed_bytes(self) -> int:
+        """The model's RAM, the system's reserve and what the prompt caches may still take."""
+        return self.estimate.ram_bytes + RAM_RESERVE_BYTES + self.ram_promised_bytes
 
 
 def gpu_layers_request(
@@ -213,7 +221,7 @@ def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0
     """Refuse, with the sizes, a model whose part in RAM exceeds the available memory, even
     with `other_models_bytes` freed by unloading the other resident models."""
     estimate = plan.estimate
-    if estimate.ram_bytes + RAM_RESERVE_BYTES <= plan.ram_available_bytes + other_models_bytes:
+    if plan.ram_needed_bytes <= plan.ram_available_bytes + other_models_bytes:
         return
     on_gpu = (
         f" {estimate.gpu_layers} of {estimate.total_layers} layers go to the GPU "
@@ -228,14 +236,19 @@ def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0
     )
     weights, kv = human_bytes(estimate.weights_bytes), human_bytes(estimate.kv_cache_bytes)
     slots = f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"
+    promised = (
+        f" and {human_bytes(plan.ram_promised_bytes)} the prompt cache may still take (--cache-ram)"
+        if plan.ram_promised_bytes
+        else ""
+    )
     raise ModelTooLarge(
         f"model {model_id!r} needs about {human_bytes(estimate.ram_bytes)} of RAM ({weights} "
         f"of weights, {kv} of KV cache for {slots}, and compute buffers), but only "
         f"{human_bytes(plan.ram_available_bytes)} is available{others}, keeping "
-        f"{human_bytes(RAM_RESERVE_BYTES)} for the system.{on_gpu} It was not loaded; the "
-        "models that were serving still are. Free memory, start with a smaller --ctx or fewer "
-        "--parallel slots, or choose a smaller model.",
-        needed_bytes=estimate.ram_bytes + RAM_RESERVE_BYTES,
+        f"{human_bytes(RAM_RESERVE_BYTES)} for the system{promised}.{on_gpu} It was not "
+        "loaded; the models that were serving still are. Free memory, start with a smaller "
+        "--ctx or fewer --parallel slots, or choose a smaller model.",
+        needed_bytes=plan.ram_needed_bytes,
         available_bytes=plan.ram_available_bytes + other_models_bytes,
     )
 

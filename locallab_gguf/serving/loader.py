@@ -125,10 +125,11 @@ class LocalPlanner:
         planned = offload_plan(self._settings, spec, path, self._probe.read())
         if self._cache is None:
             return planned
-        # The prompt caches may still grow to the budget: that memory is promised already.
+        # The prompt caches may still grow to the budget: that memory is promised already, and
+        # the models' estimates share the machine's RAM less the whole budget.
         return msgspec.structs.replace(
             planned,
-            ram_available_bytes=max(0, planned.ram_available_bytes - self._cache.room_left()),
+            ram_promised_bytes=self._cache.room_left(),
             ram_total_bytes=(
                 max(0, planned.ram_total_bytes - self._cache.budget_bytes)
                 if planned.ram_total_bytes

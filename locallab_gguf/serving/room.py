@@ -194,8 +194,10 @@ def _unload_until_fits(
 def _fits_memory(
     plan: OffloadPlan, unloaded: list[ResidentModel], resident: list[ResidentModel]
 ) -> bool:
-    needed = plan.estimate.ram_bytes + RAM_RESERVE_BYTES
     freed = sum(model.ram_bytes for model in unloaded)
     staying = sum(model.ram_bytes for model in resident) - freed
-    within_total = not plan.ram_total_bytes or needed + staying <= plan.ram_total_bytes
-    return needed <= plan.ram_available_bytes + freed and within_total
+    # The total has the prompt caches' whole budget taken off already; what is free now must
+    # also leave them the part they do not hold yet.
+    own = plan.estimate.ram_bytes + RAM_RESERVE_BYTES
+    within_total = not plan.ram_total_bytes or own + staying <= plan.ram_total_bytes
+    return plan.ram_needed_bytes <= plan.ram_available_bytes + freed and within_total

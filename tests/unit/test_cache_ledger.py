@@ -153,7 +153,9 @@ def test_the_room_planner_counts_what_the_caches_may_still_take(
     budget = PromptCacheBudget(gib)
     try:
         shared = LocalPlanner(TEST_SETTINGS, probe, budget).plan(spec, model_path)
-        assert shared.ram_available_bytes == alone.ram_available_bytes - gib
+        assert shared.ram_available_bytes == alone.ram_available_bytes
+        assert shared.ram_promised_bytes == gib
+        assert shared.ram_needed_bytes == alone.ram_needed_bytes + gib
         assert shared.ram_total_bytes == alone.ram_total_bytes - gib
         assert shared.estimate == alone.estimate
         # What the caches hold is gone from the available memory already: only the rest of
@@ -161,7 +163,7 @@ def test_the_room_planner_counts_what_the_caches_may_still_take(
         cache = PromptCache(capacity_bytes=0, ledger=LedgerAccount(budget.ledger_path))
         cache.put(tokens(1), state(gib // 4))
         held = LocalPlanner(TEST_SETTINGS, probe, budget).plan(spec, model_path)
-        assert held.ram_available_bytes == alone.ram_available_bytes - gib + gib // 4
+        assert held.ram_promised_bytes == gib - gib // 4
         cache.close()
     finally:
         budget.close()
