@@ -253,9 +253,10 @@ def test_body_and_length_limits_still_hold_behind_the_middleware(
     assert too_big.status_code == 413
     assert "larger than the server accepts" in too_big.json()["detail"]
     assert "RateLimit-Limit" in too_big.headers
-    too_long = server.client.post("/generate", json={**OK, "max_length": 5000}, headers=auth)
-    assert too_long.status_code == 400
-    assert "5,000" in too_long.json()["detail"] and "1,024" in too_long.json()["detail"]
+    # Digits are a token each: a prompt longer than the 1,024-token context in under 2 KB.
+    too_long = server.client.post("/generate", json={**OK, "prompt": "7" * 1900}, headers=auth)
+    assert too_long.status_code == 413
+    assert "the context is 1,024" in too_long.json()["detail"]
 
 
 def test_cors_is_off_by_default(make_server: ServerFactory) -> None:

@@ -141,12 +141,6 @@ def test_prompt_longer_than_the_context_is_413(server: RunningServer) -> None:
     assert_still_serving(server)
 
 
-def test_max_length_above_the_context_is_400(server: RunningServer) -> None:
-    reply = server.client.post("/generate", json={**OK, "max_length": 5000})
-    assert reply.status_code == 400
-    assert "5,000" in reply.json()["detail"] and "1,024" in reply.json()["detail"]
-
-
 def test_body_over_the_limit_is_413(make_server: ServerFactory) -> None:
     server = make_server(msgspec.structs.replace(TEST_SETTINGS, max_body_bytes=2048))
     reply = server.client.post("/generate", json={**OK, "prompt": "x" * 4096})
