@@ -232,16 +232,19 @@ def test_bad_tool_requests_are_refused_by_name(
     assert refused(error)["param"] == param
 
 
-def test_a_schema_that_cannot_be_constrained_is_refused_and_serving_goes_on(
+def nested(depth: int) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"x": schema}}
+    return schema
+
+
+def test_a_schema_past_the_engines_limits_is_refused_and_serving_goes_on(
     client: openai.OpenAI,
 ) -> None:
-    broken: Any = {
-        "type": "function",
-        "function": {
-            "name": "odd",
-            "parameters": {"type": "object", "properties": {"x": {"type": "strange"}}},
-        },
-    }
+    # A schema the grammar cannot follow is loosened; one nested past the limit that keeps the
+    # engine safe is refused, naming the tool.
+    broken: Any = {"type": "function", "function": {"name": "odd", "parameters": nested(40)}}
     with pytest.raises(openai.BadRequestError) as error:
         client.chat.completions.create(
             model=DEFAULT_ID, messages=ASK_WEATHER, tools=[WEATHER, broken], max_tokens=4
