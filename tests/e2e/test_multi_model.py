@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from locallab_gguf.models.files import ModelFiles
@@ -143,7 +144,10 @@ def _room_for_one(registry2: Registry, two_models: ModelFiles) -> HardwareProbe:
 def test_with_room_for_one_the_idle_model_makes_way_for_the_requested_one(
     start: Any, registry2: Registry, two_models: ModelFiles
 ) -> None:
-    server = start(hardware=_room_for_one(registry2, two_models))
+    # No prompt cache: its budget is memory promised to the caches, which this machine,
+    # simulated with room for one model alone, does not have.
+    no_cache = msgspec.structs.replace(TEST_SETTINGS, cache_ram=0)
+    server = start(no_cache, hardware=_room_for_one(registry2, two_models))
     smol_worker = worker_of(server, DEFAULT_ID)
 
     served = generate(server, GEMMA_ID)  # waits while the idle model goes and Gemma loads
