@@ -47,6 +47,7 @@ from locallab_gguf.models.budget import CacheBudget
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.progress import ProgressCallback, reporter_class
 from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.models.splits import split_parts
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 class RemoteFile(msgspec.Struct, frozen=True):
     etag: str
     size: int | None
+    location: str = ""  # where its bytes are served (the hub may redirect to a CDN)
+    commit: str = ""
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -68,11 +71,59 @@ def download(
     budget: CacheBudget | None = None,
 ) -> Path:
     """Download `spec`'s file into the cache (or find it there) and return its path; within
-    `budget` (--max-cache-bytes) when one is given."""
+    `budget` (--max-cache-bytes) when one is given.
+
+    A split model's parts are downloaded one after another into the same snapshot, with one
+    progress over all of them; every part is asked for first, so a missing one is named before
+    any is downloaded, and parts already here are not downloaded again. The first part's path
+    is returned: llama.cpp finds the others beside it.
+    """
     if access.offline:
         raise not_cached(spec)
+    parts = [msgspec.structs.replace(spec, file=part) for part in split_parts(spec.file)]
+    remotes = [remote_file(part, access) for part in parts]
+    if len(parts) == 1:
+        return _download_file(spec, remotes[0], access, cache_dir, on_progress, budget)
+    sizes = [remote.size or 0 for remote in remotes]
+    total = sum(sizes) if all(remote.size is not None for remote in remotes) else None
+    root = cache_root(cache_dir)
+    repo_dir = root / repo_folder_name(repo_id=spec.repo, repo_type="model")
+    missing = sum(
+        size
+        for size, remote in zip(sizes, remotes, strict=True)
+        if not (repo_dir / "blobs" / remote.etag).exists()
+    )
+    require_free_space(f"{spec.repo}/{spec.file} and its other parts", root, missing)
+    done = 0
+    paths = []
+    for part, remote, size in zip(parts, remotes, sizes, strict=True):
+        paths.append(
+            _download_file(
+                part, remote, access, cache_dir, _shifted(on_progress, done, total), budget
+            )
+        )
+        done += size
+    return paths[0]
+
+
+def _shifted(on_progress: ProgressCallback, before: int, total: int | None) -> ProgressCallback:
+    """A part's progress as progress over the whole model."""
+
+    def report(done: int, _: int | None) -> None:
+        on_progress(before + done, total)
+
+    return report
+
+
+def _download_file(
+    spec: ModelSpec,
+    remote: RemoteFile,
+    access: HubAccess,
+    cache_dir: str | None,
+    on_progress: ProgressCallback,
+    budget: CacheBudget | None,
+) -> Path:
     where = f"{spec.repo}/{spec.file}"
-    remote = remote_file(spec, access)
     on_progress(0, remote.size)
     root = cache_root(cache_dir)
     repo_dir = root / repo_folder_name(repo_id=spec.repo, repo_type="model")
@@ -129,7 +180,12 @@ def remote_file(spec: ModelSpec, access: HubAccess) -> RemoteFile:
             f"{access.endpoint} answered for {spec.repo}/{spec.file} without the headers of a "
             "Hugging Face hub (ETag, X-Repo-Commit); check HF_ENDPOINT and any proxy between."
         )
-    return RemoteFile(etag=metadata.etag, size=metadata.size)
+    return RemoteFile(
+        etag=metadata.etag,
+        size=metadata.size,
+        location=metadata.location,
+        commit=metadata.commit_hash,
+    )
 
 
 def require_free_space(what: str, root: Path, needed: int) -> None:

@@ -13,19 +13,33 @@ import importlib.util
 import logging
 import re
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from locallab_gguf.errors import ChecksumMismatch, ModelFilePackaged, ModelUnavailable
+import msgspec
+
+from locallab_gguf.errors import (
+    ChecksumMismatch,
+    ModelFilePackaged,
+    ModelNotCached,
+    ModelUnavailable,
+)
 from locallab_gguf.models.budget import CacheBudget
 from locallab_gguf.models.hub_access import HubAccess, hub_access
+from locallab_gguf.models.hub_names import RepoFile
+from locallab_gguf.models.ids import HubFile, HubRef
 from locallab_gguf.models.progress import ProgressCallback
 from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.models.splits import split_parts
 from locallab_gguf.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _HASH_CHUNK = 8 * 1024 * 1024
+# A repository's file list is asked for again after this long: a new quantization pushed to
+# it is seen without a restart, and ids resolve without a request each time.
+_LISTING_SECONDS = 300.0
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -48,7 +62,35 @@ class ModelFiles:
         self.access = access or HubAccess()
         self.budget = budget
         self._verified: dict[tuple[str, int, int], str] = {}
+        self._listings: dict[tuple[str, str], tuple[float, list[RepoFile]]] = {}
         self._lock = threading.Lock()
+
+    def pick_hub_file(self, ref: HubRef) -> HubFile:
+        """The file `owner/repo:QUANT` or `owner/repo` means (hub_names.py), from the
+        repository's file list: the hub's, or offline, the cache's. Blocking the first time
+        (HTTP), then kept a while."""
+        from locallab_gguf.models.hub_names import pick_file
+
+        hub_file, why = pick_file(ref, self._repo_files(ref))
+        log.info("%s means %s: %s", ref.model_id, hub_file.model_id, why)
+        return hub_file
+
+    def _repo_files(self, ref: HubRef) -> list[RepoFile]:
+        now = time.monotonic()
+        key = (ref.repo, ref.revision)
+        with self._lock:
+            known = self._listings.get(key)
+        if known is not None and now - known[0] < _LISTING_SECONDS:
+            return known[1]
+        # Imported here: huggingface_hub is slow to import, and local files never need it.
+        from locallab_gguf.models.repo_listing import cached_repo_files, hub_repo_files
+
+        if self.access.offline:
+            return cached_repo_files(ref, self.cache_dir)  # the cache changes as pulls run
+        listed = hub_repo_files(ref, self.access)
+        with self._lock:
+            self._listings[key] = (now, listed)
+        return listed
 
     def local_path(self, spec: ModelSpec) -> Path | None:
         """Where the file already is, without touching the network; None if nowhere."""
@@ -62,10 +104,18 @@ class ModelFiles:
         path = self.local_path(spec)
         if path is None:
             raise ModelUnavailable(
-                f"{spec.repo}/{spec.file} (model {spec.id!r}) is not on this machine; "
-                f"download it with `locallab-gguf pull {spec.id}`"
+                f"{spec.repo}/{self._missing(spec)} (model {spec.id!r}) is not on this "
+                f"machine; download it with `locallab-gguf pull {spec.id}`"
             )
         return self._verified_file(spec, path)
+
+    def _missing(self, spec: ModelSpec) -> str:
+        """What of `spec` is not here: its file, or the parts of a split model that are not."""
+        cached = self._cached_parts(spec)
+        absent = [part.file for part, path in cached if path is None]
+        if len(cached) == 1 or len(absent) == len(cached):
+            return spec.file
+        return f"{', '.join(absent)} ({len(absent)} of the {len(cached)} parts of {spec.file})"
 
     def fetch(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
         """The verified local file, downloaded first when it is not here.
@@ -91,13 +141,12 @@ class ModelFiles:
                 f"model {spec.id!r} ships inside the Python package {spec.package!r}; "
                 f"uninstall that package to remove it"
             )
-        path = self._cached_path(spec)
-        if path is None:
-            return False
+        paths = [path for _, path in self._cached_parts(spec) if path is not None]
         from locallab_gguf.models.download import remove_cached
 
-        remove_cached(path)
-        return True
+        for path in paths:  # every part of a split model, even when some are missing
+            remove_cached(path)
+        return bool(paths)
 
     def is_packaged(self, spec: ModelSpec, path: Path) -> bool:
         return path == packaged_path(spec)
@@ -122,6 +171,22 @@ class ModelFiles:
         return (from_hub, "the hub") if from_hub is not None else None
 
     def _verified_file(self, spec: ModelSpec, path: Path) -> Path:
+        """`path`, once it and each other part of a split model match their sha256."""
+        if self.is_packaged(spec, path):
+            return self._verified_part(spec, path)
+        parts = self._cached_parts(spec)
+        if len(parts) == 1:
+            return self._verified_part(spec, path)
+        for part, part_path in parts:
+            if part_path is None:
+                raise ModelNotCached(
+                    f"{part.file}, part of {spec.repo}/{spec.file}, is not on this machine; "
+                    f"run `locallab-gguf pull {spec.id}` to fetch it"
+                )
+            self._verified_part(part if part_path != path else spec, part_path)
+        return path
+
+    def _verified_part(self, spec: ModelSpec, path: Path) -> Path:
         expectation = self.expected_sha256(spec, path)
         if expectation is None:
             return path
@@ -140,13 +205,25 @@ class ModelFiles:
         return path
 
     def _cached_path(self, spec: ModelSpec) -> Path | None:
+        """The cached file; for a split model, its first part, once every part is here."""
+        parts = self._cached_parts(spec)
+        if any(path is None for _, path in parts):
+            return None
+        return parts[0][1]
+
+    def _cached_parts(self, spec: ModelSpec) -> list[tuple[ModelSpec, Path | None]]:
+        """Each part of the model (one for a file in one piece), with its path in the cache."""
         # Imported here: huggingface_hub is slow to import, and packaged files never need it.
         from huggingface_hub import try_to_load_from_cache
 
-        found = try_to_load_from_cache(
-            spec.repo, spec.file, cache_dir=self.cache_dir, revision=spec.revision
-        )
-        return Path(found) if isinstance(found, str) else None
+        found = []
+        for file in split_parts(spec.file):
+            part = msgspec.structs.replace(spec, file=file, sha256=None)
+            path = try_to_load_from_cache(
+                spec.repo, file, cache_dir=self.cache_dir, revision=spec.revision
+            )
+            found.append((part, Path(path) if isinstance(path, str) else None))
+        return found
 
 
 def hub_sha256(cached: Path) -> str | None:

@@ -5,13 +5,19 @@
     owner/repo@revision:path/to/file.gguf      at a branch, tag or commit
     hf://owner/repo/path/to/file.gguf          the same, as a URL
     hf://owner/repo@revision/file.gguf
+    owner/repo:Q4_K_M                          the repository's file of that quantization
+    owner/repo                                 its Q4_K_M file, else its smallest (hub_names.py)
+    hf.co/owner/repo:Q4_K_M                    as Ollama writes them (also huggingface.co/)
 
-Both hub forms name one model: its id is the first form, so a load by either is the same.
+Every hub form names one model: its id is the first form, so a load by any is the same. The
+last three name a file only once the repository's files are listed (`HubRef`): whoever
+resolves an id passes a `pick` that lists them.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import msgspec
 
@@ -20,8 +26,13 @@ from locallab_gguf.models.registry import ModelSpec, Registry
 from locallab_gguf.models.repo_names import NAME, repo_problem
 
 HF_SCHEME = "hf://"
+# Ollama's and the hub's web addresses for a repository, which Ollama accepts before a name.
+HUB_HOSTS = ("hf.co/", "huggingface.co/")
 DEFAULT_REVISION = "main"
-HUB_ID_FORMS = "owner/repo:file.gguf or hf://owner/repo/file.gguf"
+HUB_ID_FORMS = (
+    "owner/repo:file.gguf, owner/repo:QUANT (such as Q4_K_M), owner/repo, "
+    "or hf://owner/repo/file.gguf"
+)
 
 _REVISION = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}")
 
@@ -31,7 +42,10 @@ _NO_DOTS = r"(?![A-Za-z0-9_./-]*\.\.)"
 _FILE = r"(?:(?!\.\.?/)[^/\\]+/)*[^/\\]*\.[Gg][Gg][Uu][Ff]"
 _HUB_ID = rf"{NAME}/{NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?:{_FILE}"
 _HUB_URL = rf"hf://{NAME}/{NAME}(?:@{_NO_DOTS}[A-Za-z0-9_.][A-Za-z0-9_.-]{{0,254}})?/{_FILE}"
-MODEL_ID_FORMS = rf"[^/:]+|{_HUB_ID}|{_HUB_URL}"
+_QUANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_HOST = r"(?:(?:hf|huggingface)\.co/)?"
+_HUB_REF = rf"{_HOST}{NAME}/{NAME}(?:@{_NO_DOTS}{_REVISION.pattern})?(?::{_QUANT.pattern})?"
+MODEL_ID_FORMS = rf"[^/:]+|{_HOST}{_HUB_ID}|{_HUB_URL}|{_HUB_REF}"
 MODEL_ID_PATTERN = rf"^(?:{MODEL_ID_FORMS})$"
 
 
@@ -46,24 +60,67 @@ class HubFile(msgspec.Struct, frozen=True):
         return f"{self.repo}{at}:{self.file}"
 
 
+class HubRef(msgspec.Struct, frozen=True):
+    """A hub repository and, maybe, a quantization: names a file once its files are listed."""
+
+    repo: str
+    quant: str | None = None  # None: the repository's default file
+    revision: str = DEFAULT_REVISION
+
+    @property
+    def model_id(self) -> str:
+        at = "" if self.revision == DEFAULT_REVISION else f"@{self.revision}"
+        return f"{self.repo}{at}" + (f":{self.quant}" if self.quant else "")
+
+
+# Lists a repository's files and picks the one a reference means (ModelFiles.pick_hub_file).
+PickHubFile = Callable[[HubRef], HubFile]
+
+
 def is_hub_id(model_id: str) -> bool:
     """Whether an id is meant as a hub file (registry ids have neither '/' nor ':')."""
     return model_id.startswith(HF_SCHEME) or "/" in model_id or ":" in model_id
 
 
-def parse_hub_id(model_id: str) -> HubFile:
+def names_repository(model_id: str) -> bool:
+    """Whether `model_id` names a hub repository whose file is to be picked (HubRef)."""
+    try:
+        return is_hub_id(model_id) and isinstance(parse_hub_id(model_id), HubRef)
+    except InvalidModelId:
+        return False
+
+
+def parse_hub_id(model_id: str) -> HubFile | HubRef:
     if model_id.startswith(HF_SCHEME):
         owner, _, rest = model_id[len(HF_SCHEME) :].partition("/")
         name, _, file = rest.partition("/")
         repo_part = f"{owner}/{name}"
     else:
-        repo_part, _, file = model_id.partition(":")
+        named = next(
+            (model_id[len(host) :] for host in HUB_HOSTS if model_id.startswith(host)), None
+        )
+        repo_part, colon, file = (named or model_id).partition(":")
+        if not colon or _QUANT.fullmatch(file):
+            return _hub_ref(model_id, repo_part, file or None)
+    repo, revision = _repo_revision(model_id, repo_part)
+    hub_file = HubFile(repo=repo, file=file, revision=revision)
+    _check(model_id, hub_file)
+    return hub_file
+
+
+def _repo_revision(model_id: str, repo_part: str) -> tuple[str, str]:
     repo, _, revision = repo_part.partition("@")
     if "@" in repo_part and not revision:
         raise _invalid(model_id, "the revision after '@' is empty")
-    hub_file = HubFile(repo=repo, file=file, revision=revision or DEFAULT_REVISION)
-    _check(model_id, hub_file)
-    return hub_file
+    return repo, revision or DEFAULT_REVISION
+
+
+def _hub_ref(model_id: str, repo_part: str, quant: str | None) -> HubRef:
+    repo, revision = _repo_revision(model_id, repo_part)
+    ref = HubRef(repo=repo, quant=quant, revision=revision)
+    # A file's rules, on a stand-in name: the repository and revision are what can be wrong.
+    _check(model_id, HubFile(repo=repo, file="x.gguf", revision=revision))
+    return ref
 
 
 def _check(model_id: str, hub_file: HubFile) -> None:
@@ -74,7 +131,9 @@ def _check(model_id: str, hub_file: HubFile) -> None:
         raise _invalid(model_id, f"{hub_file.revision!r} is not a branch, tag or commit")
     parts = hub_file.file.split("/")
     if not hub_file.file.lower().endswith(".gguf"):
-        raise _invalid(model_id, "the file must be a .gguf file")
+        raise _invalid(
+            model_id, "the file must be a .gguf file (or, alone, a quantization such as Q4_K_M)"
+        )
     if any(part in ("", ".", "..") for part in parts) or "\\" in hub_file.file:
         raise _invalid(model_id, f"{hub_file.file!r} is not a file path inside the repository")
 
@@ -95,11 +154,14 @@ def hub_spec(hub_file: HubFile) -> ModelSpec:
     )
 
 
-def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -> ModelSpec:
+def resolve_model_id(
+    registry: Registry, model_id: str, *, allow_custom: bool, pick: PickHubFile | None = None
+) -> ModelSpec:
     """The spec a model id names: registry ids first, then hub files.
 
     A hub id of a file the registry describes gets the registry's entry, so its checksum,
-    package and settings apply whichever way the model is named.
+    package and settings apply whichever way the model is named. A repository without a file
+    (`owner/repo:Q4_K_M`, `owner/repo`) is resolved by `pick`, which lists its files.
     """
     known = registry.models.get(model_id)
     if known is not None:
@@ -114,7 +176,17 @@ def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -
             f"model {model_id!r} is not in the model registry; "
             f"known models: {', '.join(sorted(registry.models))}{hint}"
         )
-    hub_file = parse_hub_id(model_id)
+    parsed = parse_hub_id(model_id)
+    if isinstance(parsed, HubRef):
+        if not allow_custom:
+            raise _refused(registry, model_id)
+        if pick is None:
+            raise InvalidModelId(
+                f"model id {model_id!r} names a repository, not a file, and its files cannot "
+                "be listed here; name the file as owner/repo:file.gguf"
+            )
+        parsed = pick(parsed)
+    hub_file = parsed
     for spec in registry.models.values():
         if (spec.repo, spec.file, spec.revision) == (
             hub_file.repo,
@@ -123,13 +195,17 @@ def resolve_model_id(registry: Registry, model_id: str, *, allow_custom: bool) -
         ):
             return spec
     if not allow_custom:
-        known_ids = ", ".join(sorted(registry.models))
-        raise CustomModelsRefused(
-            f"this server serves only the models of its registry ({known_ids}); "
-            f"{model_id!r} is not one of them. Ask its operator to add it to models.toml "
-            "or to allow hub ids (--custom-models)."
-        )
+        raise _refused(registry, model_id)
     return hub_spec(hub_file)
+
+
+def _refused(registry: Registry, model_id: str) -> CustomModelsRefused:
+    known_ids = ", ".join(sorted(registry.models))
+    return CustomModelsRefused(
+        f"this server serves only the models of its registry ({known_ids}); "
+        f"{model_id!r} is not one of them. Ask its operator to add it to models.toml "
+        "or to allow hub ids (--custom-models)."
+    )
 
 
 def with_revision(spec: ModelSpec, revision: str) -> ModelSpec:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import msgspec
 
-from locallab_gguf.placement.gguf_file import GgufHeader, Value, read_gguf_header
+from locallab_gguf.placement.gguf_file import GgufHeader, Value
+from locallab_gguf.placement.gguf_parts import local_parts, read_model_header
 
 # llama.cpp's llama_ftype: the file's dominant quantization (general.file_type).
 _FILE_TYPES = {
@@ -76,13 +77,15 @@ class GgufFacts(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def gguf_facts(path: Path) -> GgufFacts:
-    stat = path.stat()
-    return _facts(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    """Of the model at `path`: every part of a split model counts."""
+    stats = [part.stat() for part in local_parts(path)]
+    return _facts(path, tuple((stat.st_mtime_ns, stat.st_size) for stat in stats))
 
 
 @functools.lru_cache(maxsize=32)
-def _facts(path: Path, mtime_ns: int, size: int) -> GgufFacts:
-    header = read_gguf_header(path)
+def _facts(path: Path, versions: tuple[tuple[int, int], ...]) -> GgufFacts:
+    header = read_model_header(path)
+    size = header.file_size
     arch = header.architecture
     metadata = header.metadata
     template = metadata.get("tokenizer.chat_template")

@@ -1,7 +1,10 @@
 """Read a GGUF file's header: its metadata and where each tensor lies, never the weights.
 
-The file is memory-mapped and only the header pages are touched, so reading a 40 GB model
-costs the same few milliseconds as reading a small one. Long arrays (the tokenizer's
+The parser reads from a `ByteSource`: a local file is memory-mapped and only the header pages
+are touched, so reading a 40 GB model costs the same few milliseconds as reading a small one;
+a file on the hub is read with HTTP range requests (models/hub_range.py), in windows that grow
+as the parser asks for more, so only the header and the tensor table cross the network. The
+parser only moves forward, so a window keeps nothing behind it. Long arrays (the tokenizer's
 vocabulary) are skipped; only their length is kept.
 
 A tensor's size is the distance from its offset to the next tensor's (the last one runs to the
@@ -14,6 +17,7 @@ from __future__ import annotations
 import mmap
 import struct
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -43,6 +47,27 @@ _FIXED: dict[int, str] = {
 }
 _STRING = 8
 _ARRAY = 9
+# A remote read asks for at least this much, and for more as the header proves long: few
+# round trips, and little read past the tensor table.
+_FIRST_WINDOW = 256 * 1024
+_MAX_WINDOW = 4 * 1024 * 1024
+_U64 = struct.Struct("<Q")
+
+
+class ByteSource(Protocol):
+    """Bytes of a GGUF file, read forward: a local file or a file on the hub."""
+
+    @property
+    def name(self) -> str:
+        """What messages call the file."""
+        ...
+
+    @property
+    def size(self) -> int: ...
+
+    def read(self, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer only at the end of the file)."""
+        ...
 
 
 class TensorInfo(msgspec.Struct, frozen=True):
@@ -69,9 +94,10 @@ class GgufHeader(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GgufFormatError(ModelUnavailable):
-    def __init__(self, path: Path, problem: str) -> None:
+    def __init__(self, path: Path | str, problem: str) -> None:
+        name = Path(path).name
         super().__init__(
-            f"{path.name} is not a GGUF model this server can read ({problem}); "
+            f"{name} is not a GGUF model this server can read ({problem}); "
             "the file is damaged or in another format: remove it and fetch it again"
         )
 
@@ -79,17 +105,60 @@ class GgufFormatError(ModelUnavailable):
 def read_gguf_header(path: Path) -> GgufHeader:
     try:
         with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return _Parser(path, m).header()
+            return _Parser(str(path), _Window.whole(m)).header()
     except OSError as exc:
         raise ModelUnavailable(f"cannot read {path.name}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # mmap of an empty file
         raise GgufFormatError(path, str(exc)) from exc
 
 
-class _Parser:
-    def __init__(self, path: Path, data: mmap.mmap) -> None:
-        self.path = path
+def read_gguf_header_from(source: ByteSource) -> GgufHeader:
+    """The header of a file read piece by piece (a file on the hub): only what the parser needs."""
+    return _Parser(source.name, _Window(source)).header()
+
+
+class _Window:
+    """The bytes around the parser's position: all of a mapped file, or a window of a remote one
+    that moves forward and grows as the parser asks for more."""
+
+    def __init__(self, source: ByteSource | None, data: bytes | mmap.mmap = b"", size: int = 0):
+        self.source = source
         self.data = data
+        self.base = 0  # the file offset of data[0]
+        self.size = source.size if source is not None else size
+        self.step = _FIRST_WINDOW
+
+    @classmethod
+    def whole(cls, data: mmap.mmap) -> _Window:
+        return cls(None, data, len(data))
+
+    def at(self, pos: int, length: int) -> int:
+        """Where `length` bytes at file offset `pos` start in `data`, reading them if need be."""
+        end = pos + length
+        if end > self.size:
+            raise struct.error("read past the end")
+        if pos >= self.base and end <= self.base + len(self.data):
+            return pos - self.base
+        if self.source is None:
+            raise struct.error("read past the end")
+        kept = (
+            self.data[pos - self.base :] if self.base <= pos < self.base + len(self.data) else b""
+        )
+        start = pos + len(kept)
+        wanted = max(end - start, self.step)
+        fresh = self.source.read(start, min(wanted, self.size - start))
+        if len(fresh) < end - start:
+            raise struct.error("the source ended early")
+        self.data = bytes(kept) + fresh
+        self.base = pos
+        self.step = min(self.step * 2, _MAX_WINDOW)
+        return 0
+
+
+class _Parser:
+    def __init__(self, name: str, window: _Window) -> None:
+        self.path = name
+        self.window = window
         self.pos = 0
 
     def header(self) -> GgufHeader:
@@ -101,7 +170,7 @@ class _Parser:
             raise GgufFormatError(self.path, "a key or string is not UTF-8") from exc
 
     def _header(self) -> GgufHeader:
-        if self.data[:4] != MAGIC:
+        if self._bytes(4) != MAGIC:
             raise GgufFormatError(self.path, "it does not start with 'GGUF'")
         self.pos = 4
         version = self._unpack("I")
@@ -127,9 +196,9 @@ class _Parser:
         if not isinstance(alignment, int) or alignment <= 0:
             raise GgufFormatError(self.path, f"general.alignment is {alignment!r}")
         data_offset = -(-self.pos // alignment) * alignment
-        file_size = len(self.data)
+        file_size = self.window.size
         return GgufHeader(
-            path=str(self.path),
+            path=self.path,
             version=version,
             metadata=metadata,
             array_lengths=array_lengths,
@@ -139,18 +208,22 @@ class _Parser:
         )
 
     def _unpack(self, fmt: str) -> int:
-        (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return int(value)
+        return int(self._value(fmt))
+
+    def _value(self, fmt: str) -> Scalar:
+        size = struct.calcsize(fmt)
+        start = self.window.at(self.pos, size)  # may move the window: read `data` after it
+        (value,) = struct.unpack_from("<" + fmt, self.window.data, start)
+        self.pos += size
+        return value  # type: ignore[no-any-return]
+
+    def _bytes(self, length: int) -> bytes:
+        start = self.window.at(self.pos, length)
+        self.pos += length
+        return bytes(self.window.data[start : start + length])
 
     def _string(self) -> str:
-        length = self._unpack("Q")
-        end = self.pos + length
-        if end > len(self.data):
-            raise struct.error("string past the end")
-        text = self.data[self.pos : end].decode("utf-8")
-        self.pos = end
-        return text
+        return self._bytes(self._unpack("Q")).decode("utf-8")
 
     def _scalar(self, kind: int) -> Scalar:
         if kind == _STRING:
@@ -158,9 +231,7 @@ class _Parser:
         fmt = _FIXED.get(kind)
         if fmt is None:
             raise GgufFormatError(self.path, f"unknown metadata type {kind}")
-        (value,) = struct.unpack_from("<" + fmt, self.data, self.pos)
-        self.pos += struct.calcsize(fmt)
-        return value  # type: ignore[no-any-return]
+        return self._value(fmt)
 
     def _array(self) -> tuple[list[Scalar] | None, int]:
         kind, length = self._unpack("I"), self._unpack("Q")
@@ -168,24 +239,27 @@ class _Parser:
         fmt = _FIXED.get(kind)
         if fmt is not None:
             size = struct.calcsize(fmt) * length
-            values = (
-                list(struct.unpack_from(f"<{length}{fmt}", self.data, self.pos)) if keep else None
-            )
-            self.pos += size
+            values = None
+            if keep:
+                start = self.window.at(self.pos, size)
+                values = list(struct.unpack_from(f"<{length}{fmt}", self.window.data, start))
+            self.pos += size  # a skipped array is never read
             return values, length
         if kind == _STRING:
-            strings: list[Scalar] = []
-            for _ in range(length):
-                if keep:
-                    strings.append(self._string())
-                else:
-                    self.pos += 8 + self._peek_length()
-            return (strings if keep else None), length
+            if not keep:
+                self._skip_strings(length)
+                return None, length
+            return [self._string() for _ in range(length)], length
         raise GgufFormatError(self.path, f"unsupported array element type {kind}")
 
-    def _peek_length(self) -> int:
-        (length,) = struct.unpack_from("<Q", self.data, self.pos)
-        return int(length)
+    def _skip_strings(self, count: int) -> None:
+        # The vocabulary's hundred thousand strings: the hot loop of a header read.
+        window, pos = self.window, self.pos
+        for _ in range(count):
+            start = window.at(pos, 8)  # before `data`: the window may move
+            (length,) = _U64.unpack_from(window.data, start)
+            pos += 8 + length
+        self.pos = pos
 
     def _tensor_info(self) -> tuple[str, tuple[int, ...], int, int]:
         name = self._string()
@@ -196,7 +270,7 @@ class _Parser:
 
 
 def _sized(
-    placed: list[tuple[str, tuple[int, ...], int, int]], data_size: int, path: Path
+    placed: list[tuple[str, tuple[int, ...], int, int]], data_size: int, path: str
 ) -> list[TensorInfo]:
     by_offset = sorted(placed, key=lambda tensor: tensor[3])
     ends = [tensor[3] for tensor in by_offset[1:]] + [data_size]

@@ -21,7 +21,7 @@ import msgspec
 from locallab_gguf.engine.types import EngineConfig
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
-from locallab_gguf.placement.gguf_file import read_gguf_header
+from locallab_gguf.placement.gguf_parts import local_parts, read_model_header
 from locallab_gguf.placement.hardware import Backend, HardwareInfo
 from locallab_gguf.placement.memory import ModelMemory, Placement, model_memory, place
 from locallab_gguf.placement.nvidia import GpuInfo
@@ -97,15 +97,16 @@ def read_model_memory(path: Path) -> ModelMemory:
     large vocabularies); /system/info asks for it on every call while the file stays the same.
     """
     try:
-        stat = path.stat()
+        stats = [part.stat() for part in local_parts(path)]
     except OSError:
-        return model_memory(read_gguf_header(path))  # which says what is wrong
-    return _read_model_memory(path.resolve(), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        return model_memory(read_model_header(path))  # which says what is wrong
+    versions = tuple((stat.st_size, stat.st_mtime_ns, stat.st_ino) for stat in stats)
+    return _read_model_memory(path, versions)
 
 
 @functools.lru_cache(maxsize=8)
-def _read_model_memory(path: Path, size: int, mtime_ns: int, inode: int) -> ModelMemory:
-    return model_memory(read_gguf_header(path))
+def _read_model_memory(path: Path, versions: tuple[tuple[int, int, int], ...]) -> ModelMemory:
+    return model_memory(read_model_header(path))
 
 
 def plan_model_file(
@@ -117,7 +118,19 @@ def plan_model_file(
     registry: GpuLayers,
 ) -> OffloadPlan:
     """Read the GGUF header (not the weights) and plan its load with `config` on this hardware."""
-    model = read_model_memory(path)
+    return plan_model(read_model_memory(path), hardware, config, setting=setting, registry=registry)
+
+
+def plan_model(
+    model: ModelMemory,
+    hardware: HardwareInfo,
+    config: EngineConfig,
+    *,
+    setting: GpuLayers | None,
+    registry: GpuLayers,
+) -> OffloadPlan:
+    """Plan the load of a model with `config` on this hardware, from its header's facts (of a
+    file here, or of one on the hub, read before it is downloaded)."""
     requested, decided_by = gpu_layers_request(setting, registry)
     context_per_slot, parallel = config.kv_shape(model.n_ctx_train)
     return plan_offload(

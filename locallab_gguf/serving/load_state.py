@@ -3,16 +3,19 @@ model reports (GET /models/status/{id})."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import msgspec
 
 from locallab_gguf.errors import LoadCancelled
 from locallab_gguf.models.registry import ModelSpec
+from locallab_gguf.placement.offload import OffloadPlan
 
 ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
 LoadPhase = Literal["downloading", "loading"]
+Loaded = TypeVar("Loaded")
 
 
 class LoadProgress:
@@ -23,6 +26,8 @@ class LoadProgress:
         self.phase: LoadPhase = "loading"
         self.downloaded_bytes: int | None = None
         self.total_bytes: int | None = None
+        # Planned from the file's header on the hub, before it is downloaded.
+        self.plan: OffloadPlan | None = None
         self._cancelled = threading.Event()
 
     def on_bytes(self, done: int, total: int | None) -> None:
@@ -45,3 +50,11 @@ class ModelLoadState(msgspec.Struct, kw_only=True):
     downloaded_bytes: int | None = None
     total_bytes: int | None = None
     error: str | None = None
+
+
+class RunningLoad(Generic[Loaded]):
+    """A load under way: its progress, and the task that ends with the loaded model."""
+
+    def __init__(self, progress: LoadProgress, task: asyncio.Task[Loaded]) -> None:
+        self.progress = progress
+        self.task = task

@@ -14,16 +14,20 @@ from locallab_gguf.engine.client import EngineClient
 from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
 from locallab_gguf.engine.worker.launch import open_engine
 from locallab_gguf.models.aliases import parse_alias_flags
+from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
     HardwareProbe,
     choose_threads,
 )
+from locallab_gguf.placement.hub_header import HubHeaders
+from locallab_gguf.placement.memory import model_memory
 from locallab_gguf.placement.offload import (
     OffloadPlan,
     gpu_layers_fitting,
     gpu_layers_request,
+    plan_model,
     plan_model_file,
 )
 from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
@@ -98,6 +102,25 @@ def offload_plan(
     )
 
 
+def hub_file_plan(
+    settings: Settings,
+    spec: ModelSpec,
+    hardware: HardwareInfo,
+    access: HubAccess,
+    headers: HubHeaders | None = None,
+) -> OffloadPlan:
+    """The plan `offload_plan` would make once the file is here, from its header on the hub
+    (range requests: the header and tensor table, not the weights)."""
+    header = (headers or HubHeaders()).read(spec, access)
+    return plan_model(
+        model_memory(header),
+        hardware,
+        engine_config(settings, spec),
+        setting=settings.gpu_layers,
+        registry=spec.n_gpu_layers,
+    )
+
+
 def machine_probe() -> HardwareProbe:
     """This machine's GPUs and memory, as llama.cpp's build can use them."""
     from locallab_gguf.engine.runtime.llama import supports_gpu_offload
@@ -120,9 +143,17 @@ class LocalPlanner:
         self._settings = settings
         self._probe = probe or machine_probe()
         self._cache = cache
+        self.hub_headers = HubHeaders()
 
     def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan:
-        planned = offload_plan(self._settings, spec, path, self._probe.read())
+        return self._sharing_cache(offload_plan(self._settings, spec, path, self._probe.read()))
+
+    def plan_hub_file(self, spec: ModelSpec, access: HubAccess) -> OffloadPlan:
+        return self._sharing_cache(
+            hub_file_plan(self._settings, spec, self._probe.read(), access, self.hub_headers)
+        )
+
+    def _sharing_cache(self, planned: OffloadPlan) -> OffloadPlan:
         if self._cache is None:
             return planned
         # The prompt caches may still grow to the budget: that memory is promised already, and
@@ -183,12 +214,15 @@ def local_engine_opener(
 def log_offload_plan(model_id: str, plan: OffloadPlan) -> None:
     estimate = plan.estimate
     log.info(
-        "model %s: %d of %d layers on the GPU (%s: %s); estimated VRAM %s, RAM %s",
+        "model %s: %d of %d layers on the GPU (%s: %s); %d slots x %d tokens of context; "
+        "estimated VRAM %s, RAM %s",
         model_id,
         estimate.gpu_layers,
         estimate.total_layers,
         estimate.decided_by,
         plan.reason,
+        estimate.parallel,
+        estimate.context_per_slot,
         human_bytes(estimate.vram_bytes),
         human_bytes(estimate.ram_bytes),
     )

@@ -36,13 +36,13 @@ from locallab_gguf.errors import (
     NoModelLoaded,
 )
 from locallab_gguf.models.files import ModelFiles
-from locallab_gguf.models.ids import resolve_model_id
+from locallab_gguf.models.ids import is_hub_id, resolve_model_id
 from locallab_gguf.models.registry import ModelSpec, Registry
 from locallab_gguf.placement.offload import OffloadPlan
 from locallab_gguf.serving.default_model import DefaultModel
-from locallab_gguf.serving.load_state import LoadProgress, ModelLoadState, ModelStatus
+from locallab_gguf.serving.load_state import LoadProgress, ModelLoadState, ModelStatus, RunningLoad
 from locallab_gguf.serving.resident import ResidencyLog, ResidentModel, UnloadReason
-from locallab_gguf.serving.room import Planner, make_room
+from locallab_gguf.serving.room import Planner, judge_before_download, make_room
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +57,6 @@ class ResidencyPolicy(msgspec.Struct, frozen=True, kw_only=True):
     keep_alive: float = 300.0  # seconds, for models loaded on demand; FOREVER: no limit
     autoload: bool = True
     room_wait: float = 30.0  # seconds a load waits for busy models to make room
-
-
-class _Load:
-    def __init__(self, progress: LoadProgress, task: asyncio.Task[ResidentModel]) -> None:
-        self.progress = progress
-        self.task = task
 
 
 class ModelManager:
@@ -86,7 +80,7 @@ class ModelManager:
         self._open_engine = open_engine
         self._planner = planner
         self._resident: dict[str, ResidentModel] = {}
-        self._loads: dict[str, _Load] = {}
+        self._loads: dict[str, RunningLoad[ResidentModel]] = {}
         self._pin_on_load: set[str] = set()
         self._load_lock = asyncio.Lock()
         self._room_changed = asyncio.Event()
@@ -137,8 +131,20 @@ class ModelManager:
         return self._resident.get(self.default_id) if self.default_id else None
 
     def spec_for(self, model_id: str) -> ModelSpec:
-        """The model an id names: a registry id, or a hub file when custom models are allowed."""
-        return resolve_model_id(self.registry, model_id, allow_custom=self.allow_custom_models)
+        """The model an id names: a registry id, or a hub file when custom models are allowed
+        (`owner/repo:QUANT` lists the repository's files: HTTP, the first time)."""
+        return resolve_model_id(
+            self.registry,
+            model_id,
+            allow_custom=self.allow_custom_models,
+            pick=self.files.pick_hub_file,
+        )
+
+    async def resolve(self, model_id: str) -> ModelSpec:
+        """`spec_for`, off the event loop for hub ids, which may ask the hub."""
+        if is_hub_id(model_id):
+            return await asyncio.to_thread(self.spec_for, model_id)
+        return self.spec_for(model_id)
 
     def state_of(self, model_id: str) -> ModelLoadState:
         spec = self.spec_for(model_id)
@@ -218,7 +224,7 @@ class ModelManager:
             if self.default_id is None or self.loading is not None or self.status == "failed":
                 return self.loaded()  # what LocalLab answers when nothing serves
             model_id = self.default_id
-        spec = self.spec_for(model_id)  # an unknown id is a 404, before anything else
+        spec = await self.resolve(model_id)  # an unknown id is a 404, before anything else
         model = self.resident_model(spec.id)
         if model is not None:
             return model
@@ -338,7 +344,7 @@ class ModelManager:
             return running.task
         progress = LoadProgress(spec)
         task = asyncio.create_task(self._load(progress), name=f"load {spec.id}")
-        self._loads[spec.id] = _Load(progress, task)
+        self._loads[spec.id] = RunningLoad(progress, task)
 
         def settled(done: asyncio.Task[ResidentModel]) -> None:
             if self._loads.get(spec.id) is not None and self._loads[spec.id].task is done:
@@ -354,6 +360,9 @@ class ModelManager:
         spec = progress.spec
         started = time.monotonic()
         try:
+            progress.plan = await judge_before_download(
+                spec, self.files, self._planner, self.resident, self.policy.max_models
+            )
             path = await asyncio.to_thread(self.files.fetch, spec, progress.on_bytes)
             progress.phase = "loading"
             async with self._load_lock:

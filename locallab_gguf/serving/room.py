@@ -27,9 +27,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from locallab_gguf.errors import NoRoomForModel
+from locallab_gguf.errors import HubAccessDenied, HubError, HubNotFound, NoRoomForModel
+from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.offload import RAM_RESERVE_BYTES, OffloadPlan, ensure_fits
+from locallab_gguf.placement.plan_text import plan_summary
 from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.sizes import human_bytes
 
@@ -44,6 +47,10 @@ class Planner(Protocol):
     def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
         """Layers of `spec` that would fit the GPUs with a given number of bytes of VRAM freed
         (None: no GPU takes layers here)."""
+        ...
+
+    def plan_hub_file(self, spec: ModelSpec, access: HubAccess) -> OffloadPlan:
+        """The plan of a file not yet downloaded, from its header on the hub."""
         ...
 
 
@@ -126,12 +133,7 @@ async def make_room(
             return plan
         if room.outcome is RoomOutcome.NEVER:
             assert plan is not None  # without a plan only the count is judged
-            # The whole budget: what is free now and what every other model holds, within
-            # the machine's RAM.
-            budget = plan.ram_available_bytes + sum(m.ram_bytes for m in models)
-            if plan.ram_total_bytes:
-                budget = min(budget, plan.ram_total_bytes)
-            ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
+            _refuse(spec, plan, models)
         left = deadline - time.monotonic()
         if left <= 0:
             raise NoRoomForModel(spec.id, room.reason)
@@ -139,6 +141,45 @@ async def make_room(
         room_changed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(room_changed.wait(), left)
+
+
+def _refuse(spec: ModelSpec, plan: OffloadPlan, models: list[ResidentModel]) -> None:
+    """ModelTooLarge with the sizes, for a model that never fits. The whole budget: what is
+    free now and what every other model holds, within the machine's RAM."""
+    budget = plan.ram_available_bytes + sum(m.ram_bytes for m in models)
+    if plan.ram_total_bytes:
+        budget = min(budget, plan.ram_total_bytes)
+    ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
+
+
+async def judge_before_download(
+    spec: ModelSpec,
+    files: ModelFiles,
+    planner: Planner | None,
+    resident: list[ResidentModel],
+    max_models: int | None,
+) -> OffloadPlan | None:
+    """For a model whose file is not here: its plan from its header on the hub, refused
+    (ModelTooLarge, as after a download) when it could never fit, before a byte of its weights
+    is downloaded. None when there is nothing to judge, or the header cannot be read (then
+    the model is judged after its download, as before)."""
+    if planner is None or files.access.offline:
+        return None
+    if await asyncio.to_thread(files.local_path, spec) is not None:
+        return None
+    try:
+        plan = await asyncio.to_thread(planner.plan_hub_file, spec, files.access)
+    except (HubNotFound, HubAccessDenied):
+        raise  # the download would fail the same way: say it now
+    except HubError as exc:
+        log.warning(
+            "cannot plan %s before downloading it (%s); it is planned once here", spec.id, exc
+        )
+        return None
+    log.info("model %s, planned before downloading: %s", spec.id, plan_summary(plan))
+    if find_room(resident, plan, max_models).outcome is RoomOutcome.NEVER:
+        _refuse(spec, plan, resident)
+    return plan
 
 
 class _GpuGoal:

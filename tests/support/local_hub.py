@@ -1,14 +1,17 @@
 """A stand-in for the Hugging Face hub: real HTTP on a free loopback port, for real downloads.
 
 It answers `HEAD` and `GET /{owner}/{name}/resolve/{revision}/{file}` as the hub answers for
-a large (LFS) file: the commit, the file's sha256 as its ETag, its size, byte ranges. It
-answers the hub's errors with the hub's `X-Error-Code`s, records every request, and can be
-told to fail, to claim another size, to cut bodies short, or to hold a body half-sent.
+a large (LFS) file: the commit, the file's sha256 as its ETag, its size, byte ranges (`a-` and
+`a-b`), and `GET /api/models/{owner}/{name}/tree/{revision}` with the repository's files. It
+answers the hub's errors with the hub's `X-Error-Code`s, records every request and counts the
+bytes of file bodies it sends, and can be told to fail, to claim another size, to cut bodies
+short, or to hold a body half-sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +23,8 @@ _CHUNK = 256 * 1024
 
 
 class HubFile:
-    def __init__(self, source: Path, etag: str | None) -> None:
+    def __init__(self, path: str, source: Path, etag: str | None) -> None:
+        self.path = path
         self.source = source
         self.size = source.stat().st_size
         self.sha256 = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -38,6 +42,7 @@ class LocalHub:
     def __init__(self) -> None:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[tuple[str, str]] = []
+        self.bytes_sent: dict[str, int] = {}  # file path -> bytes of its bodies sent
         self.status_for_all: int | None = None  # answer every request with this status
         self.claimed_size: int | None = None  # what HEAD says the size is
         self.cut_after: int | None = None  # a GET sends this many bytes, then hangs up
@@ -66,13 +71,17 @@ class LocalHub:
         commit = commit or hashlib.sha1(f"{repo}@{revision}".encode()).hexdigest()
         hub_repo.commits[revision] = commit
         hub_repo.commits[commit] = commit
-        hub_file = HubFile(source, etag)
+        hub_file = HubFile(path, source, etag)
         hub_repo.files[(commit, path)] = hub_file
         return hub_file
 
     def count(self, method: str | None = None) -> int:
         with self._lock:
             return sum(1 for seen, _ in self.requests if method is None or seen == method)
+
+    def sent(self, path: str, count: int) -> None:
+        with self._lock:
+            self.bytes_sent[path] = self.bytes_sent.get(path, 0) + count
 
     def record(self, method: str, path: str) -> None:
         with self._lock:
@@ -123,40 +132,84 @@ class _Handler(BaseHTTPRequestHandler):
         hub.record(self.command, path)
         if hub.status_for_all is not None:
             return self._error(hub.status_for_all, None, "the hub is down")
+        if path.startswith("/api/models/"):
+            return self._tree(path.removeprefix("/api/models/"))
         parts = path.lstrip("/").split("/", 4)
         if len(parts) != 5 or parts[2] != "resolve":
             return self._error(404, None, "not a resolve URL")
-        repo_id = f"{parts[0]}/{parts[1]}"
-        revision, file_path = unquote(parts[3]), unquote(parts[4])
-        repo = hub.repos.get(repo_id)
-        if repo is None:
-            return self._error(404, "RepoNotFound", "Repository not found")
-        if repo.token is not None and self.headers.get("Authorization") != f"Bearer {repo.token}":
-            return self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
-        commit = repo.commits.get(revision)
-        if commit is None:
-            return self._error(404, "RevisionNotFound", "Invalid rev id")
+        found = self._commit(f"{parts[0]}/{parts[1]}", unquote(parts[3]))
+        if found is None:
+            return None
+        repo, commit = found
+        file_path = unquote(parts[4])
         hub_file = repo.files.get((commit, file_path))
         if hub_file is None:
             return self._error(404, "EntryNotFound", "Entry not found", commit=commit)
         self._send_file(hub_file, commit, body)
 
+    def _commit(self, repo_id: str, revision: str) -> tuple[HubRepo, str] | None:
+        """The repository and the commit a revision names; None once the error is answered."""
+        repo = self.hub.repos.get(repo_id)
+        if repo is None:
+            self._error(404, "RepoNotFound", "Repository not found")
+            return None
+        if repo.token is not None and self.headers.get("Authorization") != f"Bearer {repo.token}":
+            self._error(401, "GatedRepo", f"Access to model {repo_id} is restricted.")
+            return None
+        commit = repo.commits.get(revision)
+        if commit is None:
+            self._error(404, "RevisionNotFound", "Invalid rev id")
+            return None
+        return repo, commit
+
+    def _tree(self, rest: str) -> None:
+        """The hub's file list: /api/models/{owner}/{name}/tree/{revision}, all in one page."""
+        parts = rest.split("/", 3)
+        if len(parts) != 4 or parts[2] != "tree":
+            return self._error(404, None, "not a tree URL")
+        found = self._commit(f"{parts[0]}/{parts[1]}", unquote(parts[3]))
+        if found is None:
+            return None
+        repo, commit = found
+        listing = [
+            {
+                "type": "file",
+                "path": path,
+                "size": 134,  # a large file's size in git is its LFS pointer's
+                "oid": hashlib.sha1(path.encode()).hexdigest(),
+                "lfs": {"oid": hub_file.sha256, "size": hub_file.size, "pointerSize": 134},
+            }
+            for (at, path), hub_file in sorted(repo.files.items())
+            if at == commit
+        ]
+        payload = json.dumps(listing).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(payload)
+        self.close_connection = True
+        return None
+
     def _send_file(self, hub_file: HubFile, commit: str, body: bool) -> None:
         hub = self.hub
-        start = 0
-        ranged = self.headers.get("Range", "")
-        if ranged.startswith("bytes=") and ranged.endswith("-"):
-            start = int(ranged[len("bytes=") : -1])
         size = hub.claimed_size if hub.claimed_size is not None and not body else hub_file.size
-        self.send_response(206 if start else 200)
+        start, end = 0, size - 1
+        ranged = self.headers.get("Range", "")
+        if ranged.startswith("bytes="):
+            first, _, last = ranged[len("bytes=") :].partition("-")
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        partial = (start, end) != (0, size - 1)
+        self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", commit)
         self.send_header("ETag", f'"{hub_file.etag}"')
         self.send_header("X-Linked-Etag", f'"{hub_file.etag}"')
         self.send_header("X-Linked-Size", str(size))
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(size - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(end + 1 - start))
+        if partial:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
         self.send_header("Connection", "close")
         self.end_headers()
         if not body:
@@ -167,7 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             with hub_file.source.open("rb") as source:
                 source.seek(start)
                 position = start
-                while chunk := source.read(_CHUNK):
+                while position <= end and (chunk := source.read(min(_CHUNK, end + 1 - position))):
+                    hub.sent(hub_file.path, len(chunk))
                     if cut is not None and sent + len(chunk) > cut:
                         self.wfile.write(chunk[: cut - sent])
                         return  # hang up mid-body: the client sees a short read

@@ -32,7 +32,7 @@ from locallab_gguf.api.locallab.wire import (
 from locallab_gguf.durations import FOREVER
 from locallab_gguf.errors import NoModelLoaded
 from locallab_gguf.models.catalog import model_rows
-from locallab_gguf.models.ids import HF_SCHEME
+from locallab_gguf.models.ids import HF_SCHEME, names_repository
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.serving.resident import ResidentModel
 
@@ -67,19 +67,24 @@ async def load_model(
     services: NamedDependency[Services],
     wait: FromQuery[bool] = True,
 ) -> Response[LoadResponse | LoadAccepted]:
-    loading = services.manager.start_load(data.model_id)
+    # A repository (owner/repo:Q4_K_M) is resolved to its file first: the answer names it.
+    spec = await services.manager.resolve(data.model_id)
+    picked = f" ({data.model_id!r} picked it)" if names_repository(data.model_id) else ""
+    loading = services.manager.start_load(spec.id)
     if wait or loading.done():
         # Shielded: a client that hangs up does not stop the load.
         model = await asyncio.shield(loading)
         loaded = LoadResponse(
-            status="success", message=f"model {model.spec.id!r} is loaded", model=describe(model)
+            status="success",
+            message=f"model {model.spec.id!r}{picked} is loaded",
+            model=describe(model),
         )
         return Response(loaded, status_code=200)
-    model_id = services.manager.loading_id or data.model_id
+    model_id = services.manager.loading_id or spec.id
     url = status_url(model_id)
     accepted = LoadAccepted(
         status="accepted",
-        message=f"model {model_id!r} is loading; GET {url} to follow it",
+        message=f"model {model_id!r}{picked} is loading; GET {url} to follow it",
         model_id=model_id,
         status_url=url,
     )

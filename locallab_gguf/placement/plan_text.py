@@ -1,0 +1,17 @@
+"""An offload plan in one line, as the server's log, `pull` and a load's status say it."""
+
+from __future__ import annotations
+
+from locallab_gguf.placement.offload import OffloadPlan
+from locallab_gguf.sizes import human_bytes
+
+
+def plan_summary(plan: OffloadPlan) -> str:
+    estimate = plan.estimate
+    verdict = "fits" if plan.fits else "does NOT fit"
+    return (
+        f"{estimate.gpu_layers} of {estimate.total_layers} layers on the GPU ({plan.reason}); "
+        f"context {estimate.parallel} slots x {estimate.context_per_slot:,} tokens; "
+        f"VRAM {human_bytes(estimate.vram_bytes)}, RAM {human_bytes(estimate.ram_bytes)} of "
+        f"{human_bytes(plan.ram_available_bytes)} available: {verdict}"
+    )
