@@ -96,10 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
         "model_id",
         nargs="?",
         metavar="ID",
-        help="a registry id, owner/repo:file.gguf or hf://owner/repo/file.gguf "
-        "(default: the registry's default model)",
+        help="a registry id, owner/repo:file.gguf, owner/repo:QUANT, owner/repo or "
+        "hf://owner/repo/file.gguf (default: the registry's default model)",
     )
     pull.add_argument("--revision", help="branch, tag or commit (default: the registry's, or main)")
+    pull.add_argument(
+        "--force",
+        action="store_true",
+        help="download even a model that the plan says cannot load on this machine",
+    )
     _add_hub_flags(pull, list(_HUB_FLAGS))
     models = commands.add_parser("models", help="list the registry's models and which are here")
     _add_hub_flags(models, ["models_file", "cache_dir"])
@@ -110,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings_flags(system)
     system.add_argument("--json", action="store_true", help="print the report as JSON")
+    system.add_argument(
+        "--plan",
+        metavar="ID",
+        help="the model to plan (as --model), read from the hub when it is not here: only its "
+        "header, never its weights",
+    )
     _add_chat_parser(commands)
     return parser
 
@@ -190,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 settings,
                 args.model_id,
                 revision=args.revision,
+                force=args.force,
                 env=os.environ,
                 out=sys.stdout,
                 err=sys.stderr,
@@ -201,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "system":
             from locallab_gguf.cli.system import print_system_report
 
+            if args.plan:
+                settings = msgspec.structs.replace(settings, model=args.plan)
             print_system_report(settings, sys.stdout, as_json=args.json)
         elif args.command == "chat":
             _chat(args, settings)

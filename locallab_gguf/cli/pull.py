@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import TextIO
 
 from locallab_gguf.cli.progress import ProgressPrinter
-from locallab_gguf.models.files import model_files
-from locallab_gguf.models.ids import resolve_model_id, with_revision
-from locallab_gguf.models.registry import load_registry_file
+from locallab_gguf.errors import HubError, HubNotFound, ModelTooLarge
+from locallab_gguf.models.files import ModelFiles, model_files
+from locallab_gguf.models.ids import names_repository, resolve_model_id, with_revision
+from locallab_gguf.models.registry import ModelSpec, load_registry_file
+from locallab_gguf.placement.offload import RAM_RESERVE_BYTES
+from locallab_gguf.placement.plan_text import plan_summary
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import format_bytes
 
@@ -26,15 +29,21 @@ def pull(
     env: Mapping[str, str],
     out: TextIO,
     err: TextIO,
+    force: bool = False,
 ) -> Path:
     registry = load_registry_file(settings.models_file)
+    files = model_files(settings, env)
+    asked = model_id or registry.default
     # --no-custom-models limits what the server's clients may load; here the operator asks.
-    spec = resolve_model_id(registry, model_id or registry.default, allow_custom=True)
+    spec = resolve_model_id(registry, asked, allow_custom=True, pick=files.pick_hub_file)
+    if names_repository(asked):
+        err.write(f"{asked} means {spec.id}.\n")
     if revision is not None:
         spec = with_revision(spec, revision)
-    files = model_files(settings, env)
 
     already_here = files.local_path(spec) is not None
+    if not already_here and not files.access.offline:
+        _plan_first(settings, spec, files, err, force=force)
     printer = None if already_here else ProgressPrinter(spec.file, err, redraw=err.isatty())
     path = files.fetch(spec, printer)
 
@@ -49,3 +58,32 @@ def pull(
         err.write(f"sha256 {checked[0]} matches {checked[1]}.\n")
     out.write(f"{path}\n")
     return path
+
+
+def _plan_first(
+    settings: Settings, spec: ModelSpec, files: ModelFiles, err: TextIO, *, force: bool
+) -> None:
+    """Say how the model would load here, from its header on the hub, before downloading it;
+    refuse one that cannot load unless `force`."""
+    # Imported here: planning reads the hardware through llama.cpp's build.
+    from locallab_gguf.serving.loader import hub_file_plan, machine_probe
+
+    try:
+        plan = hub_file_plan(settings, spec, machine_probe().read(), files.access)
+    except HubNotFound:
+        raise  # the download would fail the same way
+    except HubError as exc:
+        err.write(f"cannot plan {spec.id} before downloading it: {exc}\n")
+        return
+    err.write(f"plan (as `serve` would load it): {plan_summary(plan)}\n")
+    if plan.fits or force:
+        return
+    raise ModelTooLarge(
+        f"{spec.id} cannot load on this machine as `serve` would load it: it needs about "
+        f"{format_bytes(plan.estimate.ram_bytes)} of RAM (keeping "
+        f"{format_bytes(RAM_RESERVE_BYTES)} for the system) and "
+        f"{format_bytes(plan.ram_available_bytes)} is available. Nothing was downloaded; "
+        "`locallab-gguf pull --force` downloads it anyway.",
+        needed_bytes=plan.ram_needed_bytes,
+        available_bytes=plan.ram_available_bytes,
+    )

@@ -22,9 +22,11 @@ from locallab_gguf.sizes import human_bytes
 
 class ModelPlan(msgspec.Struct, frozen=True, kw_only=True):
     model_id: str
-    file: str | None  # None: not on this machine, so nothing to plan from
+    file: str | None  # None: not on this machine
     plan: OffloadPlan | None
     problem: str | None = None
+    # Planned from the header of the file on the hub (not downloaded): the repository's file.
+    hub_file: str | None = None
 
 
 class SystemReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,7 +108,12 @@ def _hardware_rows(hardware: HardwareInfo, llama_cpp_python: str) -> list[tuple[
 
 
 def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
-    rows = [("Model", model.model_id if model.file is None else f"{model.model_id} ({model.file})")]
+    where = model.file or (
+        f"{model.hub_file} on the hub, planned from its header: not downloaded"
+        if model.hub_file
+        else None
+    )
+    rows = [("Model", model.model_id if where is None else f"{model.model_id} ({where})")]
     plan = model.plan
     if plan is None:
         return [*rows, ("Plan", model.problem or "no plan")]
@@ -142,19 +149,29 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
 
 def _model_plan(settings: Settings, hardware: HardwareInfo) -> ModelPlan:
     # Imported here: server pulls in the HTTP stack, which planning does not otherwise need.
-    from locallab_gguf.serving.loader import load_settings_registry, offload_plan
+    from locallab_gguf.serving.loader import hub_file_plan, load_settings_registry, offload_plan
 
     registry = load_settings_registry(settings)
     model_id = settings.model or registry.default
     try:
-        spec = resolve_model_id(registry, model_id, allow_custom=settings.custom_models)
-        path = model_files(settings, os.environ).local_path(spec)
-        if path is None:
+        files = model_files(settings, os.environ)
+        spec = resolve_model_id(
+            registry, model_id, allow_custom=settings.custom_models, pick=files.pick_hub_file
+        )
+        path = files.local_path(spec)
+        if path is None and files.access.offline:
             return ModelPlan(
                 model_id=model_id,
                 file=None,
                 plan=None,
                 problem=f"not on this machine; `locallab-gguf pull {model_id}` fetches it",
+            )
+        if path is None:
+            return ModelPlan(
+                model_id=spec.id,
+                file=None,
+                hub_file=f"{spec.repo}/{spec.file}",
+                plan=hub_file_plan(settings, spec, hardware, files.access),
             )
         return ModelPlan(
             model_id=model_id,
