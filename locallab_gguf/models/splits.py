@@ -27,7 +27,3 @@ def is_first_part(file: str) -> bool:
     """Whether `file` stands for its model: a file in one piece, or the first of its parts."""
     match = _PART.match(file)
     return match is None or int(match["no"]) == 1 or int(match["count"]) < 2
-
-
-def is_later_part(file: str) -> bool:
-    return not is_first_part(file)

@@ -72,7 +72,7 @@ def _write(
     with path.open("wb") as out:
         out.write(head + bytes(_aligned(len(head)) - len(head)))
         start = out.tell()
-        for (tensor, data), info in zip(tensors, infos, strict=True):
+        for (_, data), info in zip(tensors, infos, strict=True):
             (at,) = struct.unpack("<Q", info[-8:])
             out.seek(start + at)
             if data is not None:

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from locallab_gguf.errors import CustomModelsRefused, InvalidModelId, ModelNotFound
-from locallab_gguf.models.ids import HubFile, parse_hub_id, resolve_model_id, with_revision
+from locallab_gguf.models.ids import (
+    MODEL_ID_PATTERN,
+    HubFile,
+    HubRef,
+    parse_hub_id,
+    resolve_model_id,
+    with_revision,
+)
 from locallab_gguf.models.registry import Registry
 from tests.conftest import DEFAULT_ID
 from tests.support.servers import RunningServer
@@ -54,7 +62,7 @@ def test_malformed_hub_ids_say_what_is_wrong_and_the_forms(model_id: str, reason
     with pytest.raises(InvalidModelId) as caught:
         parse_hub_id(model_id)
     assert reason in str(caught.value)
-    assert "owner/repo:file.gguf or hf://owner/repo/file.gguf" in str(caught.value)
+    assert "owner/repo:file.gguf, owner/repo:QUANT" in str(caught.value)
 
 
 def test_registry_ids_come_first_and_unknown_ones_list_the_known(registry: Registry) -> None:
@@ -150,3 +158,37 @@ def test_a_repository_name_the_hub_refuses_is_a_400_naming_the_rule_on_every_sur
         reply = server.client.request(method, path, json=body)
         assert reply.status_code == 400, (path, reply.text)
         assert RULE in message_of(reply.json()), (path, reply.text)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "expected"),
+    [
+        ("owner/repo:Q4_K_M", HubRef("owner/repo", "Q4_K_M")),
+        ("owner/repo", HubRef("owner/repo")),
+        ("owner/repo@v2:iq2_xxs", HubRef("owner/repo", "iq2_xxs", "v2")),
+        ("hf.co/owner/repo:Q8_0", HubRef("owner/repo", "Q8_0")),
+        ("huggingface.co/owner/repo", HubRef("owner/repo")),
+        ("hf.co/owner/repo:m.gguf", HubFile("owner/repo", "m.gguf")),
+    ],
+)
+def test_repositories_and_quantizations_parse_as_people_write_them(
+    model_id: str, expected: HubFile | HubRef
+) -> None:
+    assert parse_hub_id(model_id) == expected
+    assert re.fullmatch(MODEL_ID_PATTERN, model_id)
+
+
+def test_a_repository_resolves_through_the_pick_it_is_given(registry: Registry) -> None:
+    picked: list[HubRef] = []
+
+    def pick(ref: HubRef) -> HubFile:
+        picked.append(ref)
+        return HubFile(ref.repo, f"model-{ref.quant}.gguf", ref.revision)
+
+    spec = resolve_model_id(registry, "o/r:Q6_K", allow_custom=True, pick=pick)
+    assert (spec.id, spec.file) == ("o/r:model-Q6_K.gguf", "model-Q6_K.gguf")
+    assert picked == [HubRef("o/r", "Q6_K")]
+    with pytest.raises(CustomModelsRefused):
+        resolve_model_id(registry, "o/r:Q6_K", allow_custom=False, pick=pick)
+    with pytest.raises(InvalidModelId, match="cannot be listed here"):
+        resolve_model_id(registry, "o/r", allow_custom=True)
