@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from locallab_gguf.cli.progress import ProgressPrinter
-from locallab_gguf.errors import HubError, HubNotFound, ModelTooLarge
+from locallab_gguf.errors import HubError, HubNotFound, ModelTooLarge, ModelUnavailable
 from locallab_gguf.models.files import ModelFiles, model_files
 from locallab_gguf.models.ids import names_repository, resolve_model_id, with_revision
 from locallab_gguf.models.registry import ModelSpec, load_registry_file
@@ -72,7 +72,7 @@ def _plan_first(
         plan = hub_file_plan(settings, spec, machine_probe().read(), files.access)
     except HubNotFound:
         raise  # the download would fail the same way
-    except HubError as exc:
+    except (HubError, ModelUnavailable) as exc:  # no ranges here, or a GGUF of no model
         err.write(f"cannot plan {spec.id} before downloading it: {exc}\n")
         return
     err.write(f"plan (as `serve` would load it): {plan_summary(plan)}\n")

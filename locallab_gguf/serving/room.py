@@ -27,7 +27,13 @@ from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from locallab_gguf.errors import HubAccessDenied, HubError, HubNotFound, NoRoomForModel
+from locallab_gguf.errors import (
+    HubAccessDenied,
+    HubError,
+    HubNotFound,
+    ModelUnavailable,
+    NoRoomForModel,
+)
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec
@@ -171,7 +177,7 @@ async def judge_before_download(
         plan = await asyncio.to_thread(planner.plan_hub_file, spec, files.access)
     except (HubNotFound, HubAccessDenied):
         raise  # the download would fail the same way: say it now
-    except HubError as exc:
+    except (HubError, ModelUnavailable) as exc:  # no ranges there, or a header of no model
         log.warning(
             "cannot plan %s before downloading it (%s); it is planned once here", spec.id, exc
         )

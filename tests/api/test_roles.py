@@ -206,7 +206,7 @@ def test_a_download_past_the_cache_budget_is_refused_before_it_starts_naming_bot
     )
     assert pulled.status_code == 200 and pulled.json()["status"] == "success", pulled.text
     assert cached_gguf_bytes(tmp_path / "cache") == size
-    gets = hub.count("GET")
+    gets = hub.downloads()
 
     left = budget - size
     second = f"{CUSTOM_REPO}:two.gguf"
@@ -219,7 +219,7 @@ def test_a_download_past_the_cache_budget_is_refused_before_it_starts_naming_bot
         "/v1/chat/completions", json={"model": second, "messages": HI, "max_tokens": 1}
     )
     assert chat.status_code == 507 and numbers in chat.json()["error"]["message"]
-    assert hub.count("GET") == gets  # only HEADs: nothing was transferred
+    assert hub.downloads() == gets  # only HEADs and header reads: no file was transferred
     assert not list((tmp_path / "cache").rglob("*.incomplete"))
     assert cached_gguf_bytes(tmp_path / "cache") == size
 

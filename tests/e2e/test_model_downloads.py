@@ -164,7 +164,7 @@ def test_serve_with_a_hub_id_downloads_it_at_start_and_answers(
     # Loading it again by its other name is a no-op: it is the same model.
     again = server.client.post("/models/load", json={"model_id": f"hf://{CUSTOM_REPO}/{SMOL_FILE}"})
     assert again.status_code == 200 and again.json()["model"]["id"] == CUSTOM_ID
-    assert hub.count("GET") == 1
+    assert hub.downloads() == 1
 
 
 def test_a_server_refusing_custom_ids_asks_the_hub_nothing(

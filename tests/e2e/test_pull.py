@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow  # every test starts CLI processes
 CLI = Path(sys.executable).parent / "locallab-gguf"
 HUB_REPO = "test-owner/SmolLM2-GGUF"
 SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SIZE = 98_362_432
 SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GATED_REPO = "test-owner/gated-GGUF"
 
@@ -97,7 +98,10 @@ def test_pull_shows_progress_verifies_prints_the_path_and_a_second_pull_is_insta
     assert hashlib.sha256(path.read_bytes()).hexdigest() == SHA
     # Not a terminal: plain lines, the first at once and the last at the end.
     lines = first.stderr.splitlines()
-    assert lines[0] == f"{SMOL_FILE}: 0 B of 98.4 MB (0%)"
+    # The plan first, from the file's header on the hub: as `serve` would load it.
+    assert lines[0].startswith("plan (as `serve` would load it): 0 of 31 layers on the GPU")
+    assert lines[0].endswith(": fits")
+    assert lines[1] == f"{SMOL_FILE}: 0 B of 98.4 MB (0%)"
     assert any(line.startswith(f"{SMOL_FILE}: 98.4 MB of 98.4 MB (100%)") for line in lines)
     assert "done in" in first.stderr and f"sha256 {SHA} matches the registry" in first.stderr
     asked = hub.count()
@@ -106,6 +110,42 @@ def test_pull_shows_progress_verifies_prints_the_path_and_a_second_pull_is_insta
     assert second.returncode == 0 and Path(second.stdout.strip()) == path
     assert "already on this machine (in the cache, 98.4 MB); nothing downloaded" in second.stderr
     assert hub.count() == asked
+
+
+def test_pull_refuses_what_cannot_load_before_downloading_unless_forced(
+    hub: LocalHub, model_path: Path, tmp_path: Path
+) -> None:
+    hub.add(HUB_REPO, SMOL_FILE, model_path)
+    pulls = Pulls(hub, tmp_path)
+    # 256 slots of 8,192 tokens: about 48 GB of KV cache, more than this machine has.
+    crowded = {"LOCALLAB_PARALLEL": "256", "LOCALLAB_CTX": "8192"}
+
+    refused = pulls.run("pull", f"{HUB_REPO}:q4_1", **crowded)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{HUB_REPO}:q4_1 means smollm2-hub." in refused.stderr
+    assert "does NOT fit" in refused.stderr and "cannot load on this machine" in refused.stderr
+    assert "Nothing was downloaded; `locallab-gguf pull --force`" in refused.stderr
+    assert hub.bytes_sent[SMOL_FILE] < SMOL_SIZE // 10  # its header, not its weights
+    assert not list(pulls.cache.rglob("*.gguf"))
+
+    forced = pulls.run("pull", f"{HUB_REPO}:q4_1", "--force", **crowded)
+    assert forced.returncode == 0, forced.stderr
+    assert Path(forced.stdout.strip()).name == SMOL_FILE
+
+
+def test_system_plans_a_hub_model_from_its_header_without_downloading_it(
+    hub: LocalHub, model_path: Path, tmp_path: Path
+) -> None:
+    hub.add(HUB_REPO, "SmolLM2-Q4_K_M.gguf", model_path)
+    pulls = Pulls(hub, tmp_path)
+    report = pulls.run("system", "--plan", HUB_REPO)
+    assert report.returncode == 0, report.stderr
+    model_row = next(line for line in report.stdout.splitlines() if line.startswith("Model"))
+    assert f"{HUB_REPO}:SmolLM2-Q4_K_M.gguf" in model_row
+    assert "on the hub, planned from its header: not downloaded" in model_row
+    assert "available: fits" in report.stdout
+    assert hub.bytes_sent["SmolLM2-Q4_K_M.gguf"] < SMOL_SIZE // 10
+    assert not list(pulls.cache.rglob("*.gguf"))
 
 
 def test_pull_takes_hub_ids_a_revision_and_a_token_for_a_gated_repo(
@@ -180,8 +220,9 @@ def test_two_pulls_at_once_download_once_and_both_get_the_verified_file(
     pulls = Pulls(hub, tmp_path)
     model_id = f"{HUB_REPO}:tiny.gguf"
     first, second = pulls.start("pull", model_id), pulls.start("pull", model_id)
-    # Both have asked for the metadata (two HEADs each) while one body is held half-sent.
-    wait_until(lambda: hub.count("HEAD") == 4 and hub.holding.is_set(), timeout=60)
+    # Both have asked for the metadata (three HEADs each: the plan's, the download's and
+    # huggingface_hub's) while one body is held half-sent.
+    wait_until(lambda: hub.count("HEAD") == 6 and hub.holding.is_set(), timeout=60)
     hub.release.set()
     outputs = [process.communicate(timeout=120) for process in (first, second)]
     assert [process.returncode for process in (first, second)] == [0, 0], outputs
@@ -189,7 +230,7 @@ def test_two_pulls_at_once_download_once_and_both_get_the_verified_file(
     assert len(paths) == 1
     assert paths.pop().read_bytes() == tiny_gguf.read_bytes()
     assert all("matches the hub" in stderr for _, stderr in outputs)
-    assert hub.count("GET") == 1
+    assert hub.downloads() == 1
 
 
 def test_models_lists_ids_names_sizes_what_is_local_and_the_default(
@@ -250,7 +291,7 @@ def test_serve_downloads_a_hub_model_named_by_flag_and_a_refusing_server_stops_a
             timeout=60,
         )
         assert answer.status_code == 200 and answer.json()["model"] == model_id
-        assert hub.count("GET") == 1
+        assert hub.downloads() == 1
     finally:
         server.send_signal(signal.SIGINT)
         try:

@@ -43,6 +43,7 @@ class LocalHub:
         self.repos: dict[str, HubRepo] = {}
         self.requests: list[tuple[str, str]] = []
         self.bytes_sent: dict[str, int] = {}  # file path -> bytes of its bodies sent
+        self.range_reads = 0  # GETs of a closed byte range (a-b): header reads, not downloads
         self.status_for_all: int | None = None  # answer every request with this status
         self.claimed_size: int | None = None  # what HEAD says the size is
         self.cut_after: int | None = None  # a GET sends this many bytes, then hangs up
@@ -78,6 +79,12 @@ class LocalHub:
     def count(self, method: str | None = None) -> int:
         with self._lock:
             return sum(1 for seen, _ in self.requests if method is None or seen == method)
+
+    def downloads(self) -> int:
+        """GETs of a file that were not header reads: whole files, or the rest of one."""
+        with self._lock:
+            gets = sum(1 for seen, path in self.requests if seen == "GET" and "/resolve/" in path)
+            return gets - self.range_reads
 
     def sent(self, path: str, count: int) -> None:
         with self._lock:
@@ -200,6 +207,9 @@ class _Handler(BaseHTTPRequestHandler):
         if ranged.startswith("bytes="):
             first, _, last = ranged[len("bytes=") :].partition("-")
             start, end = int(first), min(int(last), size - 1) if last else size - 1
+            if last and body:
+                with hub._lock:
+                    hub.range_reads += 1
         partial = (start, end) != (0, size - 1)
         self.send_response(206 if partial else 200)
         self.send_header("X-Repo-Commit", commit)
