@@ -71,6 +71,7 @@ class HubRangeSource:
                         f"(it answered {response.status_code}), so its header cannot be read "
                         "without downloading it; check HF_ENDPOINT and any proxy between."
                     )
+                self._check_total(response.headers.get("Content-Range"))
                 for chunk in response.iter_bytes():
                     data += chunk
                     if len(data) >= length:
@@ -80,3 +81,13 @@ class HubRangeSource:
         with self._lock:
             self.bytes_read += min(len(data), length)
         return bytes(data[:length])
+
+    def _check_total(self, content_range: str | None) -> None:
+        """A range's answer names the file's size: the tensors' sizes depend on it, so it must
+        be the size the file's metadata gave."""
+        total = (content_range or "").rpartition("/")[2]
+        if total.isdigit() and int(total) != self._size:
+            raise HubError(
+                f"{self.access.endpoint} gave {self.name} two sizes ({self._size:,} and "
+                f"{int(total):,} bytes); its header cannot be read before downloading it"
+            )

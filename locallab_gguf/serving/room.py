@@ -155,7 +155,7 @@ def _refuse(spec: ModelSpec, plan: OffloadPlan, models: list[ResidentModel]) -> 
     budget = plan.ram_available_bytes + sum(m.ram_bytes for m in models)
     if plan.ram_total_bytes:
         budget = min(budget, plan.ram_total_bytes)
-    ensure_fits(spec.id, plan, other_models_bytes=budget - plan.ram_available_bytes)
+    ensure_fits(spec.id, plan, other_models_bytes=max(0, budget - plan.ram_available_bytes))
 
 
 async def judge_before_download(
