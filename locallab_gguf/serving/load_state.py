@@ -12,6 +12,7 @@ import msgspec
 from locallab_gguf.errors import LoadCancelled
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.offload import OffloadPlan
+from locallab_gguf.placement.plan_text import plan_summary
 
 ModelStatus = Literal["loaded", "loading", "restarting", "unloaded", "failed"]
 LoadPhase = Literal["downloading", "loading"]
@@ -41,6 +42,15 @@ class LoadProgress:
     def cancel(self) -> None:
         self._cancelled.set()
 
+    def state(self) -> ModelLoadState:
+        return ModelLoadState(
+            model_id=self.spec.id,
+            status=self.phase,
+            downloaded_bytes=self.downloaded_bytes,
+            total_bytes=self.total_bytes,
+            plan=plan_summary(self.plan) if self.plan is not None else None,
+        )
+
 
 class ModelLoadState(msgspec.Struct, kw_only=True):
     """Where one model stands: downloading (with bytes), loading, loaded, unloaded or failed."""
@@ -50,6 +60,8 @@ class ModelLoadState(msgspec.Struct, kw_only=True):
     downloaded_bytes: int | None = None
     total_bytes: int | None = None
     error: str | None = None
+    # While a hub model downloads: how it will load, planned from its header on the hub.
+    plan: str | None = None
 
 
 class RunningLoad(Generic[Loaded]):

@@ -150,13 +150,7 @@ class ModelManager:
         spec = self.spec_for(model_id)
         load = self._loads.get(spec.id)
         if load is not None:
-            progress = load.progress
-            return ModelLoadState(
-                model_id=spec.id,
-                status=progress.phase,
-                downloaded_bytes=progress.downloaded_bytes,
-                total_bytes=progress.total_bytes,
-            )
+            return load.progress.state()
         model = self._resident.get(spec.id)
         if model is not None and model.engine.state != "failed":
             return ModelLoadState(model_id=spec.id, status="loaded")

@@ -120,6 +120,9 @@ def test_a_load_downloads_with_progress_while_the_old_model_serves(
     state = status_of(server, "smollm2-hub")
     assert state["status"] == "downloading" and state["total_bytes"] == SMOL_SIZE
     assert 10**7 <= state["downloaded_bytes"] < SMOL_SIZE
+    # How it will load, planned from its header on the hub before the download began.
+    assert state["plan"].startswith("0 of 31 layers on the GPU")
+    assert "context 4 slots x 1,024 tokens" in state["plan"] and state["plan"].endswith(": fits")
     assert server.client.get("/health").json() == {
         "status": "healthy",
         "model": DEFAULT_ID,

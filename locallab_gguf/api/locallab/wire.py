@@ -333,6 +333,9 @@ class ModelStatusBody(msgspec.Struct, kw_only=True):
     downloaded_bytes: int | None = None
     total_bytes: int | None = None
     error: str | None = None
+    # While a hub model downloads: the GPU layers, context, VRAM and RAM it will load with,
+    # planned from its header on the hub before the download started.
+    plan: str | None = None
 
 
 B = TypeVar("B", bound=msgspec.Struct)
