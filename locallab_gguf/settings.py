@@ -29,7 +29,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         str | None,
         Meta(
             description="the model to serve: a registry id, or a GGUF file on the hub as "
-            "owner/repo:file.gguf or hf://owner/repo/file.gguf (default: the registry's)"
+            "owner/repo:file.gguf, owner/repo:QUANT or owner/repo (default: the registry's)"
         ),
     ] = None
     models_file: Annotated[

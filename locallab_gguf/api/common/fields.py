@@ -24,7 +24,8 @@ Stop = str | list[str] | None
 KeepAlive = Annotated[str, Meta(extra_json_schema={"pattern": DURATION_PATTERN})] | float | None
 
 _MODEL_ID_DESCRIPTION = (
-    "a registry id, or a hub file as owner/repo:file.gguf or hf://owner/repo/file.gguf"
+    "a registry id, or a hub file as owner/repo:file.gguf or hf://owner/repo/file.gguf, or "
+    "a hub repository as owner/repo:QUANT (such as Q4_K_M) or owner/repo"
 )
 # A model id in a body. Any string decodes; the handler names what is wrong with a malformed
 # hub id, and the schema states the forms it accepts.
