@@ -189,15 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
             for (at, path), hub_file in sorted(repo.files.items())
             if at == commit
         ]
-        payload = json.dumps(listing).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(payload)
-        self.close_connection = True
-        return None
+        return self._json(200, json.dumps(listing).encode(), {})
 
     def _send_file(self, hub_file: HubFile, commit: str, body: bool) -> None:
         hub = self.hub
@@ -249,13 +241,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(
         self, status: int, code: str | None, message: str, commit: str | None = None
     ) -> None:
-        payload = f'{{"error": "{message}"}}'.encode()
-        self.send_response(status)
+        headers = {"X-Error-Message": message}
         if code is not None:
-            self.send_header("X-Error-Code", code)
-        self.send_header("X-Error-Message", message)
+            headers["X-Error-Code"] = code
         if commit is not None:
-            self.send_header("X-Repo-Commit", commit)
+            headers["X-Repo-Commit"] = commit
+        self._json(status, f'{{"error": "{message}"}}'.encode(), headers)
+
+    def _json(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Connection", "close")

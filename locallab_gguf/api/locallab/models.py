@@ -33,6 +33,7 @@ from locallab_gguf.durations import FOREVER
 from locallab_gguf.errors import NoModelLoaded
 from locallab_gguf.models.catalog import model_rows
 from locallab_gguf.models.ids import HF_SCHEME, names_repository
+from locallab_gguf.placement.gguf_parts import local_parts
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.serving.resident import ResidentModel
 
@@ -43,7 +44,7 @@ def describe(model: ResidentModel) -> ModelDescription:
         id=model.spec.id,
         name=model.spec.name,
         file=model.spec.file,  # as the repository names it: no path of this server
-        size_bytes=model.path.stat().st_size,
+        size_bytes=sum(part.stat().st_size for part in local_parts(model.path)),
         context_length=info.context_length,
         n_gpu_layers=info.n_gpu_layers,
         chat_template_source=info.chat_template_source,
