@@ -12,6 +12,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from locallab_gguf.errors import ModelUnavailable
+from locallab_gguf.models.download import remove_cached
 from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.ids import HubFile, hub_spec
@@ -82,6 +84,11 @@ def test_a_load_that_cannot_fit_is_refused_before_its_download(
     reply = server.client.post("/models/load", json={"model_id": f"{BIG_REPO}:Q4_1"})
     assert reply.status_code == 507, reply.text
     assert "needs about" in reply.json()["detail"]
+    # A request naming it loads it on demand: refused the same way, before any download.
+    chat = server.client.post(
+        "/v1/chat/completions", json={**FRANCE, "model": f"{BIG_REPO}:{BIG_FILE}"}
+    )
+    assert chat.status_code == 507, chat.text
     assert hub.bytes_sent[BIG_FILE] < 0.01 * big_model.stat().st_size
     assert not list((tmp_path / "cache").rglob("*.gguf"))
 
@@ -146,3 +153,23 @@ def test_a_split_model_missing_a_part_is_refused_naming_it(
     assert parts[1].name in reply.json()["detail"]
     assert hub.bytes_sent.get(parts[0].name, 0) < parts[0].stat().st_size  # not downloaded
     assert msgspec.json.decode(server.client.get("/health").content)["status"] == "healthy"
+
+
+def test_a_split_model_missing_a_part_here_names_it_and_fetches_only_that_part(
+    hub: LocalHub, model_path: Path, tmp_path: Path
+) -> None:
+    parts = split_model(model_path, tmp_path, "SmolLM2-Q4_1", 3)
+    for part in parts:
+        hub.add(SPLIT_REPO, part.name, part)
+    files = hub_files(hub, tmp_path)
+    spec = hub_spec(HubFile(SPLIT_REPO, parts[0].name))
+    first = files.fetch(spec)
+    assert hub.downloads() == 3
+    remove_cached(first.with_name(parts[1].name))
+
+    assert files.local_path(spec) is None
+    with pytest.raises(ModelUnavailable) as caught:
+        files.resolve(spec)
+    assert f"{parts[1].name} (1 of the 3 parts of {parts[0].name})" in str(caught.value)
+    assert files.fetch(spec) == first
+    assert hub.downloads() == 4  # the missing part alone

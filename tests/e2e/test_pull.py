@@ -131,6 +131,10 @@ def test_pull_refuses_what_cannot_load_before_downloading_unless_forced(
     forced = pulls.run("pull", f"{HUB_REPO}:q4_1", "--force", **crowded)
     assert forced.returncode == 0, forced.stderr
     assert Path(forced.stdout.strip()).name == SMOL_FILE
+    # Offline, the quantization is found among the files the cache holds.
+    offline = pulls.run("pull", f"{HUB_REPO}:Q4_1", "--offline")
+    assert offline.returncode == 0, offline.stderr
+    assert "already on this machine" in offline.stderr
 
 
 def test_system_plans_a_hub_model_from_its_header_without_downloading_it(
