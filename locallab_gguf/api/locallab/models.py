@@ -70,7 +70,7 @@ async def load_model(
 ) -> Response[LoadResponse | LoadAccepted]:
     # A repository (owner/repo:Q4_K_M) is resolved to its file first: the answer names it.
     spec = await services.manager.resolve(data.model_id)
-    picked = f" ({data.model_id!r} picked it)" if names_repository(data.model_id) else ""
+    picked = f" (what {data.model_id!r} picks)" if names_repository(data.model_id) else ""
     loading = services.manager.start_load(spec.id)
     if wait or loading.done():
         # Shielded: a client that hangs up does not stop the load.
