@@ -112,7 +112,30 @@ def test_a_quantization_names_one_file_and_several_or_none_are_listed(
     assert one.status_code == 200, one.text
     assert one.json()["model"]["id"] == f"{QUANTS_REPO}:SmolLM2-Q4_1.gguf"
     assert f"what 'hf.co/{QUANTS_REPO}:q4_1' picks" in one.json()["message"]
-    assert hub.count("GET") > 0  # its file was downloaded: the hub was asked
+    assert hub.downloads() == 1
+    ollama = server.client.post(
+        "/api/generate",
+        json={
+            "model": f"hf.co/{QUANTS_REPO}:Q4_1",
+            "prompt": "Hi",
+            "stream": False,
+            "options": {"num_predict": 2, "temperature": 0},
+        },
+    )
+    assert ollama.status_code == 200, ollama.text
+    assert hub.downloads() == 1  # the same model: resident already
+
+    # The repository alone: no Q4_K_M here, so its smallest model (the first by name of three
+    # of one size); named, not loaded, by asking its state.
+    state = server.client.get(f"/models/status/{QUANTS_REPO}").json()
+    assert state == {
+        "model_id": f"{QUANTS_REPO}:SmolLM2-Instruct-Q8_0.gguf",
+        "status": "unloaded",
+        "downloaded_bytes": None,
+        "total_bytes": None,
+        "error": None,
+        "plan": None,
+    }
 
 
 def test_a_split_model_pulls_verifies_loads_answers_like_the_whole_and_is_removed_whole(

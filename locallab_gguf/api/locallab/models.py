@@ -202,4 +202,5 @@ async def model_status(
     model_id = model_id.removeprefix("/")
     if model_id.startswith("hf:/") and not model_id.startswith(HF_SCHEME):
         model_id = HF_SCHEME + model_id.removeprefix("hf:/")
-    return body_of(services.manager.state_of(model_id), ModelStatusBody)
+    spec = await services.manager.resolve(model_id)  # a repository id may ask the hub
+    return body_of(services.manager.state_of(spec.id), ModelStatusBody)
