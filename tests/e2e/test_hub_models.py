@@ -196,3 +196,6 @@ def test_a_split_model_missing_a_part_here_names_it_and_fetches_only_that_part(
     assert f"{parts[1].name} (1 of the 3 parts of {parts[0].name})" in str(caught.value)
     assert files.fetch(spec) == first
     assert hub.downloads() == 4  # the missing part alone
+    remove_cached(first)
+    assert files.remove_cached(spec)  # the parts left, though the first is gone
+    assert not list((tmp_path / "cache").rglob("*.gguf"))

@@ -282,12 +282,15 @@ async def remove(data: JSONBody[ModelRequest], services: NamedDependency[Service
     manager = services.manager
     spec = _spec_named(services, name)
     path = manager.files.local_path(spec)
-    if path is None:
-        raise ModelNotFound(f"model {name!r} not found")
-    if manager.resident_model(spec.id) is not None and not manager.files.is_packaged(spec, path):
+    if (
+        path is not None
+        and manager.resident_model(spec.id)
+        and not manager.files.is_packaged(spec, path)
+    ):
         # Unloaded first (its requests in flight finish): a resident model whose file is gone
         # could no longer be described (/api/ps, /system/info read its header).
         await manager.unload(spec.id)
+    # A split model missing some parts has no path; the parts that are here are removed.
     if not await asyncio.to_thread(manager.files.remove_cached, spec):
         raise ModelNotFound(f"model {name!r} not found")
     # Ollama answers an empty 200.
