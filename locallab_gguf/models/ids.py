@@ -96,16 +96,23 @@ def parse_hub_id(model_id: str) -> HubFile | HubRef:
         name, _, file = rest.partition("/")
         repo_part = f"{owner}/{name}"
     else:
-        named = next(
-            (model_id[len(host) :] for host in HUB_HOSTS if model_id.startswith(host)), None
-        )
-        repo_part, colon, file = (named or model_id).partition(":")
+        repo_part, colon, file = _without_host(model_id).partition(":")
         if not colon or _QUANT.fullmatch(file):
             return _hub_ref(model_id, repo_part, file or None)
     repo, revision = _repo_revision(model_id, repo_part)
     hub_file = HubFile(repo=repo, file=file, revision=revision)
     _check(model_id, hub_file)
     return hub_file
+
+
+def _without_host(model_id: str) -> str:
+    """`owner/repo...` of `hf.co/owner/repo...`; an id of two names (`hf.co/name`) is a
+    repository of the owner `hf.co`, as the hub's rules allow."""
+    for host in HUB_HOSTS:
+        rest = model_id.removeprefix(host)
+        if rest != model_id and "/" in rest.partition(":")[0]:
+            return rest
+    return model_id
 
 
 def _repo_revision(model_id: str, repo_part: str) -> tuple[str, str]:

@@ -35,9 +35,21 @@ MODEL_IDS = [
     "_owner/re.po_:file.gguf",
     "owner/a.git.b:file.gguf",
     "owner/" + "n" * 96 + ":file.gguf",
+    "owner/repo:Q4_K_M",
+    "owner/repo@v2:iq2_xxs",
+    "owner/repo",
+    "hf.co/owner/repo:Q4_K_M",
+    "huggingface.co/owner/repo",
+    "hf.co/owner/repo:dir/file.gguf",
+    "hf.co/name",  # the repository `name` of an owner called hf.co
 ]
 NOT_MODEL_IDS = [
     ":Q",
+    "owner/repo:-Q4",
+    "owner/repo:Q4.5",
+    "owner/repo@a..b:Q4_0",
+    "hf.co/owner/repo/more",
+    "hf.co/owner./repo",
     "owner/repo:file.bin",
     "owner/repo:../file.gguf",
     "owner/repo:dir//file.gguf",
