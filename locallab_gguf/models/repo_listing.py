@@ -3,11 +3,14 @@ holds of it (the files of its snapshot at that revision)."""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import quote
+
 import httpx2
-from huggingface_hub import HfApi
-from huggingface_hub import RepoFile as HubEntry
+from huggingface_hub import get_session, hf_raise_for_status
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.utils._headers import build_hf_headers
 
 from locallab_gguf.errors import ModelNotCached
 from locallab_gguf.models.download import cache_root, hub_failure
@@ -20,15 +23,26 @@ _WHAT = "its file list"
 
 
 def hub_repo_files(ref: HubRef, access: HubAccess) -> list[RepoFile]:
-    api = HfApi(endpoint=access.endpoint, token=access.token)
+    """The repository's files at `ref`'s revision, page by page, each page asked once, without
+    retries: a missing repository or an unreachable hub is known at once, as for a download."""
+    url: str | None = f"{access.endpoint}/api/models/{ref.repo}/tree/{quote(ref.revision, safe='')}"
+    params: dict[str, str] | None = {"recursive": "true", "expand": "false"}
+    headers = build_hf_headers(token=access.token)
+    entries: list[dict[str, Any]] = []
     try:
-        entries = list(api.list_repo_tree(ref.repo, revision=ref.revision, recursive=True))
+        while url is not None:
+            response = get_session().get(
+                url, params=params, headers=headers, timeout=access.timeout_seconds
+            )
+            hf_raise_for_status(response)
+            entries += response.json()
+            url, params = response.links.get("next", {}).get("url"), None  # holds the query
     except (httpx2.TransportError, OSError, HfHubHTTPError) as exc:
         raise hub_failure(exc, _as_spec(ref), access, during_transfer=False) from exc
     return [
-        RepoFile(path=entry.path, size=entry.lfs.size if entry.lfs else entry.size)
+        RepoFile(path=entry["path"], size=(entry.get("lfs") or entry)["size"])
         for entry in entries
-        if isinstance(entry, HubEntry)  # not a folder
+        if entry.get("type") == "file"
     ]
 
 

@@ -104,6 +104,8 @@ def test_a_quantization_names_one_file_and_several_or_none_are_listed(
     assert several.status_code == 400, several.text
     assert "SmolLM2-Q8_0.gguf" in several.text and "SmolLM2-Instruct-Q8_0.gguf" in several.text
 
+    nowhere = server.client.post("/models/load", json={"model_id": "test-owner/no-GGUF:Q4_0"})
+    assert nowhere.status_code == 404 and "no repository" in nowhere.text, nowhere.text
     none = server.client.post("/models/load", json={"model_id": f"{QUANTS_REPO}:Q5_K_M"})
     assert none.status_code == 404, none.text
     assert "SmolLM2-Q4_1.gguf" in none.text  # what the repository has
