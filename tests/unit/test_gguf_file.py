@@ -5,10 +5,15 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from locallab_gguf.errors import ModelUnavailable
-from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
+from locallab_gguf.placement.gguf_file import (
+    GgufFormatError,
+    read_gguf_header,
+    read_gguf_header_from,
+)
 
 
 @pytest.mark.slow
@@ -84,3 +89,39 @@ def test_a_truncated_model_is_refused(model_path: Path, tmp_path: Path) -> None:
 def test_a_missing_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="cannot read"):
         read_gguf_header(tmp_path / "nowhere.gguf")
+
+
+class _CountingSource:
+    """A file read piece by piece, as the hub's range requests read it."""
+
+    def __init__(self, path: Path, *, short: bool = False) -> None:
+        self.content = path.read_bytes()
+        self.name = path.name
+        self.size = len(self.content)
+        self.short = short  # answers nothing after its first read: a connection cut short
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads.append((offset, length))
+        if self.short and len(self.reads) > 1:
+            return b""
+        return self.content[offset : offset + length]
+
+
+def test_a_header_read_in_pieces_is_the_header_read_whole_and_reads_no_weights(
+    model_path: Path,
+) -> None:
+    source = _CountingSource(model_path)
+    header = read_gguf_header_from(source)
+    whole = read_gguf_header(model_path)
+    assert msgspec.structs.replace(header, path=whole.path) == whole
+    read = sum(length for _, length in source.reads)
+    # The windows grow as the header proves long: a few reads, ending near the tensor table.
+    assert len(source.reads) <= 4
+    assert whole.data_offset <= read < whole.data_offset + 1024 * 1024
+    assert all(a + n <= b for (a, n), (b, _) in zip(source.reads, source.reads[1:], strict=False))
+
+
+def test_a_source_that_ends_early_is_a_header_cut_short(model_path: Path) -> None:
+    with pytest.raises(GgufFormatError, match="the header is cut short"):
+        read_gguf_header_from(_CountingSource(model_path, short=True))
