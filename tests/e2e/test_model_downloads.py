@@ -282,6 +282,7 @@ def test_status_of_an_unknown_model_is_404(make_server: ServerFactory) -> None:
         "downloaded_bytes": None,
         "total_bytes": None,
         "error": None,
+        "plan": None,
     }
 
 
