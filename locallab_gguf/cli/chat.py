@@ -24,6 +24,11 @@ HELP = (
 
 ReadLine = Callable[[str], str]
 
+UNREACHABLE_HINT = (
+    "start a server with `locallab-gguf serve`, or leave out --url to chat with a model "
+    "started here"
+)
+
 
 class ChatSession:
     """One conversation: its system prompt and its turns so far."""
@@ -187,7 +192,7 @@ def chat(
             wait_until_loaded(client, out)
             model = None  # whatever it loaded is what it serves
         else:
-            client = ChatClient(url, api_key)
+            client = ChatClient(url, api_key, unreachable_hint=UNREACHABLE_HINT)
         session = ChatSession(
             client,
             choose_model(client, model),
