@@ -129,6 +129,10 @@ def run_model_command(args: argparse.Namespace, settings: Settings) -> int:
     except LocalLabError as exc:
         print(f"locallab-gguf {args.command}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader left (`run ... | head -1`): no traceback, and nothing more to flush.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 
