@@ -392,6 +392,18 @@ def test_generation_from_an_embedding_model_is_400_saying_what_it_is_for(
     assert locallab.status_code == 400 and "embedding model" in locallab.text
 
 
+def test_ollama_show_names_what_each_kind_of_model_does(encoders: RunningServer) -> None:
+    def capabilities(model_id: str) -> list[str]:
+        shown = encoders.client.post("/api/show", json={"model": model_id})
+        assert shown.status_code == 200, shown.text
+        listed: list[str] = shown.json()["capabilities"]
+        return listed
+
+    assert capabilities(EMBED_ID) == ["embedding"]  # not "completion": it cannot generate
+    assert capabilities(RERANK_ID) == []
+    assert {"completion", "tools"} <= set(capabilities(DEFAULT_ID))
+
+
 def rerank(server: RunningServer, path: str, **body: Any) -> dict[str, Any]:
     response = server.client.post(path, json={"model": RERANK_ID, **body})
     assert response.status_code == 200, response.text

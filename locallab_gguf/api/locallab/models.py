@@ -101,7 +101,9 @@ async def unload_model(
         if previous
         else "no model was loaded"
     )
-    return UnloadResponse(status="success", message=message)
+    return UnloadResponse(
+        status="success", message=message, model_id=previous.spec.id if previous else None
+    )
 
 
 @get(
