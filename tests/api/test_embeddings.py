@@ -285,8 +285,11 @@ def test_the_inputs_of_a_client_that_hangs_up_are_dropped(any_isolation: Running
     raw.close()
     answered = server.engine_stats(MEAN_ID).requests_finished
     # The next client is answered after at most the decode running when the first left,
-    # not after its 2,048 inputs; nothing of the first is counted or left queued.
-    with httpx.Client(base_url=server.url, timeout=20) as quick:
+    # not after its 2,048 inputs; nothing of the first is counted or left queued. Encoding
+    # them all takes minutes on the fastest of these CPUs (about 9 on an idle AVX2 one), and
+    # one decode seconds (tens on the portable build of a busy machine): two minutes tell
+    # them apart on any of them.
+    with httpx.Client(base_url=server.url, timeout=120) as quick:
         response = quick.post("/v1/embeddings", json={"model": MEAN_ID, "input": TEXTS})
     assert response.status_code == 200 and len(response.json()["data"]) == len(TEXTS)
     stats = server.engine_stats(MEAN_ID)
