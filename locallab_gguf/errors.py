@@ -40,8 +40,10 @@
     ├── EngineFailure            generation failed inside the engine
     ├── ClientDisconnected       the client hung up before its answer was ready
     ├── RequestTimedOut          the client took too long to send its request
-    ├── ServerUnreachable        `chat --url` finds no server at that address
-    └── ServerRefused            `chat`: the server answered with an error (its message)
+    ├── ServerUnreachable        a command (chat --url, ps, stop, run) finds no server there
+    ├── ServerRefused            the server answered such a command with an error (its message)
+    ├── NotLoadedThere           `stop`: the server does not hold that model
+    └── ModelInUse               `rm`: a running server holds the model; stop it there first
 
 The HTTP status of each lives in one table in `locallab_gguf.api.common.errors`; this module knows
 nothing of HTTP. Every message says what happened and what to do about it.
@@ -367,4 +369,12 @@ class ServerUnreachable(LocalLabError):
 
 
 class ServerRefused(LocalLabError):
+    pass
+
+
+class NotLoadedThere(LocalLabError):
+    pass
+
+
+class ModelInUse(LocalLabError):
     pass

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import TextIO
 
 from locallab_gguf.cli.chat_client import ChatClient, Reply
+from locallab_gguf.cli.server_client import client_key
 from locallab_gguf.errors import ModelLoadFailed, ServerRefused
 from locallab_gguf.settings import Settings
 
@@ -23,6 +24,11 @@ HELP = (
 )
 
 ReadLine = Callable[[str], str]
+
+UNREACHABLE_HINT = (
+    "start a server with `locallab-gguf serve`, or leave out --url to chat with a model "
+    "started here"
+)
 
 
 class ChatSession:
@@ -181,13 +187,14 @@ def chat(
     with contextlib.ExitStack() as stack:
         if url is None:
             url = stack.enter_context(local_server(settings))
-            # The in-process server takes the key check from the same settings.
-            api_key = api_key or (settings.api_keys[0] if settings.api_keys else None)
+            # The in-process server takes the key check from the same settings; a key
+            # written 'admin:KEY' there is sent as KEY.
+            api_key = api_key or client_key(settings, {}, None)
             client = ChatClient(url, api_key)
             wait_until_loaded(client, out)
             model = None  # whatever it loaded is what it serves
         else:
-            client = ChatClient(url, api_key)
+            client = ChatClient(url, api_key, unreachable_hint=UNREACHABLE_HINT)
         session = ChatSession(
             client,
             choose_model(client, model),

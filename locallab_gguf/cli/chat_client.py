@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
 
-from locallab_gguf.errors import ServerRefused, ServerUnreachable
+from locallab_gguf.cli.server_client import ServerClient
+from locallab_gguf.errors import ServerRefused
 
 
 class Reply(msgspec.Struct, kw_only=True):
@@ -37,20 +36,13 @@ class Reply(msgspec.Struct, kw_only=True):
         return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class ChatClient:
-    def __init__(self, base_url: str, api_key: str | None = None, timeout: float = 600) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-
+class ChatClient(ServerClient):
     def health(self) -> dict[str, Any]:
-        with self._open("GET", "/health") as response:
-            body: dict[str, Any] = json.load(response)
-            return body
+        body: dict[str, Any] = self.get_json("/health")
+        return body
 
     def model_ids(self) -> list[str]:
-        with self._open("GET", "/v1/models") as response:
-            return [model["id"] for model in json.load(response)["data"]]
+        return [model["id"] for model in self.get_json("/v1/models")["data"]]
 
     def stream_chat(
         self,
@@ -75,7 +67,7 @@ class ChatClient:
         first_text: float | None = None
         usage: dict[str, int] = {}
         finish_reason = None
-        with self._open("POST", "/v1/chat/completions", body) as response:
+        with self.open("POST", "/v1/chat/completions", body) as response:
             for data in _sse_data(response):
                 if data == "[DONE]":
                     break
@@ -98,29 +90,6 @@ class ChatClient:
             finish_reason=finish_reason,
         )
 
-    def _open(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        headers = {"Accept": "application/json, text/event-stream"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(
-            self.base_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            headers=headers,
-            method=method,
-        )
-        try:
-            return urllib.request.urlopen(request, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
-            raise ServerRefused(f"{exc.code}: {_error_message(exc)}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServerUnreachable(
-                f"cannot reach {self.base_url} ({reason}); start a server with "
-                "`locallab-gguf serve`, or leave out --url to chat with a model started here"
-            ) from exc
-
 
 def _sse_data(response: Any) -> Iterator[str]:
     """The data of each server-sent event (this server sends one data line per event)."""
@@ -128,17 +97,3 @@ def _sse_data(response: Any) -> Iterator[str]:
         line = raw.decode("utf-8").rstrip("\r\n")
         if line.startswith("data:"):
             yield line[5:].lstrip(" ")
-
-
-def _error_message(error: urllib.error.HTTPError) -> str:
-    try:
-        body = json.loads(error.read())
-    except ValueError:
-        return str(error.reason)
-    if isinstance(body, dict):
-        inner = body.get("error")
-        if isinstance(inner, dict) and "message" in inner:
-            return str(inner["message"])
-        if "detail" in body:
-            return str(body["detail"])
-    return str(error.reason)

@@ -12,6 +12,13 @@ from typing import Any
 import msgspec
 
 from locallab_gguf import __version__
+from locallab_gguf.cli.model_commands import (
+    HUB_FLAGS,
+    MODEL_COMMANDS,
+    add_hub_flags,
+    add_model_commands,
+    run_model_command,
+)
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.log_format import configure_logging
 from locallab_gguf.openmp import tune_for_serving
@@ -56,30 +63,6 @@ SERVE_DETAILS = (
 )
 
 
-# pull and models take only the settings that say where models are, under the names users
-# of other model tools know (--token, not --hf-token).
-_HUB_FLAGS = {
-    "models_file": "--models-file",
-    "cache_dir": "--cache-dir",
-    "hf_token": "--token",
-    "offline": "--offline",
-}
-
-
-def _add_hub_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    specs = {spec.name: spec for spec in flag_specs()}
-    for name in names:
-        spec, flag = specs[name], _HUB_FLAGS[name]
-        described = f"{spec.help} [env {env_name(name)}]"
-        if spec.kind is bool:
-            parser.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, help=described
-            )
-        else:
-            metavar = flag[2:].replace("-", "_").upper()
-            parser.add_argument(flag, dest=name, help=described, metavar=metavar)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="locallab-gguf", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -105,9 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="download even a model that the plan says cannot load on this machine",
     )
-    _add_hub_flags(pull, list(_HUB_FLAGS))
-    models = commands.add_parser("models", help="list the registry's models and which are here")
-    _add_hub_flags(models, ["models_file", "cache_dir"])
+    add_hub_flags(pull, list(HUB_FLAGS))
     system = commands.add_parser(
         "system",
         help="show CPU, memory, GPUs, threads, and the GPU offload serve would choose",
@@ -122,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         "header, never its weights",
     )
     _add_chat_parser(commands)
+    add_model_commands(commands)
     return parser
 
 
@@ -184,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _settings(args)
         configure_logging(
-            # pull and models speak for themselves; a log line per HTTP request is noise there.
+            # Only serve logs each request; the other commands speak for themselves.
             settings.log_level if args.command == "serve" else "warning",
             settings.log_format,
             settings.log_repeat_interval,
@@ -206,10 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out=sys.stdout,
                 err=sys.stderr,
             )
-        elif args.command == "models":
-            from locallab_gguf.cli.models import print_models
-
-            print_models(settings, os.environ, sys.stdout)
+        elif args.command in MODEL_COMMANDS:
+            return run_model_command(args, settings)
         elif args.command == "system":
             from locallab_gguf.cli.system import print_system_report
 

@@ -1,11 +1,14 @@
-"""`locallab-gguf models`: the registry as a table, with what is already on this machine."""
+"""`locallab-gguf ls` (and its older name `models`): the registry's models and the hub files
+pulled into the cache, with their sizes and where each is on this machine."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TextIO
 
-from locallab_gguf.models.catalog import ModelRow, model_rows
+import msgspec
+
+from locallab_gguf.models.catalog import ModelRow, model_rows, pulled_hub_rows
 from locallab_gguf.models.files import model_files
 from locallab_gguf.models.registry import load_registry_file
 from locallab_gguf.settings import Settings
@@ -30,7 +33,13 @@ def render_rows(rows: list[ModelRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def print_models(settings: Settings, env: Mapping[str, str], out: TextIO) -> None:
+def list_models(
+    settings: Settings, env: Mapping[str, str], out: TextIO, *, as_json: bool = False
+) -> None:
     registry = load_registry_file(settings.models_file)
     files = model_files(settings, env)
-    out.write(render_rows(model_rows(registry, files)))
+    rows = model_rows(registry, files) + pulled_hub_rows(registry, files)
+    if as_json:
+        out.write(msgspec.json.encode(rows).decode() + "\n")
+    else:
+        out.write(render_rows(rows))

@@ -143,11 +143,21 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     # None: no log-probabilities; n: each token's own and the n most likely at its step.
     logprobs: int | None = None
     chat: ChatOptions = ChatOptions()
+    # A conversation's name (OpenAI's `prompt_cache_key`): its requests prefer the slot that
+    # holds its prefix, and other named conversations leave that slot alone while another is
+    # free (they copy the prefix they share instead of overwriting the conversation).
+    cache_key: str | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
     completion_tokens: int
+    # Of the prompt: tokens whose KV came from a cache (the slot's own, another slot's, the
+    # prompt cache) instead of being evaluated.
+    cached_tokens: int = 0
+    # Of the completion: tokens the model spent thinking, where thinking is split from the
+    # answer (counted as generated, so a token or two around the tags may go either way).
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -10,6 +10,7 @@ part; the other parts follow it everywhere (download, checks, removal).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _PART = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$", re.IGNORECASE)
 
@@ -27,3 +28,8 @@ def is_first_part(file: str) -> bool:
     """Whether `file` stands for its model: a file in one piece, or the first of its parts."""
     match = _PART.match(file)
     return match is None or int(match["no"]) == 1 or int(match["count"]) < 2
+
+
+def local_parts(path: Path) -> list[Path]:
+    """The files of the model whose (first) file is `path`, from the same directory."""
+    return [path.with_name(Path(part).name) for part in split_parts(path.name)]

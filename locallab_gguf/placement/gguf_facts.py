@@ -12,8 +12,9 @@ from pathlib import Path
 
 import msgspec
 
+from locallab_gguf.models.splits import local_parts
 from locallab_gguf.placement.gguf_file import GgufHeader, Value
-from locallab_gguf.placement.gguf_parts import local_parts, read_model_header
+from locallab_gguf.placement.gguf_parts import read_model_header
 
 # llama.cpp's llama_ftype: the file's dominant quantization (general.file_type).
 _FILE_TYPES = {

@@ -13,13 +13,8 @@ from pathlib import Path
 import msgspec
 
 from locallab_gguf.errors import ModelUnavailable
-from locallab_gguf.models.splits import split_parts
+from locallab_gguf.models.splits import local_parts
 from locallab_gguf.placement.gguf_file import GgufFormatError, GgufHeader, read_gguf_header
-
-
-def local_parts(path: Path) -> list[Path]:
-    """The files of the model whose (first) file is `path`, from the same directory."""
-    return [path.with_name(Path(part).name) for part in split_parts(path.name)]
 
 
 def read_model_header(path: Path) -> GgufHeader:

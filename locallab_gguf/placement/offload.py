@@ -21,7 +21,8 @@ import msgspec
 from locallab_gguf.engine.types import EngineConfig
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
-from locallab_gguf.placement.gguf_parts import local_parts, read_model_header
+from locallab_gguf.models.splits import local_parts
+from locallab_gguf.placement.gguf_parts import read_model_header
 from locallab_gguf.placement.hardware import Backend, HardwareInfo
 from locallab_gguf.placement.memory import ModelMemory, Placement, model_memory, place
 from locallab_gguf.placement.nvidia import GpuInfo

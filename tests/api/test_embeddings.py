@@ -285,8 +285,11 @@ def test_the_inputs_of_a_client_that_hangs_up_are_dropped(any_isolation: Running
     raw.close()
     answered = server.engine_stats(MEAN_ID).requests_finished
     # The next client is answered after at most the decode running when the first left,
-    # not after its 2,048 inputs; nothing of the first is counted or left queued.
-    with httpx.Client(base_url=server.url, timeout=20) as quick:
+    # not after its 2,048 inputs; nothing of the first is counted or left queued. Encoding
+    # them all takes minutes on the fastest of these CPUs (about 9 on an idle AVX2 one), and
+    # one decode seconds (tens on the portable build of a busy machine): two minutes tell
+    # them apart on any of them.
+    with httpx.Client(base_url=server.url, timeout=120) as quick:
         response = quick.post("/v1/embeddings", json={"model": MEAN_ID, "input": TEXTS})
     assert response.status_code == 200 and len(response.json()["data"]) == len(TEXTS)
     stats = server.engine_stats(MEAN_ID)
@@ -390,6 +393,18 @@ def test_generation_from_an_embedding_model_is_400_saying_what_it_is_for(
     assert generate.status_code == 400 and "embedding model" in generate.text
     locallab = encoders.client.post("/generate", json={"model_id": EMBED_ID, "prompt": "hi"})
     assert locallab.status_code == 400 and "embedding model" in locallab.text
+
+
+def test_ollama_show_names_what_each_kind_of_model_does(encoders: RunningServer) -> None:
+    def capabilities(model_id: str) -> list[str]:
+        shown = encoders.client.post("/api/show", json={"model": model_id})
+        assert shown.status_code == 200, shown.text
+        listed: list[str] = shown.json()["capabilities"]
+        return listed
+
+    assert capabilities(EMBED_ID) == ["embedding"]  # not "completion": it cannot generate
+    assert capabilities(RERANK_ID) == []
+    assert {"completion", "tools"} <= set(capabilities(DEFAULT_ID))
 
 
 def rerank(server: RunningServer, path: str, **body: Any) -> dict[str, Any]:

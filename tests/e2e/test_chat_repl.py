@@ -21,9 +21,9 @@ PROMPT = "you> "
 RATE = r"\[(\d+) tokens in [\d.]+ s, [\d.]+ tokens/s\]"
 
 
-def spawn(*args: str, timeout: float = 60) -> pexpect.spawn:
+def spawn(*args: str, timeout: float = 60, **env: str) -> pexpect.spawn:
     child = pexpect.spawn(
-        CLI, ["chat", *args], encoding="utf-8", timeout=timeout, env=dict(os.environ)
+        CLI, ["chat", *args], encoding="utf-8", timeout=timeout, env={**os.environ, **env}
     )
     child.setwinsize(40, 200)  # long lines stay whole, so the text can be matched
     return child
@@ -136,7 +136,8 @@ def test_a_wrong_model_id_gets_the_servers_answer(server: RunningServer) -> None
 
 @pytest.mark.slow
 def test_without_a_url_the_model_starts_in_process(answer: Answer) -> None:
-    child = spawn("--temperature", "0", timeout=180)
+    # With keys, as `serve` reads them: the chat sends the admin key without its prefix.
+    child = spawn("--temperature", "0", timeout=180, LOCALLAB_API_KEYS="user:u1,admin:a1")
     child.expect(f"Chatting with {DEFAULT_ID} at http://127.0.0.1:")
     child.expect_exact(PROMPT)
     child.sendline(QUESTION)

@@ -97,3 +97,19 @@ def test_replayed_pieces_emit_nothing_and_the_stream_continues_where_it_was() ->
     after, _ = run(resumed, pieces[cut:])
     resumed.finish("length", after)
     assert text_of(before) + text_of(after) == text_of(all_events) == "Hello € world"
+
+
+def test_tokens_written_while_thinking_are_counted_as_reasoning() -> None:
+    pipeline = TextPipeline(1, StopMatcher([]), OutputParser(None, reasoning=True))
+    thought = [b"<think>", b"Let", b" me", b" see", b"</think>"]
+    answer = [b"It", b" is", b" four", b"."]
+    events, _ = run(pipeline, thought + answer)
+    assert text_of(events) == "It is four."
+    # The opening tag's token is thinking already; the closing one ends it.
+    assert pipeline.reasoning_tokens == 4
+
+
+def test_no_reasoning_is_counted_where_thinking_is_not_split() -> None:
+    pipeline = TextPipeline(1, StopMatcher([]), None)
+    run(pipeline, [b"<think>", b"hmm", b"</think>", b"ok"])
+    assert pipeline.reasoning_tokens == 0

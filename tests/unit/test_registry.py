@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from locallab_gguf.errors import ConfigError, ModelNotFound
-from locallab_gguf.models.registry import default_models_file, load_registry, parse_registry
+from locallab_gguf.models.catalog import model_capabilities
+from locallab_gguf.models.registry import (
+    ModelSpec,
+    default_models_file,
+    load_registry,
+    parse_registry,
+)
 
 GOOD = """
 default = "tiny"
@@ -97,3 +104,22 @@ def test_unknown_id_lists_the_known_ones() -> None:
     registry = parse_registry(GOOD, source="good.toml")
     with pytest.raises(ModelNotFound, match=r"known models: other-1\.5b, tiny"):
         registry.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("kind", "template", "expected"),
+    [
+        ("chat", "{{ messages }}", ["chat", "completion", "tools", "embeddings"]),
+        ("chat", "<think>{{ m }}", ["chat", "completion", "tools", "thinking", "embeddings"]),
+        ("chat", None, ["completion", "embeddings"]),  # a base model completes text only
+        ("embedding", None, ["embeddings"]),
+        ("reranker", None, ["rerank"]),
+    ],
+)
+def test_capabilities_follow_the_kind_and_the_chat_template(
+    kind: str, template: str | None, expected: list[str]
+) -> None:
+    spec = msgspec.convert(
+        {"id": "m", "name": "M", "repo": "o/r", "file": "m.gguf", "kind": kind}, ModelSpec
+    )
+    assert model_capabilities(spec, template) == expected

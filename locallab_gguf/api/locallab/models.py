@@ -33,7 +33,7 @@ from locallab_gguf.durations import FOREVER
 from locallab_gguf.errors import NoModelLoaded
 from locallab_gguf.models.catalog import model_rows
 from locallab_gguf.models.ids import HF_SCHEME, names_repository
-from locallab_gguf.placement.gguf_parts import local_parts
+from locallab_gguf.models.splits import local_parts
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.serving.resident import ResidentModel
 
@@ -107,7 +107,9 @@ async def unload_model(
         if previous
         else "no model was loaded"
     )
-    return UnloadResponse(status="success", message=message)
+    return UnloadResponse(
+        status="success", message=message, model_id=previous.spec.id if previous else None
+    )
 
 
 @get(

@@ -178,6 +178,8 @@ class LoadAccepted(msgspec.Struct):
 class UnloadResponse(msgspec.Struct):
     status: Literal["success"]
     message: str
+    # The model unloaded; null when none was resident (`locallab-gguf stop` tells them apart).
+    model_id: str | None = None
 
 
 class AvailableModel(msgspec.Struct):

@@ -44,6 +44,7 @@ from locallab_gguf.errors import (
     ModelNotFound,
     UnsupportedParameter,
 )
+from locallab_gguf.models.catalog import model_capabilities
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
 from locallab_gguf.serving.footprint import loaded_footprint
@@ -126,11 +127,15 @@ def _local_spec(services: Services, name: str) -> tuple[ModelSpec, Path]:
     return spec, path
 
 
-def _capabilities(template: str) -> list[str]:
-    if not template:
-        return ["completion"]  # a base model: no chat, so no tools
-    # Tool calls work with any chat template (a generic format where it has none of its own).
-    return ["completion", "tools", *(["thinking"] if "<think>" in template else [])]
+# Ollama's names for what a model does; it lists "embedding" only for embedding models.
+_OLLAMA_CAPABILITIES = ("completion", "tools", "thinking")
+
+
+def _capabilities(spec: ModelSpec, template: str) -> list[str]:
+    capabilities = model_capabilities(spec, template)
+    if "completion" not in capabilities:  # an embedding model or a reranker
+        return ["embedding"] if "embeddings" in capabilities else []
+    return [name for name in capabilities if name in _OLLAMA_CAPABILITIES]
 
 
 def _show(services: Services, name: str) -> ShowResponse:
@@ -154,7 +159,7 @@ def _show(services: Services, name: str) -> ShowResponse:
         template=template,
         details=_details(services, spec, facts),
         model_info=info,
-        capabilities=_capabilities(template),
+        capabilities=_capabilities(spec, template),
         modified_at=_modified_at(path),
     )
 

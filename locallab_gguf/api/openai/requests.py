@@ -72,6 +72,7 @@ def chat_generation(data: ChatCompletionRequest, context_length: int) -> Generat
             ),
             reasoning_effort=data.reasoning_effort,
         ),
+        cache_key=data.prompt_cache_key,
     )
 
 

@@ -6,7 +6,6 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from locallab_gguf.api.common.fields import UsageBody
 from locallab_gguf.api.common.streaming.sse import json_event
 from locallab_gguf.api.common.streaming.tool_calls import ToolCallCollector
 from locallab_gguf.api.openai.wire import (
@@ -28,6 +27,7 @@ from locallab_gguf.api.openai.wire import (
     ToolCallBody,
     ToolCallChunk,
     TopLogprob,
+    Usage,
 )
 from locallab_gguf.engine.types import (
     Event,
@@ -76,7 +76,7 @@ def chat_completion(reply: Reply, events: Sequence[Event], finished: Finished) -
                 finish_reason=finished.finish_reason,
             )
         ],
-        usage=UsageBody.of(finished.usage),
+        usage=Usage.of(finished.usage),
     )
 
 
@@ -102,7 +102,7 @@ def completion(reply: Reply, deltas: Sequence[TextDelta], finished: Finished) ->
                 finish_reason=finished.finish_reason,
             )
         ],
-        usage=UsageBody.of(finished.usage),
+        usage=Usage.of(finished.usage),
     )
 
 
@@ -149,14 +149,14 @@ class ChatChunks:
             last = ChatChunkChoice(index=0, delta=ChunkDelta(), finish_reason=event.finish_reason)
             ending = self._chunk([last])
             if self.include_usage:
-                ending += self._chunk([], UsageBody.of(event.usage))
+                ending += self._chunk([], Usage.of(event.usage))
             return ending
         return None
 
     def _delta(self, delta: ChunkDelta) -> bytes:
         return self._chunk([ChatChunkChoice(index=0, delta=delta)])
 
-    def _chunk(self, choices: list[ChatChunkChoice], usage: UsageBody | None = None) -> bytes:
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> bytes:
         reply = self.reply
         body = ChatCompletionChunk(
             id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=usage
@@ -191,11 +191,11 @@ class CompletionChunks:
             )
             ending = self._chunk([last])
             if self.include_usage:
-                ending += self._chunk([], UsageBody.of(event.usage))
+                ending += self._chunk([], Usage.of(event.usage))
             return ending
         return None
 
-    def _chunk(self, choices: list[CompletionChoice], usage: UsageBody | None = None) -> bytes:
+    def _chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> bytes:
         reply = self.reply
         body = Completion(
             id=reply.id, created=reply.created, model=reply.model, choices=choices, usage=usage

@@ -19,7 +19,6 @@ from locallab_gguf.api.common.fields import (
     ModelId,
     NewTokens,
     Stop,
-    UsageBody,
 )
 from locallab_gguf.api.common.schema.constraints import (
     NULL,
@@ -30,6 +29,7 @@ from locallab_gguf.api.common.schema.constraints import (
     when,
 )
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, FinishReason, ModelKind
+from locallab_gguf.engine.types import Usage as EngineUsage
 
 # A field of OpenAI's API that this server does not implement: accepted only when null.
 Unsupported = Annotated[Any, only()]
@@ -257,6 +257,8 @@ class ChatCompletionRequest(OpenAIRequest, kw_only=True, forbid_unknown_fields=T
     prediction: Unsupported = None
     # Passed to the chat template as reasoning_effort, for templates that use it.
     reasoning_effort: Annotated[str, Meta(max_length=32)] | None = None
+    # Names the conversation: its requests keep to the slot that holds its prefix.
+    prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
     web_search_options: Unsupported = None
     verbosity: Unsupported = None
 
@@ -335,13 +337,39 @@ class ChatCompletionChoice(msgspec.Struct, kw_only=True):
     finish_reason: FinishReason
 
 
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int  # prompt tokens found in a cache, not evaluated
+
+
+class CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int  # completion tokens spent thinking
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+
+    @classmethod
+    def of(cls, usage: EngineUsage) -> Usage:
+        return cls(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            PromptTokensDetails(usage.cached_tokens),
+            CompletionTokensDetails(usage.reasoning_tokens),
+        )
+
+
 class ChatCompletion(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
     choices: list[ChatCompletionChoice]
-    usage: UsageBody
+    usage: Usage
 
 
 class FunctionChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -378,7 +406,7 @@ class ChatCompletionChunk(msgspec.Struct, kw_only=True):
     created: int
     model: str
     choices: list[ChatChunkChoice]
-    usage: UsageBody | None = None  # only on the extra last chunk of include_usage
+    usage: Usage | None = None  # only on the extra last chunk of include_usage
 
 
 class CompletionLogprobs(msgspec.Struct, kw_only=True):
@@ -403,7 +431,7 @@ class Completion(msgspec.Struct, kw_only=True):
     created: int
     model: str
     choices: list[CompletionChoice]
-    usage: UsageBody | None = None
+    usage: Usage | None = None
 
 
 class ErrorDetail(msgspec.Struct, kw_only=True):

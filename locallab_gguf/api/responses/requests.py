@@ -323,4 +323,5 @@ def generation(
             reasoning="split",
             reasoning_effort=None if data.reasoning is None else data.reasoning.effort,
         ),
+        cache_key=data.prompt_cache_key,
     )

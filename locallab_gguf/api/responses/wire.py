@@ -240,7 +240,8 @@ class ResponseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream: bool | None = None
     metadata: dict[str, str] | None = None
     user: str | None = None
-    prompt_cache_key: str | None = None
+    # Names the conversation: its requests keep to the slot that holds its prefix.
+    prompt_cache_key: Annotated[str, Meta(max_length=1024)] | None = None
     # Accepted and not used: this server has one tier, keeps its own prompt cache and never
     # truncates the input silently (a prompt too long is a 413).
     client_metadata: dict[str, Any] | None = None

@@ -54,6 +54,11 @@ Answer = Callable[[EncodeResult | LocalLabError], None]
 # Sequences one decode may carry: enough for a few dozen short sentences from concurrent
 # clients to share one pass over the weights.
 MIN_SEQUENCES_PER_DECODE = 64
+# Tokens one decode takes (more when a single input is longer). A decode cannot be stopped
+# once begun, so its length is how long a client behind a large request (or behind one whose
+# client left) waits; 512-token batches already run at full prompt speed on a CPU, while a
+# context-sized batch of 2,048 tokens took 8-25 s on two cores.
+DECODE_TOKENS = 512
 
 _POOLING_CODES: dict[Pooling, int] = {
     "mean": llama_cpp.LLAMA_POOLING_TYPE_MEAN,
@@ -330,9 +335,10 @@ class EmbeddingEngine:
         """The next inputs in order, as many as one decode holds."""
         taken: list[_Input] = []
         tokens = 0
+        budget = min(self.n_batch, max(DECODE_TOKENS, len(self._queue[0].tokens)))
         while self._queue and len(taken) < self.n_seq_max:
             size = len(self._queue[0].tokens)
-            if tokens + size > self.n_batch:
+            if tokens + size > budget:
                 break
             taken.append(self._queue.popleft())
             tokens += size

@@ -82,6 +82,7 @@ class Admission:
             sampler,
             request.logprobs,
             prepared.parser,
+            request.cache_key,
         )
         if resume is not None:
             self._resume(job, prompt_length, resume)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 class TextPipeline:
     """A request's output text on its way to events (the module's docstring says how)."""
 
-    __slots__ = ("job_id", "parser", "pending_logprobs", "stops", "utf8")
+    __slots__ = ("job_id", "parser", "pending_logprobs", "reasoning_tokens", "stops", "utf8")
 
     def __init__(self, job_id: int, stops: StopMatcher, parser: OutputParser | None) -> None:
         self.job_id = job_id
@@ -40,6 +40,7 @@ class TextPipeline:
         self.parser = parser  # reads calls and thinking out of the text, when the chat asks
         self.utf8 = Utf8Stream()
         self.pending_logprobs: list[TokenLogprobs] = []  # tokens whose text is not out yet
+        self.reasoning_tokens = 0  # tokens fed while the parser read thinking
 
     def replay(self, pieces: Iterable[bytes]) -> None:
         """Feed again the pieces of tokens whose text went out before the engine process that
@@ -58,11 +59,13 @@ class TextPipeline:
         if logprobs is not None:
             self.pending_logprobs.append(logprobs)
         text = self.utf8.feed(piece)
-        if not text:
-            return False
-        text, stopped = self.stops.feed(text)
+        stopped = False
         if text:
-            self._emit(text, events)
+            text, stopped = self.stops.feed(text)
+            if text:
+                self._emit(text, events)
+        if self.parser is not None and self.parser.thinking:
+            self.reasoning_tokens += 1
         return stopped
 
     def finish(self, reason: FinishReason, events: EventBatch) -> FinishReason:
@@ -99,11 +102,12 @@ class TextPipeline:
 class Slot:
     """One KV sequence and the job it serves, if any."""
 
-    __slots__ = ("cached", "job", "last_used", "seq_id")
+    __slots__ = ("cache_key", "cached", "job", "last_used", "seq_id")
 
     def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []  # tokens whose KV this sequence holds, from position 0
+        self.cache_key: str | None = None  # the named conversation `cached` belongs to
         self.job: Job | None = None
         self.last_used = 0
 
@@ -120,6 +124,8 @@ class JobPhase(enum.Enum):
 class Job:
     __slots__ = (
         "awaited",
+        "cache_key",
+        "cached_tokens",
         "cancelled",
         "completion_tokens",
         "id",
@@ -147,8 +153,10 @@ class Job:
         sampler: Sampler,
         logprobs: int | None,
         parser: OutputParser | None = None,
+        cache_key: str | None = None,
     ) -> None:
         self.id = job_id
+        self.cache_key = cache_key
         self.text = TextPipeline(job_id, stops, parser)
         self.tokens = tokens
         self.prompt_length = len(tokens)  # a resumed job's tokens also hold its completion
@@ -157,6 +165,7 @@ class Job:
         self.phase = JobPhase.QUEUED
         self.slot: Slot | None = None
         self.n_evaluated = 0  # prompt tokens already in the slot's KV
+        self.cached_tokens = 0  # of those, the ones it found there (reused, not evaluated)
         # PROMPT: a prefix another slot is evaluating now, taken from it once it is there
         self.awaited: ReusePlan | None = None
         self.next_token = 0  # GENERATING: the sampled token the next step decodes
@@ -170,7 +179,12 @@ class Job:
     def finished(self, reason: FinishReason, events: EventBatch) -> Finished:
         """The job's last event, once its held text and parser events are out."""
         reason = self.text.finish(reason, events)
-        usage = Usage(prompt_tokens=self.prompt_length, completion_tokens=self.completion_tokens)
+        usage = Usage(
+            prompt_tokens=self.prompt_length,
+            completion_tokens=self.completion_tokens,
+            cached_tokens=min(self.cached_tokens, self.prompt_length),
+            reasoning_tokens=self.text.reasoning_tokens,
+        )
         return Finished(
             finish_reason=reason,
             usage=usage,

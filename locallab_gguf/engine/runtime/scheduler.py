@@ -264,7 +264,7 @@ class BatchEngine:
             if job.cancelled:
                 self._release_locked(job)
                 continue
-            slot = best_slot(idle, job.tokens)
+            slot = best_slot(idle, job.tokens, job.cache_key)
             idle.remove(slot)
             # Its KV is set up, and its phase moves to PROMPT, in _start_prompt, outside the lock.
             job.slot = slot

@@ -72,6 +72,7 @@ class SlotReuse:
         slot = job.slot
         assert slot is not None
         job.phase = JobPhase.PROMPT
+        slot.cache_key = job.cache_key
         holders = [
             Holder(other.seq_id, other.cached, evaluating(other.job))
             for other in self._slots
@@ -88,7 +89,7 @@ class SlotReuse:
             job.awaited = plan
             own = min(common_prefix(slot.cached, job.tokens), len(job.tokens) - 1)
             self.truncate(slot, own)
-            job.n_evaluated = own
+            job.n_evaluated = job.cached_tokens = own
             return
         reused = plan.tokens
         if plan.source in (ReuseSource.NONE, ReuseSource.SLOT):
@@ -97,7 +98,7 @@ class SlotReuse:
             reused = self._share(self._slots[plan.from_seq], slot, reused)
         else:
             reused = self._restore(slot, plan)
-        job.n_evaluated = reused
+        job.n_evaluated = job.cached_tokens = reused
         self._count(plan.source if reused else ReuseSource.NONE, reused)
 
     def resolve_awaited(self, active: list[Job]) -> None:
@@ -115,7 +116,7 @@ class SlotReuse:
                 continue  # still on its way
             job.awaited = None
             if held > job.n_evaluated:
-                job.n_evaluated = self._share(source, slot, held)
+                job.n_evaluated = job.cached_tokens = self._share(source, slot, held)
                 self._count(ReuseSource.SHARED, job.n_evaluated)
             else:
                 self._count(ReuseSource.SLOT, job.n_evaluated)
@@ -159,14 +160,22 @@ class SlotReuse:
             self._reused[source] += tokens
 
 
-def best_slot(idle: list[Slot], tokens: list[int]) -> Slot:
-    """The idle slot whose cache shares the longest prefix; among equals, the least used."""
-    best, best_shared = idle[0], -1
-    for slot in idle:
-        shared = common_prefix(slot.cached, tokens)
-        if shared > best_shared or (shared == best_shared and slot.last_used < best.last_used):
-            best, best_shared = slot, shared
-    return best
+def best_slot(idle: list[Slot], tokens: list[int], cache_key: str | None = None) -> Slot:
+    """The idle slot whose cache shares the longest prefix; among equals, the one holding the
+    request's own conversation, then the least used.
+
+    A request of a named conversation looks only among the slots that hold its own
+    conversation or none, while there is one: taking a slot that holds another named
+    conversation would overwrite it, and the prefix they share (an agent's instructions) is
+    copied from that slot anyway when the request starts (`plan_reuse` looks at every slot)."""
+    if cache_key is not None:
+        idle = [slot for slot in idle if slot.cache_key in (None, cache_key)] or idle
+
+    def rank(slot: Slot) -> tuple[int, bool, int]:
+        own = cache_key is not None and slot.cache_key == cache_key
+        return common_prefix(slot.cached, tokens), own, -slot.last_used
+
+    return max(idle, key=rank)
 
 
 def open_prompt_cache(model: LlamaModel, config: EngineConfig) -> PromptCache | None:

@@ -82,6 +82,11 @@ class OutputParser:
     def calls(self) -> int:
         return self._calls
 
+    @property
+    def thinking(self) -> bool:
+        """Whether what the model writes now is thinking (inside <think>...</think>)."""
+        return self._mode is _Mode.THINK
+
     def feed(self, text: str) -> list[Event]:
         self._held += text
         self._advance(final=False)

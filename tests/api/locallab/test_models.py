@@ -224,6 +224,7 @@ def test_unload_lets_requests_in_flight_finish(make_server: ServerFactory) -> No
         assert unloaded.json() == {
             "status": "success",
             "message": f"model {DEFAULT_ID!r} is unloaded; requests in flight finish first",
+            "model_id": DEFAULT_ID,
         }
         events = sse_events([first, "", *lines])
     assert "".join(events[:-1]) == expected

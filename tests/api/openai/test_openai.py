@@ -97,7 +97,13 @@ def test_streamed_chat_sends_role_content_finish_and_usage(client: openai.OpenAI
     assert finishes == [whole.choices[0].finish_reason]
     *content, usage_chunk = chunks
     assert usage_chunk.choices == []
-    assert usage_chunk.usage == whole.usage
+    assert usage_chunk.usage is not None and whole.usage is not None
+    counts = ("prompt_tokens", "completion_tokens", "total_tokens")
+    streamed = [getattr(usage_chunk.usage, name) for name in counts]
+    assert streamed == [getattr(whole.usage, name) for name in counts]
+    # The same prompt again: all of it but its last token was still in a slot.
+    details = usage_chunk.usage.prompt_tokens_details
+    assert details is not None and details.cached_tokens == whole.usage.prompt_tokens - 1
     assert all(chunk.usage is None for chunk in content)
 
 

@@ -88,8 +88,8 @@ def test_create_answers_a_response_object(client: openai.OpenAI) -> None:
     usage = response.usage
     assert usage is not None and usage.input_tokens > 0 and usage.output_tokens > 0
     assert usage.total_tokens == usage.input_tokens + usage.output_tokens
-    assert usage.input_tokens_details.cached_tokens == 0
-    assert usage.output_tokens_details.reasoning_tokens == 0
+    assert 0 <= usage.input_tokens_details.cached_tokens < usage.input_tokens
+    assert usage.output_tokens_details.reasoning_tokens == 0  # this model does not think
     if response.status == "incomplete":
         assert response.incomplete_details is not None
         assert response.incomplete_details.reason == "max_output_tokens"
@@ -625,9 +625,8 @@ def test_errors_take_openai_shape(server: RunningServer) -> None:
 def test_an_agent_of_the_agents_sdk_runs_on_its_default_responses_model(
     server: RunningServer,
 ) -> None:
-    # The OpenAI Agents SDK (PyPI openai-agents) is not a dependency of the project; the test
-    # runs where it is installed.
-    agents = pytest.importorskip("agents")
+    # Imported here: the SDK takes seconds to import, which the other tests need not wait for.
+    import agents
     from agents.models.openai_provider import OpenAIProvider
 
     class Colour(pydantic.BaseModel):
@@ -667,3 +666,20 @@ def test_the_schema_lists_the_routes_with_their_stream_and_errors(server: Runnin
     for path in ("/v1/responses/{response_id}", "/v1/responses/{response_id}/input_items"):
         assert "404" in paths[path]["get"]["responses"]
     assert "404" in paths["/v1/responses/{response_id}"]["delete"]["responses"]
+
+
+def test_a_repeated_request_reports_its_prompt_as_cached(client: openai.OpenAI) -> None:
+    body: dict[str, Any] = {
+        "model": DEFAULT_ID,
+        "instructions": "Answer in one short sentence. " * 10,
+        "input": "Name a month with thirty days.",
+        "max_output_tokens": 4,
+        "temperature": 0,
+        "prompt_cache_key": "months",
+    }
+    first = client.responses.create(**body)
+    again = client.responses.create(**body)
+    assert first.usage is not None and again.usage is not None
+    assert again.usage.input_tokens == first.usage.input_tokens
+    # All but the last token, whose logits the answer starts from, came from the slot.
+    assert again.usage.input_tokens_details.cached_tokens == again.usage.input_tokens - 1
