@@ -48,7 +48,7 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
 def model_card(settings: Settings, env: Mapping[str, str], model_id: str) -> ModelCard:
     registry = load_registry_file(settings.models_file)
     files = model_files(settings, env)
-    spec = resolve_model_id(registry, model_id, allow_custom=True, pick=files.pick_hub_file)
+    spec = resolve_model_id(registry, model_id, allow_custom=True, pick=files.pick_cached_hub_file)
     path = files.local_path(spec)
     if path is None:
         raise ModelUnavailable(

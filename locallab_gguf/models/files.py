@@ -69,13 +69,21 @@ class ModelFiles:
         """The file `owner/repo:QUANT` or `owner/repo` means (hub_names.py), from the
         repository's file list: the hub's, or offline, the cache's. Blocking the first time
         (HTTP), then kept a while."""
+        return self._picked(ref, cached_only=False)
+
+    def pick_cached_hub_file(self, ref: HubRef) -> HubFile:
+        """As `pick_hub_file`, among the files of the repository this machine has: for the
+        commands that never reach the network (`show`, `rm`)."""
+        return self._picked(ref, cached_only=True)
+
+    def _picked(self, ref: HubRef, *, cached_only: bool) -> HubFile:
         from locallab_gguf.models.hub_names import pick_file
 
-        hub_file, why = pick_file(ref, self._repo_files(ref))
+        hub_file, why = pick_file(ref, self._repo_files(ref, cached_only=cached_only))
         log.info("%s means %s: %s", ref.model_id, hub_file.model_id, why)
         return hub_file
 
-    def _repo_files(self, ref: HubRef) -> list[RepoFile]:
+    def _repo_files(self, ref: HubRef, *, cached_only: bool) -> list[RepoFile]:
         now = time.monotonic()
         key = (ref.repo, ref.revision)
         with self._lock:
@@ -85,7 +93,7 @@ class ModelFiles:
         # Imported here: huggingface_hub is slow to import, and local files never need it.
         from locallab_gguf.models.repo_listing import cached_repo_files, hub_repo_files
 
-        if self.access.offline:
+        if self.access.offline or cached_only:
             return cached_repo_files(ref, self.cache_dir)  # the cache changes as pulls run
         listed = hub_repo_files(ref, self.access)
         with self._lock:
