@@ -24,7 +24,13 @@ from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
 from locallab_gguf.placement.hardware import HardwareInfo
-from locallab_gguf.placement.memory import ModelMemory, model_memory, place
+from locallab_gguf.placement.memory import (
+    KvCache,
+    ModelMemory,
+    kv_bytes_per_cell,
+    model_memory,
+    place,
+)
 from locallab_gguf.placement.offload import (
     RAM_RESERVE_BYTES,
     OffloadPlan,
@@ -89,8 +95,7 @@ def plan(
     return plan_offload(
         model,
         hardware,
-        context_per_slot=ctx,
-        parallel=parallel,
+        kv=KvCache(context_per_slot=ctx, parallel=parallel),
         requested=requested,
         decided_by=decided_by,
     )
@@ -99,7 +104,8 @@ def plan(
 def test_the_model_is_read_from_its_gguf(model: ModelMemory) -> None:
     assert (model.architecture, model.n_layer, model.offloadable_layers) == ("llama", 30, 31)
     assert (model.n_ctx_train, model.n_vocab, model.n_embd) == (8192, 49152, 576)
-    assert set(model.kv_bytes_per_cell) == {768}
+    assert set(model.kv_key_values) == set(model.kv_value_values) == {192}  # 3 heads x 64
+    assert set(kv_bytes_per_cell(model, KvCache(context_per_slot=1, parallel=1))) == {768}
     assert set(model.layer_bytes) == {2_216_448}
     # The head is tied to the embeddings: only a GPU needs its own copy of them.
     assert model.tied_head_bytes == model.input_bytes == 30_081_024
@@ -129,7 +135,7 @@ def test_every_layer_goes_to_a_gpu_that_has_room(model: ModelMemory) -> None:
     assert chosen.reason == "all 31 layers fit GPU 0 (NVIDIA H100 80GB HBM3, 79.0 GiB free)"
     # Everything but the input embeddings and the logits handed to the sampler left RAM.
     assert estimate.ram_bytes < 40 * MIB
-    placement = place(model, 31, 4096, 8)
+    placement = place(model, 31, KvCache(context_per_slot=4096, parallel=8))
     assert placement.gpu_kv_bytes == 720 * MIB  # llama.cpp reports 720.00 MiB for 8 x 4096
 
 
@@ -315,7 +321,7 @@ def test_the_estimate_matches_what_llama_cpp_allocates(
         await engine.close(drain=False)
 
     lines = _llama_cpp_lines(lambda: asyncio.run(load_and_close()))
-    estimate = place(model, 0, 1024, 4)
+    estimate = place(model, 0, KvCache(context_per_slot=1024, parallel=4))
     assert estimate.ram_kv_bytes == _reported_mib(lines, "CPU KV buffer size") * MIB
     weights_mib = _reported_mib(lines, "CPU_Mapped model buffer size")
     assert estimate.ram_weights_bytes / MIB == pytest.approx(weights_mib, abs=0.01)
