@@ -117,7 +117,11 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
         else f"does NOT fit (keeping {human_bytes(RAM_RESERVE_BYTES)} free): serve refuses it"
     )
     rows += [
-        ("Context", f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"),
+        (
+            "Context",
+            f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"
+            + (f" ({plan.context_reason})" if plan.context_reason else ""),
+        ),
         (
             "GPU layers",
             f"{estimate.gpu_layers} of {estimate.total_layers} ({estimate.decided_by}: "
@@ -126,7 +130,8 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
         (
             "Weights",
             f"{human_bytes(estimate.weights_bytes)}; KV cache "
-            f"{human_bytes(estimate.kv_cache_bytes)}",
+            f"{human_bytes(estimate.kv_cache_bytes)} ({estimate.cache_type_k.value} K, "
+            f"{estimate.cache_type_v.value} V)",
         ),
         ("VRAM", f"{human_bytes(estimate.vram_bytes)} estimated"),
         (

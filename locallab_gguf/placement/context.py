@@ -96,19 +96,20 @@ def _largest_context(
         )
         return planned if planned.fits and within_total and keeps_gpu_layers else None
 
-    slots = f"{at_floor.parallel} slots of {at_floor.type_k.value} K / {at_floor.type_v.value} V"
+    kv_types = f"{at_floor.type_k.value} K / {at_floor.type_v.value} V"
     whole = holds(trained)
     if whole is not None:
         return _with_reason(
             whole,
-            f"auto: {trained:,} tokens per slot, the model's trained context ({slots} take "
-            f"{human_bytes(whole.estimate.kv_cache_bytes)} of KV cache)",
+            f"auto: the model's trained context, which memory holds for all "
+            f"{at_floor.parallel} slots ({human_bytes(whole.estimate.kv_cache_bytes)} of "
+            f"{kv_types} cache)",
         )
     if floor >= trained or holds(floor) is None:
         return _with_reason(
             floor_plan,
-            f"auto: {floor:,} tokens per slot, the floor (--ctx-floor); the memory does not "
-            f"hold even that for {slots}",
+            f"auto: the floor (--ctx-floor); memory does not hold even that for "
+            f"{at_floor.parallel} slots of {kv_types} cache",
         )
     # The plan grows with the context, so the contexts that fit are a prefix: bisect over
     # whole multiples of llama.cpp's cell quantum above the floor.
@@ -125,9 +126,10 @@ def _largest_context(
     assert chosen is not None  # the floor holds
     return _with_reason(
         chosen,
-        f"auto: {steps[low]:,} tokens per slot, the most the memory holds for {slots} "
-        f"({human_bytes(chosen.estimate.kv_cache_bytes)} of KV cache; trained for "
-        f"{trained:,}; fewer --parallel slots or a quantized KV cache give each slot more)",
+        f"auto: the most memory holds for {at_floor.parallel} slots "
+        f"({human_bytes(chosen.estimate.kv_cache_bytes)} of {kv_types} cache); the model "
+        f"was trained for {trained:,}: fewer --parallel slots or a quantized KV cache give "
+        "each slot more",
     )
 
 
