@@ -148,6 +148,6 @@ def test_a_model_whose_registry_entry_quantizes_v_is_refused_with_flash_attentio
     )
     parsed = parse_registry(registry.read_text(), source=str(registry))
     assert (parsed.models["small"].cache_type_k, parsed.models["small"].cache_type_v) == (Q8, Q4)
-    with pytest.raises(ConfigError, match="model 'small' of .* sets cache_type_v = \"q4_0\""):
+    with pytest.raises(ConfigError, match=r'model .small. of .* sets cache_type_v = "q4_0"'):
         load_settings_registry(Settings(models_file=str(registry), flash_attn="off"))
     assert load_settings_registry(Settings(models_file=str(registry))).default == "small"
