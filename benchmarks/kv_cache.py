@@ -1,15 +1,16 @@
 """What each KV cache type costs and saves: f16, q8_0 and q4_0 K and V, on llama.cpp's API.
 
     .venv/bin/python benchmarks/kv_cache.py [--contexts 1024,4096,16384] [--threads 2]
-        [--decode-steps 32] [--json PATH]
+        [--decode-steps 32] [--prompt-tokens N] [--json PATH]
 
 With Gemma 3 270M (trained for 32,768 tokens; the test suite's second model, joined from its
 PyPI chunk packages), for each context and each type, K and V alike, in one run:
 
 - memory per 1,000 tokens of context: llama.cpp's own "KV buffer size" for one sequence of
   that context, and the plan's estimate (placement/memory.py) beside it;
-- prompt tokens/s: a prompt that fills the context but for the decode steps, in 512-token
-  chunks (flash attention on, which a quantized V needs);
+- prompt tokens/s: a prompt that fills the context but for the decode steps (or of
+  --prompt-tokens, to keep a run on a busy machine short), in 512-token chunks (flash
+  attention on, which a quantized V needs);
 - decode tokens/s: single-token steps at the end of that prompt.
 
 Prints the table with targets (the quantized caches take the memory their blocks say, 34 and
@@ -87,7 +88,10 @@ def measure(
             if lc.llama_decode(handle, batch) != 0:
                 raise RuntimeError("llama_decode failed")
 
-        prompt = [rng.randrange(1000, 200_000) for _ in range(context - args.decode_steps - 1)]
+        length = context - args.decode_steps - 1
+        if args.prompt_tokens:
+            length = min(length, args.prompt_tokens)
+        prompt = [rng.randrange(1000, 200_000) for _ in range(length)]
         started = time.perf_counter()
         for start in range(0, len(prompt), BATCH):
             decode(prompt[start : start + BATCH], start)
@@ -112,6 +116,7 @@ def main() -> int:
     parser.add_argument("--contexts", default="1024,4096,16384")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--decode-steps", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="0: fill the context")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/kv_cache.json")
     args = parser.parse_args()
     contexts = [int(text) for text in args.contexts.split(",")]
