@@ -5,9 +5,7 @@ attention on, or is refused where flash attention is turned off."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,34 +19,11 @@ from locallab_gguf.placement.offload import read_model_memory
 from locallab_gguf.serving.loader import load_settings_registry
 from locallab_gguf.setting_flags import load_settings
 from locallab_gguf.settings import Settings
+from tests.support.llama_log import llama_cpp_lines
 from tests.support.two_models import assembled_gemma
 
 F16, Q8, Q4 = KvCacheType.F16, KvCacheType.Q8_0, KvCacheType.Q4_0
 MIB = 1024 * 1024
-
-
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _llama_cpp_lines(load: Callable[[], object]) -> list[str]:
-    """What llama.cpp logs (through our log bridge) while `load` runs."""
-    llama_log = logging.getLogger("locallab_gguf.engine.runtime.llama")
-    lines = _Lines()
-    previous_level = llama_log.level
-    llama_log.addHandler(lines)
-    llama_log.setLevel(logging.DEBUG)
-    try:
-        load()
-    finally:
-        llama_log.removeHandler(lines)
-        llama_log.setLevel(previous_level)
-    return lines.lines
 
 
 def _kv_buffer_bytes(lines: list[str]) -> int:
@@ -101,7 +76,7 @@ def test_the_planned_kv_bytes_of_each_type_are_what_llama_cpp_allocates(
         infos.append(engine.info)
         await engine.close(drain=False)
 
-    lines = _llama_cpp_lines(lambda: asyncio.run(load_and_close()))
+    lines = llama_cpp_lines(lambda: asyncio.run(load_and_close()))
     kv = KvCache(context_per_slot=context, parallel=parallel, type_k=type_k, type_v=type_v)
     planned = place(read_model_memory(path), 0, kv).ram_kv_bytes
     # llama.cpp prints MiB with two decimals: equal to within its rounding.

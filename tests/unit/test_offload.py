@@ -7,9 +7,6 @@ of Q4_1 weights and 768 bytes of f16 KV cache per token (3 KV heads x 64 x 2 x 2
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +38,7 @@ from locallab_gguf.placement.offload import (
     read_model_memory,
     with_freed_vram,
 )
+from tests.support.llama_log import llama_cpp_lines, reported_mib
 from tests.support.nvml_standin import (
     GIB,
     H100,
@@ -278,38 +276,6 @@ def test_the_plan_reads_only_the_header(model_path: Path, tmp_path: Path) -> Non
     assert real.estimate.context_per_slot == 4096  # the trained 8192, capped
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _reported_mib(lines: list[str], pattern: str) -> float:
-    for line in lines:
-        found = re.search(pattern + r"\s*=\s*([\d.]+) MiB", line)
-        if found:
-            return float(found.group(1))
-    raise AssertionError(f"llama.cpp did not report {pattern!r}")
-
-
-def _llama_cpp_lines(load: Callable[[], object]) -> list[str]:
-    """What llama.cpp logs while `load` runs."""
-    llama_log = logging.getLogger("locallab_gguf.engine.runtime.llama")
-    lines = _Lines()
-    previous_level = llama_log.level
-    llama_log.addHandler(lines)
-    llama_log.setLevel(logging.DEBUG)
-    try:
-        load()
-    finally:
-        llama_log.removeHandler(lines)
-        llama_log.setLevel(previous_level)
-    return lines.lines
-
-
 def test_the_estimate_matches_what_llama_cpp_allocates(
     model: ModelMemory, model_path: Path
 ) -> None:
@@ -320,13 +286,13 @@ def test_the_estimate_matches_what_llama_cpp_allocates(
         engine = await open_local_engine(model_path, config, 0)
         await engine.close(drain=False)
 
-    lines = _llama_cpp_lines(lambda: asyncio.run(load_and_close()))
+    lines = llama_cpp_lines(lambda: asyncio.run(load_and_close()))
     estimate = place(model, 0, KvCache(context_per_slot=1024, parallel=4))
-    assert estimate.ram_kv_bytes == _reported_mib(lines, "CPU KV buffer size") * MIB
-    weights_mib = _reported_mib(lines, "CPU_Mapped model buffer size")
+    assert estimate.ram_kv_bytes == reported_mib(lines, "CPU KV buffer size") * MIB
+    weights_mib = reported_mib(lines, "CPU_Mapped model buffer size")
     assert estimate.ram_weights_bytes / MIB == pytest.approx(weights_mib, abs=0.01)
-    compute_mib = _reported_mib(lines, "CPU compute buffer size")
-    output_mib = _reported_mib(lines, "CPU  output buffer size")
+    compute_mib = reported_mib(lines, "CPU compute buffer size")
+    output_mib = reported_mib(lines, "CPU  output buffer size")
     # The compute estimate errs high, by little.
     reported = (compute_mib + output_mib) * MIB
     assert reported <= estimate.ram_compute_bytes <= 1.1 * reported
@@ -355,13 +321,13 @@ def test_an_encoders_kv_estimate_is_its_one_context_or_none(
         mean = msgspec.structs.replace(config, embedding=EmbeddingMode(pooling="mean"))
         open_embedding_engine(model_path, 0, mean, mean.embedding).close(drain=False)
 
-    reported = _reported_mib(_llama_cpp_lines(load), "CPU KV buffer size") * MIB
+    reported = reported_mib(llama_cpp_lines(load), "CPU KV buffer size") * MIB
     assert planned.estimate.kv_cache_bytes == reported
     assert as_chat.estimate.kv_cache_bytes == 4 * reported  # 4 slots of 1,024 tokens
 
     bert = write_tiny_bert(tmp_path / "tiny-bert.gguf")
     plan = plan_model_file(bert, hardware, config, setting=None, registry=0)
-    lines = _llama_cpp_lines(
+    lines = llama_cpp_lines(
         lambda: open_embedding_engine(bert, 0, config, EmbeddingMode()).close(drain=False)
     )
     assert plan.estimate.kv_cache_bytes == 0
