@@ -129,8 +129,11 @@ def plan_model_file(
 
 
 def kv_cache_of(config: EngineConfig, model: ModelMemory) -> KvCache:
-    """The KV cache `config` opens for `model` (an auto context at its floor)."""
+    """The KV cache `config` opens for `model` (an auto context at its floor). An encoder's
+    context keeps llama.cpp's f16 cache: the cache types are the chat slots'."""
     context_per_slot, parallel = config.kv_shape(model.n_ctx_train)
+    if config.embedding is not None:
+        return KvCache(context_per_slot=context_per_slot, parallel=parallel)
     return KvCache(
         context_per_slot=context_per_slot,
         parallel=parallel,
