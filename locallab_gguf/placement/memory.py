@@ -9,9 +9,9 @@ The sizes come from the file's own tensors. The KV cache takes, per token and pe
 row of K and a row of V of the block's KV heads times their width, in the cache's element
 type (f16, or the q8_0 / q4_0 blocks of 32 values), as llama.cpp's "KV buffer size" reports.
 
-The compute-buffer formula was checked against
-llama.cpp's reports for the default model (98.25 MiB measured, 103.5 MiB estimated, for any
-context and slot count: with flash attention the buffer does not grow with the context).
+The compute-buffer formula was checked against llama.cpp's reports for the default model
+(98.25 MiB measured, 103.5 MiB estimated, for any context and slot count: with flash attention
+the buffer does not grow with the context).
 """
 
 from __future__ import annotations
