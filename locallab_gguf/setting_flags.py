@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.durations import InvalidKeepAlive
+from locallab_gguf.engine.types import KvCacheType, quantized_v_needs_flash_attention
 from locallab_gguf.errors import ConfigError
 from locallab_gguf.settings import Settings, env_name
 
@@ -57,9 +58,12 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "threads_batch",
             "gpu_layers",
             "ctx",
+            "ctx_floor",
             "parallel",
             "deterministic",
             "kv_layout",
+            "cache_type_k",
+            "cache_type_v",
             "flash_attn",
             "cache_ram",
             "prompt_cache_dir",
@@ -217,6 +221,12 @@ def load_settings(env: Mapping[str, str], flags: Mapping[str, Any]) -> Settings:
         raise ConfigError(
             "invalid setting: --deterministic needs --kv-layout per-slot "
             "(in a unified pool a request's arithmetic depends on the other slots)"
+        )
+    if settings.flash_attn == "off" and settings.cache_type_v != "f16":
+        # llama.cpp attends over a quantized V cache in its flash-attention kernel only.
+        raise ConfigError(
+            "invalid setting: "
+            + quantized_v_needs_flash_attention(KvCacheType(settings.cache_type_v))
         )
     return settings
 

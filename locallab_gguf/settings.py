@@ -20,6 +20,9 @@ Port = Annotated[int, Meta(ge=1, le=65535)]
 Positive = Annotated[int, Meta(ge=1)]
 
 
+KvCacheTypeName = Literal["f16", "q8_0", "q4_0"]
+
+
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     host: Annotated[str, Meta(description="address to bind; 0.0.0.0 exposes the server")] = (
         "127.0.0.1"
@@ -121,12 +124,20 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
         ),
     ] = None
     ctx: Annotated[
-        Annotated[int, Meta(ge=64)] | None,
+        Annotated[int, Meta(ge=64)] | Literal["auto"],
         Meta(
             description="context of each request in tokens, prompt and answer together; every "
-            "slot holds this much KV cache (default: the model's trained context, at most 4096)"
+            "slot holds this much KV cache. auto: the model's trained context where the memory "
+            "holds it for every slot, else the most it holds, at least --ctx-floor"
         ),
-    ] = None
+    ] = "auto"
+    ctx_floor: Annotated[
+        Annotated[int, Meta(ge=64)],
+        Meta(
+            description="the least context --ctx auto gives each slot (a model trained for "
+            "less gets its trained context); where memory does not hold it, the load is refused"
+        ),
+    ] = 4096
     parallel: Annotated[
         Annotated[int, Meta(ge=1, le=256)],
         Meta(description="requests decoded together, one KV sequence each"),
@@ -154,6 +165,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "backend in use"
         ),
     ] = "auto"
+    cache_type_k: Annotated[
+        KvCacheTypeName,
+        Meta(
+            description="element type of the K cache: q8_0 takes about half of f16's memory, "
+            "q4_0 about a quarter, at some cost in accuracy (models.toml's cache_type_k "
+            "beats it)"
+        ),
+    ] = "f16"
+    cache_type_v: Annotated[
+        KvCacheTypeName,
+        Meta(
+            description="element type of the V cache; a quantized one turns flash attention "
+            "on, which llama.cpp needs for it (models.toml's cache_type_v beats it)"
+        ),
+    ] = "f16"
     cache_ram: Annotated[
         Annotated[int, Meta(ge=0)] | None,
         Meta(
@@ -336,6 +362,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "the same API as any client, so keys and rate limits apply to it)"
         ),
     ] = True
+
+    @property
+    def fixed_ctx(self) -> int | None:
+        """--ctx as a number; None for auto (decided at each load by the memory plan)."""
+        return None if self.ctx == "auto" else self.ctx
 
     @property
     def keep_alive_seconds(self) -> float:

@@ -6,6 +6,7 @@ Human messages and progress go to `err`; the file's path, alone, goes to `out`, 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
@@ -67,9 +68,13 @@ def _plan_first(
     refuse one that cannot load unless `force`."""
     # Imported here: planning reads the hardware through llama.cpp's build.
     from locallab_gguf.serving.loader import hub_file_plan, machine_probe
+    from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
 
+    hardware = machine_probe().read()
     try:
-        plan = hub_file_plan(settings, spec, machine_probe().read(), files.access)
+        # The prompt caches' budget, as `serve` would promise it: an auto context leaves it.
+        with contextlib.closing(PromptCacheBudget.of_settings(settings.cache_ram)) as cache:
+            plan = hub_file_plan(settings, spec, hardware, files.access, cache=cache)
     except HubNotFound:
         raise  # the download would fail the same way
     except (HubError, ModelUnavailable) as exc:  # no ranges here, or a GGUF of no model

@@ -37,7 +37,7 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
     parameter_size: str  # as people write it: 135M, 8B
     quantization: str
     context_length: int  # what the model was trained for
-    context_configured: int | None  # models.toml's or --ctx; None: decided at load
+    context_configured: int | None  # models.toml's or --ctx; None: decided at load (auto)
     embedding_length: int
     layers: int
     chat_template: str | None
@@ -74,7 +74,8 @@ def model_card(settings: Settings, env: Mapping[str, str], model_id: str) -> Mod
         parameter_size=facts.parameter_size,
         quantization=facts.quantization,
         context_length=facts.context_length,
-        context_configured=spec.context_length or settings.ctx,
+        context_configured=spec.context_length
+        or (settings.ctx if isinstance(settings.ctx, int) else None),
         embedding_length=facts.embedding_length,
         layers=facts.block_count,
         chat_template=template,

@@ -6,6 +6,7 @@ layers and memory that `serve --model X --ctx 8192` would use, without loading a
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TextIO
 
@@ -124,7 +125,11 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
         else f"does NOT fit (keeping {human_bytes(RAM_RESERVE_BYTES)} free): serve refuses it"
     )
     rows += [
-        ("Context", f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"),
+        (
+            "Context",
+            f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"
+            + (f" ({plan.context_reason})" if plan.context_reason else ""),
+        ),
         (
             "GPU layers",
             f"{estimate.gpu_layers} of {estimate.total_layers} ({estimate.decided_by}: "
@@ -133,7 +138,8 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
         (
             "Weights",
             f"{human_bytes(estimate.weights_bytes)}; KV cache "
-            f"{human_bytes(estimate.kv_cache_bytes)}",
+            f"{human_bytes(estimate.kv_cache_bytes)} ({estimate.cache_type_k.value} K, "
+            f"{estimate.cache_type_v.value} V)",
         ),
         ("VRAM", f"{human_bytes(estimate.vram_bytes)} estimated"),
         (
@@ -150,6 +156,7 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
 def _model_plan(settings: Settings, hardware: HardwareInfo) -> ModelPlan:
     # Imported here: server pulls in the HTTP stack, which planning does not otherwise need.
     from locallab_gguf.serving.loader import hub_file_plan, load_settings_registry, offload_plan
+    from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget
 
     registry = load_settings_registry(settings)
     model_id = settings.model or registry.default
@@ -166,17 +173,16 @@ def _model_plan(settings: Settings, hardware: HardwareInfo) -> ModelPlan:
                 plan=None,
                 problem=f"not on this machine; `locallab-gguf pull {model_id}` fetches it",
             )
-        if path is None:
-            return ModelPlan(
-                model_id=spec.id,
-                file=None,
-                hub_file=f"{spec.repo}/{spec.file}",
-                plan=hub_file_plan(settings, spec, hardware, files.access),
-            )
-        return ModelPlan(
-            model_id=model_id,
-            file=str(path),
-            plan=offload_plan(settings, spec, path, hardware),
-        )
+        # The prompt caches' budget, as `serve` would promise it: the auto context leaves it.
+        with contextlib.closing(PromptCacheBudget.of_settings(settings.cache_ram)) as cache:
+            if path is None:  # planned from the file's header on the hub: not downloaded
+                return ModelPlan(
+                    model_id=spec.id,
+                    file=None,
+                    hub_file=f"{spec.repo}/{spec.file}",
+                    plan=hub_file_plan(settings, spec, hardware, files.access, cache=cache),
+                )
+            plan = offload_plan(settings, spec, path, hardware, cache)
+        return ModelPlan(model_id=model_id, file=str(path), plan=plan)
     except LocalLabError as exc:
         return ModelPlan(model_id=model_id, file=None, plan=None, problem=str(exc))

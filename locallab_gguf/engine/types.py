@@ -14,9 +14,11 @@ import msgspec
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "tool_calls"]
 
-# Without --ctx, each slot gets the model's trained context up to this many tokens: room for
-# long chats, while the KV cache of every slot together stays a modest part of memory.
-DEFAULT_CONTEXT_CAP = 4096
+# With `--ctx auto` (the default) each slot gets the longest context up to the model's trained
+# length that the memory plan holds, but never less than this floor (--ctx-floor) unless the
+# model was trained for less: today's agents send 12,000-token prompts, a chat fits in 4,096.
+# An engine opened without a memory plan (benchmarks, the engine's own tests) takes the floor.
+DEFAULT_CONTEXT_FLOOR = 4096
 # Alternatives reported per token at most: OpenAI's chat API allows up to 20, and the engine
 # serves all of them (a partial sort of the logits and a piece of text each).
 MAX_TOP_LOGPROBS = 20
@@ -44,6 +46,29 @@ class FlashAttention(enum.Enum):
     AUTO = "auto"  # llama.cpp's choice: on where the backend has the kernel
     ON = "on"
     OFF = "off"
+
+
+class KvCacheType(enum.Enum):
+    """The element type of the K or V cache, as llama-server's -ctk / -ctv name it.
+
+    q8_0 stores 32 values in 34 bytes and q4_0 in 18 (a f16 scale per block), against 64 in
+    f16: the cache takes 53 % or 28 % of the memory. A quantized V cache needs llama.cpp's
+    flash-attention kernel."""
+
+    F16 = "f16"
+    Q8_0 = "q8_0"
+    Q4_0 = "q4_0"
+
+    @property
+    def quantized(self) -> bool:
+        return self is not KvCacheType.F16
+
+
+def quantized_v_needs_flash_attention(cache_type_v: KvCacheType) -> str:
+    return (
+        f"a {cache_type_v.value} V cache needs flash attention, which --flash-attn off turns "
+        "off: use --flash-attn auto (or on), or --cache-type-v f16"
+    )
 
 
 class ToolCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -303,6 +328,10 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     # (tokens per slot, slots) of the KV cache it opened: an encoder's inputs share one
     # context, so its `parallel` inputs a decode are not slots of their own.
     kv_shape: tuple[int, int]
+    cache_type_k: KvCacheType = KvCacheType.F16
+    cache_type_v: KvCacheType = KvCacheType.F16
+    # The flash-attention setting the context was created with (AUTO: llama.cpp's choice).
+    flash_attn: FlashAttention = FlashAttention.AUTO
 
 
 class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
@@ -337,7 +366,10 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
-    n_ctx: int | None = None  # per slot; None: the model's trained context, capped
+    # Tokens per slot; None: auto, the longest context the memory plan holds
+    # (placement/context.py), the floor where no plan decides.
+    n_ctx: int | None = None
+    ctx_floor: int = DEFAULT_CONTEXT_FLOOR  # the least an auto context gets (--ctx-floor)
     n_parallel: int = 8
     n_batch: int = 512
     n_threads: int
@@ -349,6 +381,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     deterministic: bool = False
     kv_layout: KvLayout = KvLayout.PER_SLOT
     flash_attn: FlashAttention = FlashAttention.AUTO
+    cache_type_k: KvCacheType = KvCacheType.F16
+    cache_type_v: KvCacheType = KvCacheType.F16
     prompt_cache_bytes: int = 0  # RAM for saved prompt states; 0: no prompt cache
     prompt_cache_dir: str | None = None  # where saved prompt states outlive a restart
     # The server's prompt-cache ledger (engine/runtime/cache_ledger.py): with it, prompt_cache_bytes
@@ -359,10 +393,20 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.deterministic and self.kv_layout is KvLayout.UNIFIED:
             raise ValueError("the deterministic mode needs the per-slot KV layout")
+        if self.cache_type_v.quantized and self.flash_attn is FlashAttention.OFF:
+            raise ValueError(quantized_v_needs_flash_attention(self.cache_type_v))
+
+    @property
+    def effective_flash_attn(self) -> FlashAttention:
+        """The flash-attention setting the context is created with: a quantized V cache turns
+        AUTO into ON, since llama.cpp computes attention over a quantized V in that kernel only."""
+        if self.cache_type_v.quantized and self.flash_attn is FlashAttention.AUTO:
+            return FlashAttention.ON
+        return self.flash_attn
 
     def context_per_slot(self, n_ctx_train: int) -> int:
-        """n_ctx, else the model's trained context up to DEFAULT_CONTEXT_CAP."""
-        return self.n_ctx or min(n_ctx_train or DEFAULT_CONTEXT_CAP, DEFAULT_CONTEXT_CAP)
+        """n_ctx, else (auto without a memory plan) the floor, within the trained context."""
+        return self.n_ctx or min(n_ctx_train or self.ctx_floor, self.ctx_floor)
 
     def encoder_input_tokens(self, n_ctx_train: int) -> int:
         """The longest input an embedding or reranker model takes: a slot's context, never

@@ -11,7 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from locallab_gguf.durations import InvalidKeepAlive, keep_alive_seconds
-from locallab_gguf.engine.types import ModelKind, Pooling
+from locallab_gguf.engine.types import KvCacheType, ModelKind, Pooling
 from locallab_gguf.errors import ConfigError, ModelNotFound
 from locallab_gguf.models.aliases import Aliases, aliases_of
 from locallab_gguf.models.repo_names import repo_problem
@@ -39,6 +39,9 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     context_length: Annotated[int, Meta(ge=64)] | None = None
     chat_template: NonEmpty | None = None
     n_gpu_layers: GpuLayers = "auto"
+    # Element types of its KV cache ("f16", "q8_0", "q4_0"); beat --cache-type-k / -v.
+    cache_type_k: KvCacheType | None = None
+    cache_type_v: KvCacheType | None = None
     # Requests this model decodes together; beats --parallel.
     parallel: Annotated[int, Meta(ge=1, le=256)] | None = None
     # How long the model stays resident once idle, when loaded on demand; beats --keep-alive.

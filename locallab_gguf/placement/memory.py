@@ -5,9 +5,13 @@ layer (final norm and vocabulary head). With `n_gpu_layers = N` the last `min(N,
 blocks go to the GPU, and the output layer too once `N > n_layer`. The input embeddings stay
 in RAM. Each block's KV cache lives where the block does.
 
-The sizes come from the file's own tensors. The compute-buffer formula was checked against
-llama.cpp's reports for the default model (98.25 MiB measured, 103.5 MiB estimated, for any
-context and slot count: with flash attention the buffer does not grow with the context).
+The sizes come from the file's own tensors. The KV cache takes, per token and per block, a
+row of K and a row of V of the block's KV heads times their width, in the cache's element
+type (f16, or the q8_0 / q4_0 blocks of 32 values), as llama.cpp's "KV buffer size" reports.
+
+The compute-buffer formula was checked against llama.cpp's reports for the default model
+(98.25 MiB measured, 103.5 MiB estimated, for any context and slot count: with flash attention
+the buffer does not grow with the context).
 """
 
 from __future__ import annotations
@@ -18,13 +22,19 @@ from pathlib import Path
 
 import msgspec
 
+from locallab_gguf.engine.types import KvCacheType
 from locallab_gguf.placement.gguf_file import GgufFormatError, GgufHeader, Value
 
 # The engine decodes batches of this many tokens (EngineConfig.n_batch = n_ubatch).
 BATCH_TOKENS = 512
 # llama.cpp gives each sequence a multiple of 256 KV cells.
 KV_CELL_QUANTUM = 256
-KV_BYTES_PER_VALUE = 2  # f16 K and V
+# (values per block, bytes per block) of each KV cache type, as ggml stores them.
+KV_TYPE_BLOCKS = {
+    KvCacheType.F16: (1, 2),
+    KvCacheType.Q8_0: (32, 34),  # 32 int8 values and a f16 scale
+    KvCacheType.Q4_0: (32, 18),  # 32 4-bit values and a f16 scale
+}
 ACTIVATION_BYTES = 4  # f32 activations and logits
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
@@ -43,7 +53,10 @@ class ModelMemory(msgspec.Struct, frozen=True, kw_only=True):
     layer_bytes: list[int]  # weights of each block
     output_bytes: int  # final norm and head
     tied_head_bytes: int  # a head tied to the embeddings: a copy of them once on the GPU
-    kv_bytes_per_cell: list[int]  # per block: K and V of one token; 0 where none is kept
+    # Per block: the values of K and of V one token keeps (KV heads x head width); 0 where
+    # the block keeps no cache.
+    kv_key_values: list[int]
+    kv_value_values: list[int]
     activation_bytes: int  # one batch's working tensors, per device that runs layers
     logits_bytes: int  # one batch's logits, on the device of the output layer
 
@@ -54,6 +67,19 @@ class ModelMemory(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def weights_bytes(self) -> int:
         return self.input_bytes + sum(self.layer_bytes) + self.output_bytes
+
+
+class KvCache(msgspec.Struct, frozen=True, kw_only=True):
+    """The KV cache a context opens: `parallel` slots of `context_per_slot` tokens each, K and
+    V in their element types."""
+
+    context_per_slot: int
+    parallel: int
+    type_k: KvCacheType = KvCacheType.F16
+    type_v: KvCacheType = KvCacheType.F16
+
+    def with_context(self, context_per_slot: int) -> KvCache:
+        return msgspec.structs.replace(self, context_per_slot=context_per_slot)
 
 
 class Placement(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,6 +109,20 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
 
 def kv_cells_per_slot(context_per_slot: int) -> int:
     return -(-context_per_slot // KV_CELL_QUANTUM) * KV_CELL_QUANTUM
+
+
+def row_bytes(kind: KvCacheType, values: int) -> int:
+    """Bytes of a row of `values` values of type `kind` (ggml_row_size)."""
+    per_block, block_bytes = KV_TYPE_BLOCKS[kind]
+    return -(-values // per_block) * block_bytes
+
+
+def kv_bytes_per_cell(model: ModelMemory, kv: KvCache) -> list[int]:
+    """Per block, the bytes one token's K and V take in the cache `kv`."""
+    return [
+        row_bytes(kv.type_k, keys) + row_bytes(kv.type_v, values)
+        for keys, values in zip(model.kv_key_values, model.kv_value_values, strict=True)
+    ]
 
 
 def model_memory(header: GgufHeader) -> ModelMemory:
@@ -118,6 +158,13 @@ def model_memory(header: GgufHeader) -> ModelMemory:
                 n_vocab = tensor.shape[-1] if tensor.shape else 0
     n_vocab = number("vocab_size", n_vocab or header.array_lengths.get("tokenizer.ggml.tokens"))
     n_ff = number("feed_forward_length", 4 * n_embd)
+    # A model without causal attention (BERT and other encoders) sees each input whole in one
+    # pass: llama.cpp keeps no KV cache for it.
+    keys, values = (
+        _kv_values_per_cell(arch, meta, n_layer, n_embd)
+        if meta.get(f"{arch}.attention.causal", True)
+        else ([0] * n_layer, [0] * n_layer)
+    )
     return ModelMemory(
         architecture=arch,
         n_layer=n_layer,
@@ -128,27 +175,23 @@ def model_memory(header: GgufHeader) -> ModelMemory:
         layer_bytes=layer_bytes,
         output_bytes=output_bytes,
         tied_head_bytes=embeddings_bytes if tied_head else 0,
-        # A model without causal attention (BERT and other encoders) sees each input whole
-        # in one pass: llama.cpp keeps no KV cache for it.
-        kv_bytes_per_cell=(
-            _kv_bytes_per_cell(arch, meta, n_layer, n_embd)
-            if meta.get(f"{arch}.attention.causal", True)
-            else [0] * n_layer
-        ),
+        kv_key_values=keys,
+        kv_value_values=values,
         activation_bytes=ACTIVATION_BYTES * BATCH_TOKENS * (4 * n_embd + n_ff),
         logits_bytes=ACTIVATION_BYTES * BATCH_TOKENS * n_vocab,
     )
 
 
-def place(model: ModelMemory, gpu_layers: int, context_per_slot: int, parallel: int) -> Placement:
+def place(model: ModelMemory, gpu_layers: int, kv: KvCache) -> Placement:
     """Where everything goes with `gpu_layers` offloaded (0 to n_layer + 1)."""
     gpu_layers = max(0, min(gpu_layers, model.offloadable_layers))
-    cells = kv_cells_per_slot(context_per_slot) * parallel
+    cells = kv_cells_per_slot(kv.context_per_slot) * kv.parallel
+    parallel = kv.parallel
     first_gpu_block = model.n_layer - min(gpu_layers, model.n_layer)
     output_on_gpu = gpu_layers > model.n_layer
     gpu_blocks = range(first_gpu_block, model.n_layer)
     ram_blocks = range(first_gpu_block)
-    kv = [per_cell * cells for per_cell in model.kv_bytes_per_cell]
+    kv_bytes = [per_cell * cells for per_cell in kv_bytes_per_cell(model, kv)]
     cpu_blocks_bytes = [model.layer_bytes[i] for i in ram_blocks]
     if not output_on_gpu:
         # In RAM a tied head reads the embeddings in place; it is copied only to a GPU.
@@ -172,23 +215,27 @@ def place(model: ModelMemory, gpu_layers: int, context_per_slot: int, parallel: 
         gpu_layers=gpu_layers,
         gpu_weights_bytes=sum(model.layer_bytes[i] for i in gpu_blocks)
         + (model.output_bytes + model.tied_head_bytes if output_on_gpu else 0),
-        gpu_kv_bytes=sum(kv[i] for i in gpu_blocks),
+        gpu_kv_bytes=sum(kv_bytes[i] for i in gpu_blocks),
         gpu_compute_bytes=gpu_compute,
         ram_weights_bytes=model.input_bytes
         + sum(model.layer_bytes[i] for i in ram_blocks)
         + (0 if output_on_gpu else model.output_bytes),
-        ram_kv_bytes=sum(kv[i] for i in ram_blocks),
+        ram_kv_bytes=sum(kv_bytes[i] for i in ram_blocks),
         ram_compute_bytes=ram_compute,
-        largest_gpu_block_bytes=max((model.layer_bytes[i] + kv[i] for i in gpu_blocks), default=0),
+        largest_gpu_block_bytes=max(
+            (model.layer_bytes[i] + kv_bytes[i] for i in gpu_blocks), default=0
+        ),
     )
 
 
-def _kv_bytes_per_cell(arch: str, meta: dict[str, Value], n_layer: int, n_embd: int) -> list[int]:
+def _kv_values_per_cell(
+    arch: str, meta: dict[str, Value], n_layer: int, n_embd: int
+) -> tuple[list[int], list[int]]:
     heads = _per_layer(meta.get(f"{arch}.attention.head_count"), n_layer)
     kv_heads = _per_layer(meta.get(f"{arch}.attention.head_count_kv"), n_layer)
     key_width = meta.get(f"{arch}.attention.key_length")
     value_width = meta.get(f"{arch}.attention.value_length")
-    per_cell = []
+    keys, values = [], []
     for layer in range(n_layer):
         n_head = heads[layer] or 1
         listed_kv = kv_heads[layer]
@@ -196,8 +243,9 @@ def _kv_bytes_per_cell(arch: str, meta: dict[str, Value], n_layer: int, n_embd: 
         n_head_kv = n_head if listed_kv is None else listed_kv
         head_k = key_width if isinstance(key_width, int) else n_embd // n_head
         head_v = value_width if isinstance(value_width, int) else n_embd // n_head
-        per_cell.append(KV_BYTES_PER_VALUE * n_head_kv * (head_k + head_v))
-    return per_cell
+        keys.append(n_head_kv * head_k)
+        values.append(n_head_kv * head_v)
+    return keys, values
 
 
 def _per_layer(value: Value | None, n_layer: int) -> Sequence[int | None]:

@@ -18,13 +18,13 @@ from typing import Literal
 
 import msgspec
 
-from locallab_gguf.engine.types import EngineConfig
+from locallab_gguf.engine.types import EngineConfig, KvCacheType
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.models.splits import local_parts
 from locallab_gguf.placement.gguf_parts import read_model_header
 from locallab_gguf.placement.hardware import Backend, HardwareInfo
-from locallab_gguf.placement.memory import ModelMemory, Placement, model_memory, place
+from locallab_gguf.placement.memory import KvCache, ModelMemory, Placement, model_memory, place
 from locallab_gguf.placement.nvidia import GpuInfo
 from locallab_gguf.sizes import human_bytes
 
@@ -53,6 +53,8 @@ class OffloadEstimate(msgspec.Struct, frozen=True, kw_only=True):
     kv_cache_bytes: int
     vram_bytes: int  # on the GPU(s), CUDA runtime included; on Metal this is RAM too
     ram_bytes: int  # in RAM; on Metal, everything
+    cache_type_k: KvCacheType = KvCacheType.F16
+    cache_type_v: KvCacheType = KvCacheType.F16
 
 
 class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +71,8 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     # The part of the prompt caches' budget (--cache-ram) they do not hold yet: free now, but
     # promised to them, so no new model may count on it.
     ram_promised_bytes: int = 0
+    # How the context per slot was chosen (--ctx auto: what memory held), for the load log.
+    context_reason: str = ""
 
     @property
     def fits(self) -> bool:
@@ -119,28 +123,24 @@ def plan_model_file(
     registry: GpuLayers,
 ) -> OffloadPlan:
     """Read the GGUF header (not the weights) and plan its load with `config` on this hardware."""
-    return plan_model(read_model_memory(path), hardware, config, setting=setting, registry=registry)
-
-
-def plan_model(
-    model: ModelMemory,
-    hardware: HardwareInfo,
-    config: EngineConfig,
-    *,
-    setting: GpuLayers | None,
-    registry: GpuLayers,
-) -> OffloadPlan:
-    """Plan the load of a model with `config` on this hardware, from its header's facts (of a
-    file here, or of one on the hub, read before it is downloaded)."""
+    model = read_model_memory(path)
     requested, decided_by = gpu_layers_request(setting, registry)
-    context_per_slot, parallel = config.kv_shape(model.n_ctx_train)
     return plan_offload(
-        model,
-        hardware,
+        model, hardware, kv=kv_cache_of(config, model), requested=requested, decided_by=decided_by
+    )
+
+
+def kv_cache_of(config: EngineConfig, model: ModelMemory) -> KvCache:
+    """The KV cache `config` opens for `model` (an auto context at its floor). An encoder's
+    context keeps llama.cpp's f16 cache: the cache types are the chat slots'."""
+    context_per_slot, parallel = config.kv_shape(model.n_ctx_train)
+    if config.embedding is not None:
+        return KvCache(context_per_slot=context_per_slot, parallel=parallel)
+    return KvCache(
         context_per_slot=context_per_slot,
         parallel=parallel,
-        requested=requested,
-        decided_by=decided_by,
+        type_k=config.cache_type_k,
+        type_v=config.cache_type_v,
     )
 
 
@@ -148,25 +148,22 @@ def plan_offload(
     model: ModelMemory,
     hardware: HardwareInfo,
     *,
-    context_per_slot: int,
-    parallel: int,
+    kv: KvCache,
     requested: GpuLayers,
     decided_by: DecidedBy,
 ) -> OffloadPlan:
     gpus = hardware.offload_gpus
     warning = None
     if requested == "auto":
-        layers, reason = _auto_layers(model, hardware, gpus, context_per_slot, parallel)
+        layers, reason = _auto_layers(model, hardware, gpus, kv)
     else:
         layers, reason, warning = _requested_layers(
-            model, hardware, gpus, requested, decided_by, context_per_slot, parallel
+            model, hardware, gpus, requested, decided_by, kv
         )
     if warning is None and hardware.advice:
         warning = hardware.advice  # a GPU sits idle: say so every time a model loads
     return OffloadPlan(
-        estimate=_estimate(
-            model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by
-        ),
+        estimate=_estimate(model, hardware.backend, layers, gpus, kv, decided_by),
         requested=requested,
         gpus=[gpu.index for gpu in gpus] if layers else [],
         vram_free_bytes=sum(gpu.free_memory_bytes for gpu in gpus),
@@ -182,15 +179,14 @@ def estimate_loaded(
     hardware: HardwareInfo,
     *,
     gpu_layers: int,
-    context_per_slot: int,
-    parallel: int,
+    kv: KvCache,
     decided_by: DecidedBy,
 ) -> OffloadEstimate:
     """The estimate for a model file already loaded with `gpu_layers` (-1: all)."""
     model = read_model_memory(path)
     gpus = hardware.offload_gpus
     layers = model.offloadable_layers if gpu_layers < 0 else gpu_layers
-    return _estimate(model, hardware.backend, layers, gpus, context_per_slot, parallel, decided_by)
+    return _estimate(model, hardware.backend, layers, gpus, kv, decided_by)
 
 
 def gpu_layers_fitting(
@@ -208,8 +204,7 @@ def gpu_layers_fitting(
     model = read_model_memory(path)
     total = model.offloadable_layers
     cap = total if wanted == "auto" or wanted < 0 else min(wanted, total)
-    context, parallel = config.kv_shape(model.n_ctx_train)
-    return min(cap, _most_layers(model, gpus, context, parallel))
+    return min(cap, _most_layers(model, gpus, kv_cache_of(config, model)))
 
 
 def with_freed_vram(gpus: list[GpuInfo], freed_bytes: int) -> list[GpuInfo]:
@@ -250,6 +245,8 @@ def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0
     )
     weights, kv = human_bytes(estimate.weights_bytes), human_bytes(estimate.kv_cache_bytes)
     slots = f"{estimate.parallel} slots x {estimate.context_per_slot:,} tokens"
+    if estimate.cache_type_k.quantized or estimate.cache_type_v.quantized:
+        slots += f", {estimate.cache_type_k.value} K and {estimate.cache_type_v.value} V"
     promised = (
         f" and {human_bytes(plan.ram_promised_bytes)} the prompt cache may still take (--cache-ram)"
         if plan.ram_promised_bytes
@@ -261,7 +258,8 @@ def ensure_fits(model_id: str, plan: OffloadPlan, *, other_models_bytes: int = 0
         f"{human_bytes(plan.ram_available_bytes)} is available{others}, keeping "
         f"{human_bytes(RAM_RESERVE_BYTES)} for the system{promised}.{on_gpu} It was not "
         "loaded; the models that were serving still are. Free memory, start with a smaller "
-        "--ctx or fewer --parallel slots, or choose a smaller model.",
+        "--ctx (or --ctx-floor) or fewer --parallel slots, a quantized KV cache "
+        "(--cache-type-k/-v q8_0), or a smaller model.",
         needed_bytes=plan.ram_needed_bytes,
         available_bytes=plan.ram_available_bytes + other_models_bytes,
     )
@@ -273,8 +271,7 @@ def _requested_layers(
     gpus: list[GpuInfo],
     requested: int,
     decided_by: DecidedBy,
-    context_per_slot: int,
-    parallel: int,
+    kv: KvCache,
 ) -> tuple[int, str, str | None]:
     """A number from the settings or the registry: used as given, with a warning when this
     build cannot offload or the GPUs look too small for it."""
@@ -288,10 +285,10 @@ def _requested_layers(
             f"the CPU. {hardware.advice or ''}"
         ).strip()
         return 0, reason, warning
-    if layers and gpus and not _fits_gpus(model, layers, gpus, context_per_slot, parallel):
-        needed = _vram(model, layers, gpus, context_per_slot, parallel)
+    if layers and gpus and not fits_gpus(model, layers, gpus, kv):
+        needed = _vram(model, layers, gpus, kv)
         free = sum(gpu.free_memory_bytes for gpu in gpus)
-        best = _most_layers(model, gpus, context_per_slot, parallel)
+        best = _most_layers(model, gpus, kv)
         return (
             layers,
             reason,
@@ -307,8 +304,7 @@ def _auto_layers(
     model: ModelMemory,
     hardware: HardwareInfo,
     gpus: list[GpuInfo],
-    context_per_slot: int,
-    parallel: int,
+    kv: KvCache,
 ) -> tuple[int, str]:
     total = model.offloadable_layers
     if hardware.backend == "metal":
@@ -322,31 +318,29 @@ def _auto_layers(
                 f"({hardware.nvidia.detail}); set --gpu-layers to offload to another GPU"
             )
         return 0, f"no GPU: {hardware.nvidia.detail}"
-    layers = _most_layers(model, gpus, context_per_slot, parallel)
+    layers = _most_layers(model, gpus, kv)
     where = " + ".join(
         f"GPU {gpu.index} ({gpu.name}, {human_bytes(gpu.free_memory_bytes)} free)" for gpu in gpus
     )
     if layers == total:
         reason = f"all {total} layers fit {where}"
     elif layers == 0:
-        one_layer = human_bytes(_vram(model, 1, gpus, context_per_slot, parallel))
+        one_layer = human_bytes(_vram(model, 1, gpus, kv))
         reason = (
             f"no layer fits {where}: the first one needs about {one_layer} with the CUDA "
             "runtime and compute buffers"
         )
     else:
         reason = f"{layers} of {total} layers fit {where}; the rest run on the CPU"
-    return layers, reason + _one_gpu_hint(model, gpus, layers, context_per_slot, parallel)
+    return layers, reason + _one_gpu_hint(model, gpus, layers, kv)
 
 
-def _one_gpu_hint(
-    model: ModelMemory, gpus: list[GpuInfo], layers: int, context_per_slot: int, parallel: int
-) -> str:
+def _one_gpu_hint(model: ModelMemory, gpus: list[GpuInfo], layers: int, kv: KvCache) -> str:
     """Every GPU in a split pays for its own runtime and buffers, so a small GPU beside a big
     one can lower the total: say when the big one alone would take more layers."""
     if len(gpus) < 2:
         return ""
-    alone = {gpu.uuid: _most_layers(model, [gpu], context_per_slot, parallel) for gpu in gpus}
+    alone = {gpu.uuid: _most_layers(model, [gpu], kv) for gpu in gpus}
     best = max(gpus, key=lambda gpu: alone[gpu.uuid])
     if alone[best.uuid] <= layers:
         return ""
@@ -356,28 +350,24 @@ def _one_gpu_hint(
     )
 
 
-def _most_layers(
-    model: ModelMemory, gpus: list[GpuInfo], context_per_slot: int, parallel: int
-) -> int:
+def _most_layers(model: ModelMemory, gpus: list[GpuInfo], kv: KvCache) -> int:
     # The estimate grows with each layer, so the layers that fit are a prefix: bisect.
     low, high = 0, model.offloadable_layers
     while low < high:
         middle = (low + high + 1) // 2
-        if _fits_gpus(model, middle, gpus, context_per_slot, parallel):
+        if fits_gpus(model, middle, gpus, kv):
             low = middle
         else:
             high = middle - 1
     return low
 
 
-def _fits_gpus(
-    model: ModelMemory, layers: int, gpus: list[GpuInfo], context_per_slot: int, parallel: int
-) -> bool:
+def fits_gpus(model: ModelMemory, layers: int, gpus: list[GpuInfo], kv: KvCache) -> bool:
     if layers == 0:
         return True
     if not gpus:
         return False
-    placement = place(model, layers, context_per_slot, parallel)
+    placement = place(model, layers, kv)
     free_total = sum(gpu.free_memory_bytes for gpu in gpus)
     if free_total <= 0:
         return False
@@ -392,10 +382,8 @@ def _fits_gpus(
     return True
 
 
-def _vram(
-    model: ModelMemory, layers: int, gpus: list[GpuInfo], context_per_slot: int, parallel: int
-) -> int:
-    placement = place(model, layers, context_per_slot, parallel)
+def _vram(model: ModelMemory, layers: int, gpus: list[GpuInfo], kv: KvCache) -> int:
+    placement = place(model, layers, kv)
     return _gpu_total(placement, max(len(gpus), 1))
 
 
@@ -411,11 +399,10 @@ def _estimate(
     backend: Backend,
     layers: int,
     gpus: list[GpuInfo],
-    context_per_slot: int,
-    parallel: int,
+    kv: KvCache,
     decided_by: DecidedBy,
 ) -> OffloadEstimate:
-    placement = place(model, layers, context_per_slot, parallel)
+    placement = place(model, layers, kv)
     if backend == "metal":
         # Unified memory: what is "on the GPU" is RAM as well, and there is no CUDA runtime.
         vram = placement.gpu_bytes
@@ -428,10 +415,12 @@ def _estimate(
         gpu_layers=placement.gpu_layers,
         total_layers=model.offloadable_layers,
         decided_by=decided_by,
-        context_per_slot=context_per_slot,
-        parallel=parallel,
+        context_per_slot=kv.context_per_slot,
+        parallel=kv.parallel,
         weights_bytes=model.weights_bytes,
         kv_cache_bytes=placement.kv_bytes,
         vram_bytes=vram,
         ram_bytes=ram,
+        cache_type_k=kv.type_k,
+        cache_type_v=kv.type_v,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from locallab_gguf.placement.hardware import HardwareInfo
+from locallab_gguf.placement.memory import KvCache
 from locallab_gguf.placement.offload import OffloadEstimate, estimate_loaded, gpu_layers_request
 from locallab_gguf.serving.resident import ResidentModel
 from locallab_gguf.settings import Settings
@@ -19,7 +20,11 @@ def loaded_footprint(
         model.path,
         hardware,
         gpu_layers=info.n_gpu_layers,
-        context_per_slot=context_per_slot,
-        parallel=parallel,
+        kv=KvCache(
+            context_per_slot=context_per_slot,
+            parallel=parallel,
+            type_k=info.cache_type_k,
+            type_v=info.cache_type_v,
+        ),
         decided_by=decided_by,
     )

@@ -11,24 +11,32 @@ from pathlib import Path
 import msgspec
 
 from locallab_gguf.engine.client import EngineClient
-from locallab_gguf.engine.types import EmbeddingMode, EngineConfig, FlashAttention, KvLayout
+from locallab_gguf.engine.types import (
+    EmbeddingMode,
+    EngineConfig,
+    FlashAttention,
+    KvCacheType,
+    KvLayout,
+    quantized_v_needs_flash_attention,
+)
 from locallab_gguf.engine.worker.launch import open_engine
+from locallab_gguf.errors import ConfigError
 from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
+from locallab_gguf.placement.context import plan_model_load
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
     HardwareProbe,
     choose_threads,
 )
 from locallab_gguf.placement.hub_header import HubHeaders
-from locallab_gguf.placement.memory import model_memory
+from locallab_gguf.placement.memory import ModelMemory, model_memory
 from locallab_gguf.placement.offload import (
     OffloadPlan,
     gpu_layers_fitting,
     gpu_layers_request,
-    plan_model,
-    plan_model_file,
+    read_model_memory,
 )
 from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
 from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget, prompt_cache_bytes
@@ -42,6 +50,17 @@ def load_settings_registry(settings: Settings) -> Registry:
     registry = load_registry_file(settings.models_file)
     if settings.aliases:
         registry = registry.with_aliases(parse_alias_flags(settings.aliases))
+    for spec in registry.models.values():
+        # A model whose own V cache type the server's flash-attention setting cannot serve
+        # fails at start-up, not at its first request.
+        quantized_v = spec.cache_type_v is not None and spec.cache_type_v.quantized
+        if settings.flash_attn == "off" and spec.kind == "chat" and quantized_v:
+            assert spec.cache_type_v is not None
+            raise ConfigError(
+                f"model {spec.id!r} of {registry.source} sets cache_type_v = "
+                f'"{spec.cache_type_v.value}": '
+                + quantized_v_needs_flash_attention(spec.cache_type_v)
+            )
     return registry
 
 
@@ -62,7 +81,8 @@ def engine_config(
     (an engine opened outside a server)."""
     threads = choose_threads(settings.threads, settings.threads_batch)
     return EngineConfig(
-        n_ctx=spec.context_length or settings.ctx,
+        n_ctx=spec.context_length or settings.fixed_ctx,
+        ctx_floor=settings.ctx_floor,
         n_parallel=spec.parallel or settings.parallel,
         n_threads=threads.generation,
         n_threads_batch=threads.batch,
@@ -71,6 +91,8 @@ def engine_config(
         deterministic=settings.deterministic,
         kv_layout=KvLayout(settings.kv_layout),
         flash_attn=FlashAttention(settings.flash_attn),
+        cache_type_k=spec.cache_type_k or KvCacheType(settings.cache_type_k),
+        cache_type_v=spec.cache_type_v or KvCacheType(settings.cache_type_v),
         prompt_cache_bytes=(
             cache.budget_bytes if cache is not None else prompt_cache_bytes(settings.cache_ram)
         ),
@@ -90,16 +112,17 @@ def embedding_mode(spec: ModelSpec) -> EmbeddingMode | None:
 
 
 def offload_plan(
-    settings: Settings, spec: ModelSpec, path: Path, hardware: HardwareInfo
+    settings: Settings,
+    spec: ModelSpec,
+    path: Path,
+    hardware: HardwareInfo,
+    cache: PromptCacheBudget | None = None,
 ) -> OffloadPlan:
-    """GPU layers for `spec` on this hardware: --gpu-layers, else the registry's, else auto."""
-    return plan_model_file(
-        path,
-        hardware,
-        engine_config(settings, spec),
-        setting=settings.gpu_layers,
-        registry=spec.n_gpu_layers,
-    )
+    """GPU layers for `spec` on this hardware (--gpu-layers, else the registry's, else auto),
+    and its context for --ctx auto. With `cache`, the prompt caches' budget is counted: the
+    part they do not hold yet is promised, and the models share the machine's RAM less all of
+    it."""
+    return _plan(settings, spec, read_model_memory(path), hardware, cache)
 
 
 def hub_file_plan(
@@ -108,17 +131,37 @@ def hub_file_plan(
     hardware: HardwareInfo,
     access: HubAccess,
     headers: HubHeaders | None = None,
+    cache: PromptCacheBudget | None = None,
 ) -> OffloadPlan:
     """The plan `offload_plan` would make once the file is here, from its header on the hub
     (range requests: the header and tensor table, not the weights)."""
     header = (headers or HubHeaders()).read(spec, access)
-    return plan_model(
-        model_memory(header),
+    return _plan(settings, spec, model_memory(header), hardware, cache)
+
+
+def _plan(
+    settings: Settings,
+    spec: ModelSpec,
+    model: ModelMemory,
+    hardware: HardwareInfo,
+    cache: PromptCacheBudget | None,
+) -> OffloadPlan:
+    return plan_model_load(
+        model,
         hardware,
         engine_config(settings, spec),
         setting=settings.gpu_layers,
         registry=spec.n_gpu_layers,
+        ram_promised_bytes=cache.room_left() if cache is not None else 0,
+        ram_withheld_bytes=cache.budget_bytes if cache is not None else 0,
     )
+
+
+def planned_config(config: EngineConfig, plan: OffloadPlan) -> EngineConfig:
+    """`config` with the context the plan chose where it was auto."""
+    if config.n_ctx is not None or config.embedding is not None:
+        return config
+    return msgspec.structs.replace(config, n_ctx=plan.estimate.context_per_slot)
 
 
 def machine_probe() -> HardwareProbe:
@@ -146,27 +189,13 @@ class LocalPlanner:
         self.hub_headers = HubHeaders()
 
     def plan(self, spec: ModelSpec, path: Path) -> OffloadPlan:
-        return self._sharing_cache(offload_plan(self._settings, spec, path, self._probe.read()))
-
-    def plan_hub_file(self, spec: ModelSpec, access: HubAccess) -> OffloadPlan:
-        return self._sharing_cache(
-            hub_file_plan(self._settings, spec, self._probe.read(), access, self.hub_headers)
-        )
-
-    def _sharing_cache(self, planned: OffloadPlan) -> OffloadPlan:
-        if self._cache is None:
-            return planned
         # The prompt caches may still grow to the budget: that memory is promised already, and
         # the models' estimates share the machine's RAM less the whole budget.
-        return msgspec.structs.replace(
-            planned,
-            ram_promised_bytes=self._cache.room_left(),
-            ram_total_bytes=(
-                max(0, planned.ram_total_bytes - self._cache.budget_bytes)
-                if planned.ram_total_bytes
-                else 0
-            ),
-        )
+        return offload_plan(self._settings, spec, path, self._probe.read(), self._cache)
+
+    def plan_hub_file(self, spec: ModelSpec, access: HubAccess) -> OffloadPlan:
+        hardware = self._probe.read()
+        return hub_file_plan(self._settings, spec, hardware, access, self.hub_headers, self._cache)
 
     def gpu_layers_after(self, spec: ModelSpec, path: Path) -> Callable[[int], int] | None:
         """How many of the model's layers would fit the GPUs, as a function of the VRAM that
@@ -194,11 +223,11 @@ def local_engine_opener(
 
     async def open_planned(spec: ModelSpec, path: Path) -> EngineClient:
         def plan() -> OffloadPlan:
-            return offload_plan(settings, spec, path, hardware_probe.read())
+            return offload_plan(settings, spec, path, hardware_probe.read(), cache)
 
         planned = await asyncio.to_thread(plan)
-        log_offload_plan(spec.id, planned)
-        config = engine_config(settings, spec, cache)
+        config = planned_config(engine_config(settings, spec, cache), planned)
+        log_offload_plan(spec.id, planned, config)
         return await open_engine(
             path,
             config,
@@ -211,7 +240,7 @@ def local_engine_opener(
     return open_planned
 
 
-def log_offload_plan(model_id: str, plan: OffloadPlan) -> None:
+def log_offload_plan(model_id: str, plan: OffloadPlan, config: EngineConfig) -> None:
     estimate = plan.estimate
     log.info(
         "model %s: %d of %d layers on the GPU (%s: %s); %d slots x %d tokens of context; "
@@ -226,5 +255,24 @@ def log_offload_plan(model_id: str, plan: OffloadPlan) -> None:
         human_bytes(estimate.vram_bytes),
         human_bytes(estimate.ram_bytes),
     )
+    if config.embedding is None:
+        log.info(
+            "model %s: context %s tokens per slot x %d slots (%s); KV cache %s K, %s V, %s%s",
+            model_id,
+            f"{estimate.context_per_slot:,}",
+            estimate.parallel,
+            plan.context_reason or f"set: {config.n_ctx:,}",
+            estimate.cache_type_k.value,
+            estimate.cache_type_v.value,
+            human_bytes(estimate.kv_cache_bytes),
+            flash_attention_note(config),
+        )
     if plan.warning:
         log.warning("model %s: %s", model_id, plan.warning)
+
+
+def flash_attention_note(config: EngineConfig) -> str:
+    """What the load log says of flash attention when a quantized V cache decided it."""
+    if config.effective_flash_attn is not config.flash_attn:
+        return "; flash attention on: a quantized V cache needs it"
+    return ""

@@ -7,9 +7,6 @@ of Q4_1 weights and 768 bytes of f16 KV cache per token (3 KV heads x 64 x 2 x 2
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,13 @@ from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.placement.gguf_file import GgufFormatError, read_gguf_header
 from locallab_gguf.placement.hardware import HardwareInfo
-from locallab_gguf.placement.memory import ModelMemory, model_memory, place
+from locallab_gguf.placement.memory import (
+    KvCache,
+    ModelMemory,
+    kv_bytes_per_cell,
+    model_memory,
+    place,
+)
 from locallab_gguf.placement.offload import (
     RAM_RESERVE_BYTES,
     OffloadPlan,
@@ -35,6 +38,7 @@ from locallab_gguf.placement.offload import (
     read_model_memory,
     with_freed_vram,
 )
+from tests.support.llama_log import llama_cpp_lines, reported_mib
 from tests.support.nvml_standin import (
     GIB,
     H100,
@@ -89,8 +93,7 @@ def plan(
     return plan_offload(
         model,
         hardware,
-        context_per_slot=ctx,
-        parallel=parallel,
+        kv=KvCache(context_per_slot=ctx, parallel=parallel),
         requested=requested,
         decided_by=decided_by,
     )
@@ -99,7 +102,8 @@ def plan(
 def test_the_model_is_read_from_its_gguf(model: ModelMemory) -> None:
     assert (model.architecture, model.n_layer, model.offloadable_layers) == ("llama", 30, 31)
     assert (model.n_ctx_train, model.n_vocab, model.n_embd) == (8192, 49152, 576)
-    assert set(model.kv_bytes_per_cell) == {768}
+    assert set(model.kv_key_values) == set(model.kv_value_values) == {192}  # 3 heads x 64
+    assert set(kv_bytes_per_cell(model, KvCache(context_per_slot=1, parallel=1))) == {768}
     assert set(model.layer_bytes) == {2_216_448}
     # The head is tied to the embeddings: only a GPU needs its own copy of them.
     assert model.tied_head_bytes == model.input_bytes == 30_081_024
@@ -129,7 +133,7 @@ def test_every_layer_goes_to_a_gpu_that_has_room(model: ModelMemory) -> None:
     assert chosen.reason == "all 31 layers fit GPU 0 (NVIDIA H100 80GB HBM3, 79.0 GiB free)"
     # Everything but the input embeddings and the logits handed to the sampler left RAM.
     assert estimate.ram_bytes < 40 * MIB
-    placement = place(model, 31, 4096, 8)
+    placement = place(model, 31, KvCache(context_per_slot=4096, parallel=8))
     assert placement.gpu_kv_bytes == 720 * MIB  # llama.cpp reports 720.00 MiB for 8 x 4096
 
 
@@ -272,38 +276,6 @@ def test_the_plan_reads_only_the_header(model_path: Path, tmp_path: Path) -> Non
     assert real.estimate.context_per_slot == 4096  # the trained 8192, capped
 
 
-class _Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
-def _reported_mib(lines: list[str], pattern: str) -> float:
-    for line in lines:
-        found = re.search(pattern + r"\s*=\s*([\d.]+) MiB", line)
-        if found:
-            return float(found.group(1))
-    raise AssertionError(f"llama.cpp did not report {pattern!r}")
-
-
-def _llama_cpp_lines(load: Callable[[], object]) -> list[str]:
-    """What llama.cpp logs while `load` runs."""
-    llama_log = logging.getLogger("locallab_gguf.engine.runtime.llama")
-    lines = _Lines()
-    previous_level = llama_log.level
-    llama_log.addHandler(lines)
-    llama_log.setLevel(logging.DEBUG)
-    try:
-        load()
-    finally:
-        llama_log.removeHandler(lines)
-        llama_log.setLevel(previous_level)
-    return lines.lines
-
-
 def test_the_estimate_matches_what_llama_cpp_allocates(
     model: ModelMemory, model_path: Path
 ) -> None:
@@ -314,13 +286,13 @@ def test_the_estimate_matches_what_llama_cpp_allocates(
         engine = await open_local_engine(model_path, config, 0)
         await engine.close(drain=False)
 
-    lines = _llama_cpp_lines(lambda: asyncio.run(load_and_close()))
-    estimate = place(model, 0, 1024, 4)
-    assert estimate.ram_kv_bytes == _reported_mib(lines, "CPU KV buffer size") * MIB
-    weights_mib = _reported_mib(lines, "CPU_Mapped model buffer size")
+    lines = llama_cpp_lines(lambda: asyncio.run(load_and_close()))
+    estimate = place(model, 0, KvCache(context_per_slot=1024, parallel=4))
+    assert estimate.ram_kv_bytes == reported_mib(lines, "CPU KV buffer size") * MIB
+    weights_mib = reported_mib(lines, "CPU_Mapped model buffer size")
     assert estimate.ram_weights_bytes / MIB == pytest.approx(weights_mib, abs=0.01)
-    compute_mib = _reported_mib(lines, "CPU compute buffer size")
-    output_mib = _reported_mib(lines, "CPU  output buffer size")
+    compute_mib = reported_mib(lines, "CPU compute buffer size")
+    output_mib = reported_mib(lines, "CPU  output buffer size")
     # The compute estimate errs high, by little.
     reported = (compute_mib + output_mib) * MIB
     assert reported <= estimate.ram_compute_bytes <= 1.1 * reported
@@ -349,13 +321,13 @@ def test_an_encoders_kv_estimate_is_its_one_context_or_none(
         mean = msgspec.structs.replace(config, embedding=EmbeddingMode(pooling="mean"))
         open_embedding_engine(model_path, 0, mean, mean.embedding).close(drain=False)
 
-    reported = _reported_mib(_llama_cpp_lines(load), "CPU KV buffer size") * MIB
+    reported = reported_mib(llama_cpp_lines(load), "CPU KV buffer size") * MIB
     assert planned.estimate.kv_cache_bytes == reported
     assert as_chat.estimate.kv_cache_bytes == 4 * reported  # 4 slots of 1,024 tokens
 
     bert = write_tiny_bert(tmp_path / "tiny-bert.gguf")
     plan = plan_model_file(bert, hardware, config, setting=None, registry=0)
-    lines = _llama_cpp_lines(
+    lines = llama_cpp_lines(
         lambda: open_embedding_engine(bert, 0, config, EmbeddingMode()).close(drain=False)
     )
     assert plan.estimate.kv_cache_bytes == 0

@@ -13,7 +13,7 @@ def context_length_of(services: Services, spec: ModelSpec) -> int | None:
     resident = services.manager.resident_model(spec.id)
     if resident is not None:
         return resident.engine.info.context_length
-    return spec.context_length or services.settings.ctx
+    return spec.context_length or services.settings.fixed_ctx
 
 
 def exact_aliases(services: Services) -> dict[str, ModelSpec]:

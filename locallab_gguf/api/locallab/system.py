@@ -29,7 +29,9 @@ from locallab_gguf.api.locallab.wire import (
     ThreadsBody,
     body_of,
 )
+from locallab_gguf.engine.types import EngineInfo, FlashAttention
 from locallab_gguf.placement.hardware import HardwareInfo, choose_threads
+from locallab_gguf.placement.offload import OffloadEstimate
 from locallab_gguf.serving.footprint import loaded_footprint
 
 
@@ -122,7 +124,7 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         gpus=gpus,
         acceleration=acceleration(hardware),
         threads=body_of(choose_threads(settings.threads, settings.threads_batch), ThreadsBody),
-        offload=body_of(offload, OffloadBody) if offload else None,
+        offload=offload_body(offload, current.engine.info) if offload and current else None,
         model=ModelState(
             status=manager.status,
             loading=manager.loading_id,
@@ -151,6 +153,18 @@ async def system_info(services: NamedDependency[Services]) -> SystemInfo:
         active_model=current.spec.id if current else None,
         uptime=uptime,
         request_count=total,
+    )
+
+
+def offload_body(offload: OffloadEstimate, info: EngineInfo) -> OffloadBody:
+    """The loaded model's memory, KV cache types and flash attention."""
+    forced = info.flash_attn is FlashAttention.ON and info.cache_type_v.quantized
+    return msgspec.structs.replace(
+        body_of(offload, OffloadBody),
+        flash_attn=info.flash_attn.value,
+        flash_attn_reason=(
+            f"on: the {info.cache_type_v.value} V cache needs it" if forced else None
+        ),
     )
 
 

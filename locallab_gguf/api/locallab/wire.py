@@ -295,6 +295,12 @@ class OffloadBody(msgspec.Struct, kw_only=True):
     kv_cache_bytes: int
     vram_bytes: int
     ram_bytes: int
+    cache_type_k: Literal["f16", "q8_0", "q4_0"] = "f16"
+    cache_type_v: Literal["f16", "q8_0", "q4_0"] = "f16"
+    # The flash-attention setting the model runs with: "on" where --flash-attn says so or a
+    # quantized V cache needs it (`flash_attn_reason` then says so); "auto": llama.cpp's choice.
+    flash_attn: Literal["auto", "on", "off"] = "auto"
+    flash_attn_reason: str | None = None
 
 
 class PromptReuseBody(msgspec.Struct, kw_only=True):

@@ -151,7 +151,7 @@ def _show(services: Services, name: str) -> ShowResponse:
         f"{arch}.embedding_length": facts.embedding_length,
         f"{arch}.block_count": facts.block_count,
     }
-    parameters = f"num_ctx {services.settings.ctx or facts.context_length}"
+    parameters = f"num_ctx {context_length_of(services, spec) or facts.context_length}"
     modelfile = f"FROM {path.name}\nTEMPLATE {msgspec.json.encode(template).decode()}\n"
     return ShowResponse(
         modelfile=modelfile,
@@ -202,6 +202,8 @@ def _running(services: Services) -> list[RunningModel]:
                 size_vram=vram,
                 context_length=model.engine.info.context_length,
                 prompt_cache_bytes=model.engine.stats().prompt_reuse.cache_bytes,
+                cache_type_k=model.engine.info.cache_type_k.value,
+                cache_type_v=model.engine.info.cache_type_v.value,
             )
         )
     return running

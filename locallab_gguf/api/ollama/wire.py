@@ -190,6 +190,10 @@ class RunningModel(msgspec.Struct, kw_only=True):
     # Not Ollama's: the bytes of this model's saved prompt states, its share of the server's
     # one prompt-cache budget (--cache-ram).
     prompt_cache_bytes: int = 0
+    # Not Ollama's either: the element types of the model's K and V cache (f16, q8_0, q4_0),
+    # as OLLAMA_KV_CACHE_TYPE sets them for the whole Ollama server.
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
 
 
 class PsResponse(msgspec.Struct):

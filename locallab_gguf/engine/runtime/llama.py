@@ -14,7 +14,7 @@ from typing import Any
 
 import llama_cpp
 
-from locallab_gguf.engine.types import EngineConfig, FlashAttention
+from locallab_gguf.engine.types import EngineConfig, FlashAttention, KvCacheType
 from locallab_gguf.errors import ModelLoadFailed
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,13 @@ FLASH_ATTN_TYPES = {
     FlashAttention.OFF: llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
 }
 
+# ggml's element type for each KV cache type.
+GGML_KV_TYPES = {
+    KvCacheType.F16: llama_cpp.GGML_TYPE_F16,
+    KvCacheType.Q8_0: llama_cpp.GGML_TYPE_Q8_0,
+    KvCacheType.Q4_0: llama_cpp.GGML_TYPE_Q4_0,
+}
+
 
 def create_context(model: LlamaModel, config: EngineConfig, per_slot: int, unified: bool) -> Any:
     """A context of `per_slot` tokens for each of the config's slots, one KV sequence each."""
@@ -191,7 +198,9 @@ def create_context(model: LlamaModel, config: EngineConfig, per_slot: int, unifi
     params.n_ubatch = config.n_batch
     params.n_seq_max = config.n_parallel
     params.kv_unified = unified  # see KvLayout
-    params.flash_attn_type = FLASH_ATTN_TYPES[config.flash_attn]
+    params.flash_attn_type = FLASH_ATTN_TYPES[config.effective_flash_attn]
+    params.type_k = GGML_KV_TYPES[config.cache_type_k]
+    params.type_v = GGML_KV_TYPES[config.cache_type_v]
     params.n_threads = config.n_threads
     params.n_threads_batch = config.n_threads_batch
     params.no_perf = True
@@ -199,7 +208,8 @@ def create_context(model: LlamaModel, config: EngineConfig, per_slot: int, unifi
     if not context:
         raise ModelLoadFailed(
             f"llama.cpp could not create a context of {per_slot:,} tokens for each of "
-            f"{config.n_parallel} slots for {model.path.name}; "
+            f"{config.n_parallel} slots ({config.cache_type_k.value} K, "
+            f"{config.cache_type_v.value} V cache) for {model.path.name}; "
             "start with a smaller --ctx or fewer --parallel slots"
         )
     return context

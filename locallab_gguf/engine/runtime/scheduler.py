@@ -116,6 +116,9 @@ class BatchEngine:
             parallel=config.n_parallel,
             n_vocab=model.n_vocab,
             kv_shape=(self.n_ctx, config.n_parallel),
+            cache_type_k=config.cache_type_k,
+            cache_type_v=config.cache_type_v,
+            flash_attn=config.effective_flash_attn,
         )
         self._slots = [Slot(seq_id) for seq_id in range(config.n_parallel)]
         self._reuse = SlotReuse(self._kv, self._slots, open_prompt_cache(model, config))

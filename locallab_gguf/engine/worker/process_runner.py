@@ -40,31 +40,11 @@ from locallab_gguf.engine.types import (
     Finished,
     GenerationRequest,
 )
+from locallab_gguf.engine.worker import worker_protocol as wire
 from locallab_gguf.engine.worker.activity import ActivityBlock, Note
 from locallab_gguf.engine.worker.pending import PendingCalls, R
 from locallab_gguf.engine.worker.resume import InFlightJobs
 from locallab_gguf.engine.worker.worker_hooks import ACTIVITY_LANES
-from locallab_gguf.engine.worker.worker_protocol import (
-    ActivityFile,
-    Cancel,
-    Channel,
-    Encode,
-    Encoded,
-    Events,
-    FromWorker,
-    LoadFailed,
-    Pieces,
-    Ready,
-    Start,
-    Stop,
-    Submit,
-    SubmitReply,
-    Tokenize,
-    TokenizerCall,
-    TokenizerReply,
-    ToWorker,
-    error_from_wire,
-)
 from locallab_gguf.errors import EngineFailure, EngineRestarting, LocalLabError, ModelLoadFailed
 
 log = logging.getLogger(__name__)
@@ -107,16 +87,16 @@ class _Process:
             os.close(to_worker_read)
             os.close(from_worker_write)
         self.ready = False  # set once it has said Ready: only then is its death a crash
-        self.outbox = Channel(to_worker_write, ToWorker)  # type: ignore[arg-type]
-        self.inbox = Channel(from_worker_read, FromWorker)  # type: ignore[arg-type]
+        self.outbox = wire.Channel(to_worker_write, wire.ToWorker)  # type: ignore[arg-type]
+        self.inbox = wire.Channel(from_worker_read, wire.FromWorker)  # type: ignore[arg-type]
         self.send(
-            Start(
+            wire.Start(
                 model_path=spec.model_path,
                 config=spec.config,
                 n_gpu_layers=spec.n_gpu_layers,
                 log_level=spec.log_level,
                 log_format=spec.log_format,
-                activity=ActivityFile(
+                activity=wire.ActivityFile(
                     self.activity.fd, self.activity.lanes, self.activity.max_jobs
                 ),
             )
@@ -126,7 +106,7 @@ class _Process:
     def pid(self) -> int:
         return self.popen.pid
 
-    def send(self, message: ToWorker) -> None:
+    def send(self, message: wire.ToWorker) -> None:
         with contextlib.suppress(OSError):  # it died; the reader thread reports that
             self.outbox.send(message)
 
@@ -156,7 +136,7 @@ class WorkerEngine(EncodeCalls):
         self._inflight = InFlightJobs()  # what each request has produced, to resume it
         self._pending = PendingCalls(loop)  # every call waiting for the worker's reply
         self._process: _Process | None = None
-        self._ready: asyncio.Future[Ready] | None = None
+        self._ready: asyncio.Future[wire.Ready] | None = None
         self._state: EngineState = "restarting"
         self._failure: str | None = None
         self._stats: EngineStats | None = None
@@ -189,12 +169,13 @@ class WorkerEngine(EncodeCalls):
 
     async def count_tokens(self, request: GenerationRequest) -> int:
         answer = await self._call(
-            SubmitReply, lambda job_id: Submit(job_id=job_id, request=request, count_only=True)
+            wire.SubmitReply,
+            lambda job_id: wire.Submit(job_id=job_id, request=request, count_only=True),
         )
         return answer.prompt_tokens
 
     async def _call(
-        self, reply: type[R], make: Callable[[int], ToWorker], *, cancellable: bool = False
+        self, reply: type[R], make: Callable[[int], wire.ToWorker], *, cancellable: bool = False
     ) -> R:
         """Send the call `make` builds for a new id and wait for its reply, raising the error
         it carries. A `cancellable` call left by its client is cancelled in the worker too."""
@@ -210,29 +191,33 @@ class WorkerEngine(EncodeCalls):
         finally:
             self._pending.forget(call_id)
         if result.error is not None:
-            raise error_from_wire(result.error)
+            raise wire.error_from_wire(result.error)
         return result
 
     # -- the model's tokenizer ------------------------------------------------------------
 
     async def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         reply = await self._call_tokenizer(
-            lambda call_id: Tokenize(call_id, text, add_special, parse_special)
+            lambda call_id: wire.Tokenize(call_id, text, add_special, parse_special)
         )
         return reply.tokens
 
     async def token_pieces(self, tokens: list[int]) -> list[bytes]:
-        reply = await self._call_tokenizer(lambda call_id: Pieces(call_id, tokens))
+        reply = await self._call_tokenizer(lambda call_id: wire.Pieces(call_id, tokens))
         return reply.pieces
 
-    async def _call_tokenizer(self, make: Callable[[int], TokenizerCall]) -> TokenizerReply:
-        return await self._call(TokenizerReply, make)
+    async def _call_tokenizer(
+        self, make: Callable[[int], wire.TokenizerCall]
+    ) -> wire.TokenizerReply:
+        return await self._call(wire.TokenizerReply, make)
 
     # -- embeddings and reranking ----------------------------------------------------------
 
     async def _encode(self, request: EncodeRequest) -> EncodeResult:
         encoded = await self._call(
-            Encoded, lambda job_id: Encode(job_id=job_id, request=request), cancellable=True
+            wire.Encoded,
+            lambda job_id: wire.Encode(job_id=job_id, request=request),
+            cancellable=True,
         )
         assert encoded.result is not None
         return encoded.result
@@ -254,10 +239,10 @@ class WorkerEngine(EncodeCalls):
 
     async def generate(self, request: GenerationRequest) -> RequestStream:
         process = self._ready_process()
-        job_id, reply = self._pending.open(SubmitReply)
+        job_id, reply = self._pending.open(wire.SubmitReply)
         queue = self._streams.open(job_id)
         self._inflight.add(job_id, request)
-        process.send(Submit(job_id=job_id, request=request))
+        process.send(wire.Submit(job_id=job_id, request=request))
         try:
             # If the worker dies first, the request is submitted again to the next one, and
             # this waits for that one's answer.
@@ -269,7 +254,7 @@ class WorkerEngine(EncodeCalls):
         if answer.error is not None:
             self._streams.close(job_id)
             self._inflight.forget(job_id)
-            raise error_from_wire(answer.error)
+            raise wire.error_from_wire(answer.error)
         return RequestStream(answer.prompt_tokens, queue, lambda: self._cancel(job_id))
 
     async def close(self, drain: bool) -> None:
@@ -283,7 +268,7 @@ class WorkerEngine(EncodeCalls):
             return
         if not drain:
             self._abandon_all(SERVER_STOPPING)
-        process.send(Stop(drain=drain))
+        process.send(wire.Stop(drain=drain))
         try:
             await asyncio.wait_for(asyncio.to_thread(process.popen.wait), STOP_TIMEOUT_S)
         except TimeoutError:
@@ -296,7 +281,7 @@ class WorkerEngine(EncodeCalls):
         self._streams.close(job_id)
         self._inflight.forget(job_id)
         if self._process is not None:
-            self._process.send(Cancel(job_id=job_id))
+            self._process.send(wire.Cancel(job_id=job_id))
 
     def _end_job(self, job_id: int, detail: str) -> None:
         """End one request in flight with `detail`, whether or not it was taken yet."""
@@ -358,7 +343,7 @@ class WorkerEngine(EncodeCalls):
         deliver = self._loop.call_soon_threadsafe
         try:
             while True:
-                message: FromWorker = process.inbox.receive()  # type: ignore[assignment]
+                message: wire.FromWorker = process.inbox.receive()  # type: ignore[assignment]
                 deliver(self._on_message, process, message)
         except (EOFError, OSError):
             reason = process.exit_reason()
@@ -367,11 +352,11 @@ class WorkerEngine(EncodeCalls):
             with contextlib.suppress(RuntimeError):  # the loop is gone: the server exited
                 deliver(self._on_exit, process, reason, notes)
 
-    def _on_message(self, process: _Process, message: FromWorker) -> None:
+    def _on_message(self, process: _Process, message: wire.FromWorker) -> None:
         if process is not self._process:
             return
         match message:
-            case Events(stats=stats, progress=progress, events=events):
+            case wire.Events(stats=stats, progress=progress, events=events):
                 self._stats = stats
                 if progress:
                     self._inflight.record(progress)
@@ -380,21 +365,21 @@ class WorkerEngine(EncodeCalls):
                         if isinstance(event, Finished | Failed):
                             self._inflight.forget(job_id)
                     self._streams.dispatch(events)
-            case SubmitReply(job_id=job_id, error=error):
+            case wire.SubmitReply(job_id=job_id, error=error):
                 self._stats = message.stats
                 settled = self._pending.settle(job_id, message)
                 if not settled and error is not None and self._in_flight(job_id):
                     # A resumed request the new worker refused.
-                    self._end_job(job_id, str(error_from_wire(error)))
-            case TokenizerReply(call_id=call_id) | Encoded(job_id=call_id):
+                    self._end_job(job_id, str(wire.error_from_wire(error)))
+            case wire.TokenizerReply(call_id=call_id) | wire.Encoded(job_id=call_id):
                 self._stats = message.stats
                 self._pending.settle(call_id, message)
-            case Ready():
+            case wire.Ready():
                 process.ready = True
                 if self._ready is not None and not self._ready.done():
                     self._ready.set_result(message)
-            case LoadFailed(error=error) if self._ready and not self._ready.done():
-                self._ready.set_exception(error_from_wire(error))
+            case wire.LoadFailed(error=error) if self._ready and not self._ready.done():
+                self._ready.set_exception(wire.error_from_wire(error))
 
     def _on_exit(self, process: _Process, reason: str, notes: list[Note]) -> None:
         if process is not self._process:
@@ -439,7 +424,7 @@ class WorkerEngine(EncodeCalls):
         for job_id in self._inflight.ids():
             job = self._inflight.get(job_id)
             assert job is not None
-            process.send(Submit(job_id=job_id, request=job.request, resume=job.resume()))
+            process.send(wire.Submit(job_id=job_id, request=job.request, resume=job.resume()))
 
 
 class _WorkerCrashed(Exception):

@@ -22,29 +22,10 @@ from locallab_gguf.engine.encode.embedding import EmbeddingEngine, open_embeddin
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.runtime.tokenizer import token_pieces, tokenize_text
 from locallab_gguf.engine.types import EncodeResult, EventBatch, RerankRequest
+from locallab_gguf.engine.worker import worker_protocol as wire
 from locallab_gguf.engine.worker.activity import ActivityBlock
 from locallab_gguf.engine.worker.thread_runner import NOT_AN_ENCODER
 from locallab_gguf.engine.worker.worker_hooks import CRASH_MARKER_ENV, SUBMIT_THREADS, WorkerHooks
-from locallab_gguf.engine.worker.worker_protocol import (
-    Cancel,
-    Channel,
-    Encode,
-    Encoded,
-    Events,
-    FromWorker,
-    LoadFailed,
-    Pieces,
-    Ready,
-    Start,
-    Stop,
-    Submit,
-    SubmitReply,
-    Tokenize,
-    TokenizerCall,
-    TokenizerReply,
-    ToWorker,
-    error_to_wire,
-)
 from locallab_gguf.errors import EngineFailure, LocalLabError, WrongModelKind
 from locallab_gguf.log_format import configure_logging
 
@@ -62,7 +43,7 @@ def _die_with_the_server() -> None:
 
 
 class Worker:
-    def __init__(self, inbox: Channel, outbox: Channel) -> None:
+    def __init__(self, inbox: wire.Channel, outbox: wire.Channel) -> None:
         self._inbox = inbox
         self._outbox = outbox
         self._send_lock = threading.Lock()
@@ -77,13 +58,13 @@ class Worker:
         self._taking: set[int] = set()
         self._cancelled_while_taking: set[int] = set()
 
-    def send(self, message: FromWorker) -> None:
+    def send(self, message: wire.FromWorker) -> None:
         with self._send_lock:
             self._outbox.send(message)
 
     def run(self) -> int:
         start = self._inbox.receive()
-        if not isinstance(start, Start):
+        if not isinstance(start, wire.Start):
             raise RuntimeError(f"expected Start, got {type(start).__name__}")
         configure_logging(start.log_level, "json" if start.log_format == "json" else "text")
         activity = start.activity
@@ -110,32 +91,32 @@ class Worker:
                     self._hooks,
                 )
         except LocalLabError as exc:
-            self.send(LoadFailed(error=error_to_wire(exc)))
+            self.send(wire.LoadFailed(error=wire.error_to_wire(exc)))
             return 1
         engine = self._engine
-        self.send(Ready(info=engine.info, stats=engine.stats()))
+        self.send(wire.Ready(info=engine.info, stats=engine.stats()))
         log.info("engine worker ready: %s", start.model_path)
         return self._serve(engine)
 
     def _serve(self, engine: BatchEngine | EmbeddingEngine) -> int:
         while True:
             try:
-                message: ToWorker = self._inbox.receive()  # type: ignore[assignment]
+                message: wire.ToWorker = self._inbox.receive()  # type: ignore[assignment]
             except EOFError:
                 log.warning("the server went away; the engine worker stops")
                 engine.close(drain=False)
                 return 0
-            if isinstance(message, Submit):
+            if isinstance(message, wire.Submit):
                 self._taking_in(message.job_id)
                 self._submitters.submit(self._submit, engine, message)
-            elif isinstance(message, Cancel):
+            elif isinstance(message, wire.Cancel):
                 self._cancel(engine, message.job_id)
-            elif isinstance(message, Tokenize | Pieces):
+            elif isinstance(message, wire.Tokenize | wire.Pieces):
                 self._submitters.submit(self._tokenizer_call, engine, message)
-            elif isinstance(message, Encode):
+            elif isinstance(message, wire.Encode):
                 self._taking_in(message.job_id)
                 self._submitters.submit(self._encode, engine, message)
-            elif isinstance(message, Stop):
+            elif isinstance(message, wire.Stop):
                 self._submitters.shutdown(wait=True)
                 engine.close(drain=message.drain)
                 return 0
@@ -159,15 +140,15 @@ class Worker:
         if cancelled:
             engine.cancel(job_id)
 
-    def _encode(self, engine: BatchEngine | EmbeddingEngine, message: Encode) -> None:
+    def _encode(self, engine: BatchEngine | EmbeddingEngine, message: wire.Encode) -> None:
         """Queue an embedding or rerank request; its answer is sent when it is done."""
 
         def answer(outcome: EncodeResult | LocalLabError) -> None:
             stats = engine.stats()
             if isinstance(outcome, LocalLabError):
-                self.send(Encoded(message.job_id, None, error_to_wire(outcome), stats))
+                self.send(wire.Encoded(message.job_id, None, wire.error_to_wire(outcome), stats))
             else:
-                self.send(Encoded(message.job_id, outcome, None, stats))
+                self.send(wire.Encoded(message.job_id, outcome, None, stats))
 
         try:
             if isinstance(engine, EmbeddingEngine):
@@ -185,7 +166,7 @@ class Worker:
         finally:
             self._taken(engine, message.job_id)
 
-    def _submit(self, engine: BatchEngine | EmbeddingEngine, message: Submit) -> None:
+    def _submit(self, engine: BatchEngine | EmbeddingEngine, message: wire.Submit) -> None:
         try:
             with self._hooks.preparing(message.job_id, message.request):
                 if message.count_only:
@@ -193,57 +174,61 @@ class Worker:
                 else:
                     accepted = engine.submit(message.job_id, message.request, message.resume)
                     prompt_tokens = accepted.prompt_tokens
-            reply = SubmitReply(
+            reply = wire.SubmitReply(
                 job_id=message.job_id,
                 prompt_tokens=prompt_tokens,
                 error=None,
                 stats=engine.stats(),
             )
         except LocalLabError as exc:
-            reply = SubmitReply(message.job_id, 0, error_to_wire(exc), engine.stats())
+            reply = wire.SubmitReply(message.job_id, 0, wire.error_to_wire(exc), engine.stats())
         except Exception as exc:  # never leave the server waiting for an answer
             log.exception("submit failed")
             failure = EngineFailure(f"the engine could not take the request: {exc}")
-            reply = SubmitReply(message.job_id, 0, error_to_wire(failure), engine.stats())
+            reply = wire.SubmitReply(message.job_id, 0, wire.error_to_wire(failure), engine.stats())
         self._taken(engine, message.job_id)
         self.send(reply)
 
     def _tokenizer_call(
-        self, engine: BatchEngine | EmbeddingEngine, message: TokenizerCall
+        self, engine: BatchEngine | EmbeddingEngine, message: wire.TokenizerCall
     ) -> None:
         try:
-            if isinstance(message, Tokenize):
+            if isinstance(message, wire.Tokenize):
                 tokens = tokenize_text(
                     engine.model,
                     message.text,
                     add_special=message.add_special,
                     parse_special=message.parse_special,
                 )
-                reply = TokenizerReply(message.call_id, engine.stats(), tokens=tokens)
+                reply = wire.TokenizerReply(message.call_id, engine.stats(), tokens=tokens)
             else:
                 pieces = token_pieces(engine.model, message.tokens)
-                reply = TokenizerReply(message.call_id, engine.stats(), pieces=pieces)
+                reply = wire.TokenizerReply(message.call_id, engine.stats(), pieces=pieces)
         except LocalLabError as exc:
-            reply = TokenizerReply(message.call_id, engine.stats(), error=error_to_wire(exc))
+            reply = wire.TokenizerReply(
+                message.call_id, engine.stats(), error=wire.error_to_wire(exc)
+            )
         except Exception as exc:  # never leave the server waiting for an answer
             log.exception("tokenizer call failed")
             failure = EngineFailure(f"the tokenizer failed: {exc}")
-            reply = TokenizerReply(message.call_id, engine.stats(), error=error_to_wire(failure))
+            reply = wire.TokenizerReply(
+                message.call_id, engine.stats(), error=wire.error_to_wire(failure)
+            )
         self.send(reply)
 
     def _on_step(self, events: EventBatch) -> None:
         engine = self._engine
         if engine is not None:
             progress = self._hooks.take_progress()
-            self.send(Events(events=events, stats=engine.stats(), progress=progress))
+            self.send(wire.Events(events=events, stats=engine.stats(), progress=progress))
 
 
 def main(argv: list[str]) -> int:
     _die_with_the_server()
     # Ctrl-C in a terminal is the server's to handle: it drains, then stops this worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    inbox = Channel(int(argv[1]), ToWorker)  # type: ignore[arg-type]
-    outbox = Channel(int(argv[2]), FromWorker)  # type: ignore[arg-type]
+    inbox = wire.Channel(int(argv[1]), wire.ToWorker)  # type: ignore[arg-type]
+    outbox = wire.Channel(int(argv[2]), wire.FromWorker)  # type: ignore[arg-type]
     try:
         return Worker(inbox, outbox).run()
     except EOFError:
