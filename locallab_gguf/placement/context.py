@@ -34,7 +34,7 @@ from locallab_gguf.sizes import human_bytes
 
 
 def plan_load(
-    path: Path,
+    model_or_path: ModelMemory | Path,
     hardware: HardwareInfo,
     config: EngineConfig,
     *,
@@ -43,35 +43,14 @@ def plan_load(
     ram_promised_bytes: int = 0,
     ram_withheld_bytes: int = 0,
 ) -> OffloadPlan:
-    """The plan of a load of the model at `path` with `config`: GPU layers, memory and, for an
-    auto context (config.n_ctx None), the context per slot and why.
+    """The plan of a load of the model at a path (or of the facts of its header, read from the
+    hub before it is downloaded) with `config`: GPU layers, memory and, for an auto context
+    (config.n_ctx None), the context per slot and why.
 
     `ram_promised_bytes` is free RAM that is promised already (the prompt caches' budget they
     do not hold yet); `ram_withheld_bytes` is taken off the machine's total that the resident
     models share (the caches' whole budget)."""
-    return plan_model_load(
-        read_model_memory(path),
-        hardware,
-        config,
-        setting=setting,
-        registry=registry,
-        ram_promised_bytes=ram_promised_bytes,
-        ram_withheld_bytes=ram_withheld_bytes,
-    )
-
-
-def plan_model_load(
-    model: ModelMemory,
-    hardware: HardwareInfo,
-    config: EngineConfig,
-    *,
-    setting: GpuLayers | None,
-    registry: GpuLayers,
-    ram_promised_bytes: int = 0,
-    ram_withheld_bytes: int = 0,
-) -> OffloadPlan:
-    """`plan_load` from a header's facts: of a file here, or of one on the hub, read before it
-    is downloaded."""
+    model = read_model_memory(model_or_path) if isinstance(model_or_path, Path) else model_or_path
     requested, decided_by = gpu_layers_request(setting, registry)
 
     def plan_for(kv: KvCache) -> OffloadPlan:

@@ -24,7 +24,7 @@ from locallab_gguf.errors import ConfigError
 from locallab_gguf.models.aliases import parse_alias_flags
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
-from locallab_gguf.placement.context import plan_model_load
+from locallab_gguf.placement.context import plan_load
 from locallab_gguf.placement.hardware import (
     HardwareInfo,
     HardwareProbe,
@@ -146,7 +146,7 @@ def _plan(
     hardware: HardwareInfo,
     cache: PromptCacheBudget | None,
 ) -> OffloadPlan:
-    return plan_model_load(
+    return plan_load(
         model,
         hardware,
         engine_config(settings, spec),
