@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.runtime.speculation import Drafter
 from locallab_gguf.engine.types import Event, EventBatch, Failed, Finished, GenerationRequest
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.loader import engine_config
@@ -68,10 +69,13 @@ class EngineHarness:
 
 
 @contextlib.contextmanager
-def running_engine(path: Path, spec: ModelSpec, settings: Settings) -> Iterator[EngineHarness]:
-    """The model at `path` in a BatchEngine configured as the server would configure it."""
+def running_engine(
+    path: Path, spec: ModelSpec, settings: Settings, drafter: Drafter | None = None
+) -> Iterator[EngineHarness]:
+    """The model at `path` in a BatchEngine configured as the server would configure it;
+    `drafter` replaces the engine's own speculative drafts."""
     sink = CollectingSink()
-    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink)
+    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink, drafter=drafter)
     try:
         yield EngineHarness(engine, sink)
     finally:

@@ -125,6 +125,13 @@ class Sampler:
         self._picks += 1
         return int(llama_cpp.llama_sampler_sample(self._chain, context, batch_index))
 
+    def forced_tokens(self, history: Sequence[int], most: int) -> list[int]:
+        """Up to `most` tokens of the text the grammar forces next, as the model would write
+        them; none without a grammar, or where it leaves a choice."""
+        if self._grammar is None:
+            return []
+        return []
+
     @property
     def rng_draws(self) -> int:
         """How many numbers the RNG has drawn: llama.cpp's dist sampler draws one per pick,

@@ -1,0 +1,123 @@
+"""Speculative decoding: tokens guessed ahead for a slot, checked by the model in the shared step.
+
+Each step a generating slot may carry, after its next token, a few drafted tokens that it
+guesses will follow (engine/runtime/prompt_lookup.py copies them from the request's own text,
+engine/runtime/grammar_drafts.py takes what its grammar forces). They go into the same
+llama_decode as every other slot's token, each with its logits; the request's own sampler then
+picks a token at each drafted position in turn (engine/runtime/verify.py), and the draft is kept
+up to the first position where the pick differs from it. So a step yields between one token
+(nothing kept: what it costs without speculation, plus the drafted positions' compute) and
+draft + 1 tokens; the tokens are always the ones the model would have picked one by one.
+
+A draft costs compute whether it is kept or not, so each slot's draft length follows its
+recent acceptance, a slot whose drafts keep failing stops drafting for a while, and the step as
+a whole drafts less as more slots generate (`draft_budget`).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from locallab_gguf.engine.runtime.prompt_lookup import PromptLookup
+from locallab_gguf.engine.types import SpeculationStats
+
+if TYPE_CHECKING:
+    from locallab_gguf.engine.runtime.job import Job
+
+# Drafting a slot's first guess this many tokens long; doubled while all of it is kept.
+FIRST_DRAFT = 4
+# After a draft of which nothing was kept, a slot skips drafting for 1, 2, 4 ... steps, up to
+# this many: text that repeats nothing costs a failed draft now and then, not at every step.
+MAX_PAUSE = 32
+# Drafted tokens of all slots together in one step, by generating slots (see draft_budget).
+STEP_DRAFT_TOKENS = 32
+
+
+class DraftSource(enum.Enum):
+    """Where a drafted token came from (counted apart in the stats)."""
+
+    NGRAM = "ngram"  # prompt lookup: the request's own prompt and output
+    GRAMMAR = "grammar"  # the text its grammar forces
+    TEST = "test"  # a drafter a test injects
+
+
+class Draft:
+    __slots__ = ("source", "tokens")
+
+    def __init__(self, tokens: list[int], source: DraftSource) -> None:
+        self.tokens = tokens
+        self.source = source
+
+
+class Drafter(Protocol):
+    """Proposes the tokens likely to follow `history` (the slot's tokens, the next one last)."""
+
+    def draft(self, job: Job, history: Sequence[int], most: int) -> Draft | None: ...
+
+
+class DraftState:
+    """One request's drafting state: how long its next draft may be, its pause, and the index
+    of its text for prompt lookup."""
+
+    __slots__ = ("length", "lookup", "pause_next", "paused")
+
+    def __init__(self, draft_max: int) -> None:
+        self.lookup = PromptLookup()
+        self.length = min(FIRST_DRAFT, draft_max)
+        self.paused = 0  # steps left without a draft
+        self.pause_next = 1
+
+    def wanted(self) -> int:
+        """Tokens it would draft this step (0 while paused)."""
+        if self.paused:
+            self.paused -= 1
+            return 0
+        return self.length
+
+    def record(self, drafted: int, kept: int, draft_max: int) -> None:
+        if kept == drafted:
+            self.length = min(draft_max, 2 * self.length)
+        else:
+            self.length = max(1, kept + 1)
+        if kept == 0:
+            self.paused = self.pause_next
+            self.pause_next = min(MAX_PAUSE, 2 * self.pause_next)
+        else:
+            self.pause_next = 1
+
+
+def draft_budget(generating: int, batch_room: int) -> int:
+    """Drafted tokens the step may carry, given how many slots generate.
+
+    A decode's cost grows little with its tokens while they are few (the weights are read once
+    for all of them) and in proportion once they are many. With STEP_DRAFT_TOKENS shared by
+    all slots, one slot drafts up to 32 tokens and eight slots up to 4 each (their own tokens
+    already fill the cheap part of the step): benchmarks/speculative.py measures both.
+    """
+    return max(0, min(batch_room - generating, STEP_DRAFT_TOKENS))
+
+
+class SpeculationCounters:
+    """Drafted and kept tokens by source, read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._drafted = dict.fromkeys(DraftSource, 0)
+        self._kept = dict.fromkeys(DraftSource, 0)
+
+    def count(self, source: DraftSource, drafted: int, kept: int) -> None:
+        with self._lock:
+            self._drafted[source] += drafted
+            self._kept[source] += kept
+
+    def stats(self) -> SpeculationStats:
+        with self._lock:
+            return SpeculationStats(
+                ngram_drafted=self._drafted[DraftSource.NGRAM],
+                ngram_accepted=self._kept[DraftSource.NGRAM],
+                grammar_drafted=self._drafted[DraftSource.GRAMMAR],
+                grammar_accepted=self._kept[DraftSource.GRAMMAR],
+            )
