@@ -4,19 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from locallab_gguf.engine.runtime.grammar_drafts import GrammarProbe
 from locallab_gguf.engine.runtime.job import Job, JobPhase
+from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.engine.runtime.speculation import Draft, Drafter, DraftSource, draft_budget
 
 
 class RequestDrafter:
     """The engine's own drafts: the text a request's grammar forces, else prompt lookup."""
 
+    def __init__(self, model: LlamaModel) -> None:
+        self._model = model
+        self._probe: GrammarProbe | None = None  # made when a request first has a grammar
+
     def draft(self, job: Job, history: Sequence[int], most: int) -> Draft | None:
         drafting = job.drafting
         assert drafting is not None
-        forced = job.sampler.forced_tokens(history, most)
-        if forced:
-            return Draft(forced, DraftSource.GRAMMAR)
+        grammar = job.sampler.grammar
+        if grammar is not None:
+            if self._probe is None:
+                self._probe = GrammarProbe(self._model)
+            previous = self._model.piece(history[-1]).decode("utf-8", errors="replace")
+            forced = self._probe.forced_tokens(grammar, previous, most)
+            if forced:
+                return Draft(forced, DraftSource.GRAMMAR)
         lookup = drafting.lookup
         lookup.sync(history)
         tokens = lookup.draft(most)

@@ -125,12 +125,10 @@ class Sampler:
         self._picks += 1
         return int(llama_cpp.llama_sampler_sample(self._chain, context, batch_index))
 
-    def forced_tokens(self, history: Sequence[int], most: int) -> list[int]:
-        """Up to `most` tokens of the text the grammar forces next, as the model would write
-        them; none without a grammar, or where it leaves a choice."""
-        if self._grammar is None:
-            return []
-        return []
+    @property
+    def grammar(self) -> Any:
+        """llama.cpp's sampler of the request's grammar, None without one."""
+        return None if self._grammar is None else self._grammar.handle
 
     @property
     def rng_draws(self) -> int:

@@ -125,7 +125,7 @@ class BatchEngine:
         # Embeddings from this model, in a context of their own opened on first use.
         self.encoder = ChatEncoder(model, config)
         self._step = 0
-        self._drafter: Drafter = drafter or RequestDrafter()
+        self._drafter: Drafter = drafter or RequestDrafter(model)
         self._picker = TokenPicker(
             self._context,
             model,
