@@ -51,7 +51,8 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Memory and GPU",
-        "threads, GPU offload, context, slots, KV cache and the prompt cache of each model",
+        "threads, GPU offload, context, slots, speculative decoding, KV cache and the prompt "
+        "cache of each model",
         (
             "threads",
             "threads_batch",
@@ -59,6 +60,8 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "ctx",
             "parallel",
             "deterministic",
+            "speculative",
+            "draft_max",
             "kv_layout",
             "flash_attn",
             "cache_ram",
