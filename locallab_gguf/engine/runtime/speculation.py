@@ -32,8 +32,8 @@ FIRST_DRAFT = 4
 # After a draft of which nothing was kept, a slot skips drafting for 1, 2, 4 ... steps, up to
 # this many: text that repeats nothing costs a failed draft now and then, not at every step.
 MAX_PAUSE = 32
-# Drafted tokens of all slots together in one step, by generating slots (see draft_budget).
-STEP_DRAFT_TOKENS = 32
+# Tokens of a step (the slots' own and their drafts) beyond which no slot drafts (draft_budget).
+STEP_TOKENS = 40
 
 
 class DraftSource(enum.Enum):
@@ -93,11 +93,12 @@ def draft_budget(generating: int, batch_room: int) -> int:
     """Drafted tokens the step may carry, given how many slots generate.
 
     A decode's cost grows little with its tokens while they are few (the weights are read once
-    for all of them) and in proportion once they are many. With STEP_DRAFT_TOKENS shared by
-    all slots, one slot drafts up to 32 tokens and eight slots up to 4 each (their own tokens
-    already fill the cheap part of the step): benchmarks/speculative.py measures both.
+    for all of them) and in proportion once they are many: drafts fill a step up to
+    STEP_TOKENS, so one slot drafts up to --draft-max tokens and eight slots about 4 each
+    (their own tokens already take part of the cheap room). benchmarks/speculative.py
+    measures one and eight clients.
     """
-    return max(0, min(batch_room - generating, STEP_DRAFT_TOKENS))
+    return max(0, min(batch_room, STEP_TOKENS) - generating)
 
 
 class SpeculationCounters:
