@@ -44,6 +44,7 @@ from launch import (
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOT_TOKENS = 2048
+MODEL = "smollm2-135m-instruct"  # the registry's default; llama-server ignores the name
 SPEC, PLAIN, PEER_SPEC, PEER = "ours", "ours_off", "llama_server_ngram_mod", "llama_server"
 
 EDIT_TEXT = (
@@ -178,7 +179,7 @@ class Timing:
 async def stream_chat(port: int, body: dict[str, Any]) -> Timing:
     """One streamed chat completion over a bare HTTP/1.1 connection (the client's own cost
     stays out of the figures): when it started, its first content, its end, its usage."""
-    payload = json.dumps({"model": "default", **body}).encode()
+    payload = json.dumps({"model": MODEL, **body}).encode()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.perf_counter()
     writer.write(
@@ -248,7 +249,7 @@ WORKLOADS = {  # name -> clients
 def speculation_stats(port: int) -> dict[str, int]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/system/info") as reply:
         info = json.load(reply)
-    return dict(info["engine"]["speculation"])
+    return dict(info["model"]["engine"]["speculation"])
 
 
 def measure(ports: dict[str, int], workloads: list[str], runs: int) -> dict[str, Any]:
