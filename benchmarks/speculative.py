@@ -293,6 +293,12 @@ def table(measured: dict[str, Any]) -> list[dict[str, Any]]:
     for workload, servers in runs.items():
         for server, records in servers.items():
             if records:
+                # Greedy answers with and without speculation may differ where the batch
+                # shape changes the kernels' rounding (not in --deterministic): the counts
+                # show when they did.
+                rows.append(
+                    {"what": f"{workload} {server} tokens", "value": median(records, "tokens")}
+                )
                 for metric in ("end_to_end_tokens_per_s", "decode_tokens_per_s"):
                     if metric in records[0]:
                         rows.append(
