@@ -110,25 +110,40 @@ def test_prompt_lookup_follows_a_history_that_grows_and_one_that_was_cut() -> No
 
 def test_a_draft_grows_while_kept_and_shrinks_to_what_was_kept() -> None:
     state = DraftState(draft_max=16)
-    first = state.wanted()
+    first = state.length
     state.record(first, first, 16)
-    assert state.wanted() == 2 * first
+    assert state.length == 2 * first
     state.record(2 * first, 2, 16)
-    assert state.wanted() == 3
+    assert state.length == 3
+    state.record(3, 3, 16)
+    state.record(6, 6, 16)
+    assert state.length == 12
+    state.record(12, 12, 16)
+    assert state.length == 16  # --draft-max
 
 
 def test_a_request_whose_drafts_fail_pauses_longer_each_time() -> None:
     state = DraftState(draft_max=16)
     pauses = []
     for _ in range(8):
-        drafted = state.wanted()
-        state.record(drafted, 0, 16)
+        assert state.may_guess()
+        state.record(state.length, 0, 16)
         skipped = 0
-        while state.wanted() == 0:
+        while not state.may_guess():
             skipped += 1
         pauses.append(skipped)
-    assert pauses == [1, 2, 4, 8, 16, 32, 32, 32][: len(pauses)]
+    assert pauses == [1, 2, 4, 8, 16, 32, 32, 32]
     assert max(pauses) == MAX_PAUSE
+    state.record(state.length, 1, 16)  # a kept token: the next failure pauses 1 step again
+    state.record(state.length, 0, 16)
+    assert not state.may_guess()
+    assert state.may_guess()
+
+
+def test_failed_grammar_drafts_do_not_pause_prompt_lookup() -> None:
+    state = DraftState(draft_max=16)
+    state.record(4, 0, 16, guessed=False)
+    assert state.may_guess()
 
 
 def test_the_steps_draft_budget_shrinks_with_the_batch() -> None:

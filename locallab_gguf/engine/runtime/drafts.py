@@ -28,6 +28,8 @@ class RequestDrafter:
             forced = self._probe.forced_tokens(grammar, previous, most)
             if forced:
                 return Draft(forced, DraftSource.GRAMMAR)
+        if not drafting.may_guess():
+            return None
         lookup = drafting.lookup
         lookup.sync(history)
         tokens = lookup.draft(most)
@@ -43,10 +45,9 @@ def plan_drafts(jobs: Sequence[Job], drafter: Drafter, batch_room: int, n_ctx: i
         drafting, slot = job.drafting, job.slot
         if drafting is None or slot is None:
             continue
-        wanted = drafting.wanted()
         # Tokens past max_tokens or the context would be thrown away: never drafted.
         most = min(
-            wanted,
+            drafting.length,
             budget,
             job.max_tokens - job.completion_tokens - 1,
             n_ctx - len(slot.cached) - 2,

@@ -59,29 +59,35 @@ class Drafter(Protocol):
 
 
 class DraftState:
-    """One request's drafting state: how long its next draft may be, its pause, and the index
-    of its text for prompt lookup."""
+    """One request's drafting state: how long its next draft may be, the pause of its prompt
+    lookup, and the index of its text for prompt lookup.
+
+    Only guesses pause: a grammar's forced text costs one look at the grammar to find and is
+    nearly always kept, so failed lookups inside a JSON value never hold back its next key."""
 
     __slots__ = ("length", "lookup", "pause_next", "paused")
 
     def __init__(self, draft_max: int) -> None:
         self.lookup = PromptLookup()
         self.length = min(FIRST_DRAFT, draft_max)
-        self.paused = 0  # steps left without a draft
+        self.paused = 0  # steps left without prompt lookup
         self.pause_next = 1
 
-    def wanted(self) -> int:
-        """Tokens it would draft this step (0 while paused)."""
+    def may_guess(self) -> bool:
+        """Whether prompt lookup may draft this step (not while paused)."""
         if self.paused:
             self.paused -= 1
-            return 0
-        return self.length
+            return False
+        return True
 
-    def record(self, drafted: int, kept: int, draft_max: int) -> None:
+    def record(self, drafted: int, kept: int, draft_max: int, guessed: bool = True) -> None:
+        """A draft's outcome; `guessed`: it came from a source that pauses when it fails."""
         if kept == drafted:
             self.length = min(draft_max, 2 * self.length)
         else:
             self.length = max(1, kept + 1)
+        if not guessed:
+            return
         if kept == 0:
             self.paused = self.pause_next
             self.pause_next = min(MAX_PAUSE, 2 * self.pause_next)
