@@ -11,7 +11,15 @@ import pytest
 from locallab_gguf.engine.runtime.acceptance import one_hot, speculative_choice
 from locallab_gguf.engine.runtime.grammar_drafts import _forced
 from locallab_gguf.engine.runtime.prompt_lookup import PromptLookup
-from locallab_gguf.engine.runtime.speculation import MAX_PAUSE, DraftState, draft_budget
+from locallab_gguf.engine.runtime.speculation import (
+    EXTRA_TOKEN_COST,
+    MAX_PAUSE,
+    PROBE_EVERY,
+    PROBE_LENGTH,
+    DraftState,
+    draft_budget,
+    required_acceptance,
+)
 
 # A fixed random source that sweeps [0, 1) evenly: GRID numbers for the acceptance test, and
 # for each refusal GRID numbers for the token drawn instead. The outcome's frequencies are then
@@ -166,3 +174,20 @@ def test_the_grammar_walk_goes_on_only_where_one_character_is_forced(
     allowed: list[str], previous: str, expected: str | None
 ) -> None:
     assert _forced(allowed, previous) == expected
+
+
+def test_drafts_must_be_kept_more_often_to_pay_in_a_larger_batch() -> None:
+    bars = [required_acceptance(n) for n in (1, 2, 4, 8, 16)]
+    assert bars == sorted(bars)
+    assert bars[0] == pytest.approx(EXTRA_TOKEN_COST)
+    assert 0.75 < bars[3] < 0.9
+
+
+def test_a_request_below_the_bar_drafts_only_a_short_probe_now_and_then() -> None:
+    state = DraftState(draft_max=16)
+    state.required = 0.99
+    allowed = [state.allowance(8, guessed=True) for _ in range(2 * PROBE_EVERY)]
+    assert allowed.count(0) == 2 * PROBE_EVERY - 2
+    assert set(allowed) == {0, PROBE_LENGTH}
+    state.required = 0.1
+    assert state.allowance(8, guessed=True) == 8
