@@ -50,15 +50,17 @@ def start_llama_server(
     slots: int,
     slot_tokens: int,
     log: Path,
+    options: tuple[str, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """llama.cpp's server set up like ours: `slots` slots of `slot_tokens` tokens, the same
-    threads, flash attention; returns once it answers /health."""
+    threads, flash attention, and `options`; returns once it answers /health."""
     command = [
         str(binary),
         *("--model", model_path, "--host", "127.0.0.1", "--port", str(port)),
         *("--threads", str(threads), "--threads-batch", str(threads)),
         *("--parallel", str(slots), "--ctx-size", str(slots * slot_tokens)),
         *("--flash-attn", "on", "--no-webui"),
+        *options,
     ]
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)

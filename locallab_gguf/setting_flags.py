@@ -52,7 +52,8 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     (
         "Memory and GPU",
-        "threads, GPU offload, context, slots, KV cache and the prompt cache of each model",
+        "threads, GPU offload, context, slots, speculative decoding, KV cache and the prompt "
+        "cache of each model",
         (
             "threads",
             "threads_batch",
@@ -61,6 +62,8 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "ctx_floor",
             "parallel",
             "deterministic",
+            "speculative",
+            "draft_max",
             "kv_layout",
             "cache_type_k",
             "cache_type_v",

@@ -150,6 +150,21 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "times slower); needs --kv-layout per-slot"
         ),
     ] = False
+    speculative: Annotated[
+        Literal["auto", "off"],
+        Meta(
+            description="speculative decoding: auto drafts the tokens a request's grammar forces "
+            "and those its prompt and output repeat, and keeps those the model confirms (the "
+            "same answer in fewer steps); off decodes one token per step"
+        ),
+    ] = "auto"
+    draft_max: Annotated[
+        Annotated[int, Meta(ge=1, le=62)],
+        Meta(
+            description="most tokens a slot drafts ahead in one step (the draft length follows "
+            "each request's recent acceptance up to this)"
+        ),
+    ] = 16
     kv_layout: Annotated[
         Literal["per-slot", "unified"],
         Meta(

@@ -172,6 +172,8 @@ class GenerationRequest(msgspec.Struct, frozen=True, kw_only=True):
     # holds its prefix, and other named conversations leave that slot alone while another is
     # free (they copy the prefix they share instead of overwriting the conversation).
     cache_key: str | None = None
+    # None: as the engine is configured (EngineConfig.speculative); False: never drafted.
+    speculative: bool | None = None
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -350,6 +352,15 @@ class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
     cache_hit_rate: float = 0.0
 
 
+class SpeculationStats(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens drafted ahead and, of them, those the model confirmed, by source."""
+
+    ngram_drafted: int = 0  # copied from the request's own prompt and output
+    ngram_accepted: int = 0
+    grammar_drafted: int = 0  # the text the request's grammar forces
+    grammar_accepted: int = 0
+
+
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     slots_total: int
     slots_busy: int
@@ -363,6 +374,7 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     requests_finished: int
     tokens_per_second: float
     prompt_reuse: PromptReuse = PromptReuse()
+    speculation: SpeculationStats = SpeculationStats()
 
 
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -389,6 +401,10 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # is one budget that every resident model's cache shares.
     prompt_cache_ledger: str | None = None
     embedding: EmbeddingMode | None = None  # set: an embedding or reranker model, no generation
+    # Speculative decoding (engine/runtime/speculation.py): drafts from prompt lookup and the
+    # grammar, at most draft_max tokens per slot and step.
+    speculative: bool = True
+    draft_max: int = 16
 
     def __post_init__(self) -> None:
         if self.deterministic and self.kv_layout is KvLayout.UNIFIED:

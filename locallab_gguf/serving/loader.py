@@ -101,6 +101,8 @@ def engine_config(
             str(cache.ledger_path) if cache is not None and cache.ledger_path else None
         ),
         embedding=embedding_mode(spec),
+        speculative=settings.speculative == "auto",
+        draft_max=settings.draft_max,
     )
 
 

@@ -206,6 +206,7 @@ class ServingCollector(Collector):
                 name, help_text, value=float(getattr(stats, value)) if stats else 0.0
             )
         yield from _prompt_reuse_metrics(manager.resident)
+        yield from _speculation_metrics(manager.resident)
 
     def _per_model(self) -> Iterable[Metric]:
         manager = self._manager
@@ -322,3 +323,24 @@ def _prompt_reuse_metrics(models: Iterable[ResidentModel]) -> Iterable[Metric]:
         "Bytes all resident models' prompt caches may hold together (--cache-ram)",
         value=float(capacity),
     )
+
+
+def _speculation_metrics(models: Iterable[ResidentModel]) -> Iterable[Metric]:
+    """Each resident model's speculative decoding: drafted tokens and those kept, by source."""
+    drafted = CounterMetricFamily(
+        "locallab_speculative_tokens_drafted",
+        "Tokens drafted ahead for speculative decoding, by source: prompt lookup (ngram) and "
+        "the text a request's grammar forces (grammar)",
+        labels=["model", "source"],
+    )
+    accepted = CounterMetricFamily(
+        "locallab_speculative_tokens_accepted",
+        "Drafted tokens the model confirmed (each one a decode step saved), by source",
+        labels=["model", "source"],
+    )
+    for model in models:
+        stats, name = model.engine.stats().speculation, model.spec.id
+        for source in ("ngram", "grammar"):
+            drafted.add_metric([name, source], float(getattr(stats, f"{source}_drafted")))
+            accepted.add_metric([name, source], float(getattr(stats, f"{source}_accepted")))
+    yield from (drafted, accepted)

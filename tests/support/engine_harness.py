@@ -7,10 +7,11 @@ import collections
 import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
+from locallab_gguf.engine.runtime.speculation import Drafter
 from locallab_gguf.engine.types import Event, EventBatch, Failed, Finished, GenerationRequest
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.serving.loader import engine_config
@@ -38,14 +39,19 @@ class CollectingSink:
 
     def wait_ended(self, job_id: int, timeout: float = 120.0) -> list[Event]:
         """The request's events once its last one (Finished or Failed) has come."""
+        return self.wait_for(
+            job_id,
+            lambda events: bool(events) and isinstance(events[-1], Finished | Failed),
+            timeout,
+        )
 
-        def ended() -> bool:
-            events = self._events[job_id]
-            return bool(events) and isinstance(events[-1], Finished | Failed)
-
+    def wait_for(
+        self, job_id: int, condition: Callable[[list[Event]], bool], timeout: float = 120.0
+    ) -> list[Event]:
+        """The request's events once `condition` holds for them."""
         with self._changed:
-            if not self._changed.wait_for(ended, timeout):
-                raise TimeoutError(f"request {job_id} did not end within {timeout:.0f} s")
+            if not self._changed.wait_for(lambda: condition(self._events[job_id]), timeout):
+                raise TimeoutError(f"request {job_id}: no such events within {timeout:.0f} s")
             return list(self._events[job_id])
 
 
@@ -68,10 +74,13 @@ class EngineHarness:
 
 
 @contextlib.contextmanager
-def running_engine(path: Path, spec: ModelSpec, settings: Settings) -> Iterator[EngineHarness]:
-    """The model at `path` in a BatchEngine configured as the server would configure it."""
+def running_engine(
+    path: Path, spec: ModelSpec, settings: Settings, drafter: Drafter | None = None
+) -> Iterator[EngineHarness]:
+    """The model at `path` in a BatchEngine configured as the server would configure it;
+    `drafter` replaces the engine's own speculative drafts."""
     sink = CollectingSink()
-    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink)
+    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink, drafter=drafter)
     try:
         yield EngineHarness(engine, sink)
     finally:

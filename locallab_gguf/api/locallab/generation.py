@@ -55,6 +55,7 @@ def _engine_request(
         max_tokens=fields.new_tokens(services.new_tokens_default(model)),
         sampling=fields.sampling(),
         stop=fields.stop_strings(),
+        speculative=fields.speculative,
     )
 
 

@@ -40,6 +40,8 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     # The same seed repeats its sample; the engine maps it into llama.cpp's 32-bit range.
     seed: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
     stop: Stop = None
+    # false: no speculative decoding for this request (default: as the server is set)
+    speculative: bool | None = None
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -318,6 +320,16 @@ class PromptReuseBody(msgspec.Struct, kw_only=True):
     cache_hit_rate: float
 
 
+class SpeculationBody(msgspec.Struct, kw_only=True):
+    """Tokens drafted ahead and, of them, those the model confirmed, by source: prompt lookup
+    (ngram) and the text a grammar forces (grammar)."""
+
+    ngram_drafted: int
+    ngram_accepted: int
+    grammar_drafted: int
+    grammar_accepted: int
+
+
 class EngineStatsBody(msgspec.Struct, kw_only=True):
     slots_total: int
     slots_busy: int
@@ -331,6 +343,7 @@ class EngineStatsBody(msgspec.Struct, kw_only=True):
     requests_finished: int
     tokens_per_second: float
     prompt_reuse: PromptReuseBody
+    speculation: SpeculationBody
 
 
 class ModelStatusBody(msgspec.Struct, kw_only=True):

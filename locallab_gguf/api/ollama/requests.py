@@ -163,6 +163,7 @@ def generation_of(
         sampling=_sampling(options, data.format, context_length),
         stop=stop_strings(options.stop),
         chat=_chat_options(data),
+        speculative=options.speculative,
     )
 
 

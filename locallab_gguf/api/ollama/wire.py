@@ -36,6 +36,8 @@ class Options(msgspec.Struct, kw_only=True):
     frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     # The context is fixed when a model loads; a request's num_ctx is not a reason to reload.
     num_ctx: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
+    # Not Ollama's: false turns speculative decoding off for this request.
+    speculative: bool | None = None
 
 
 class FunctionSpec(msgspec.Struct, kw_only=True):

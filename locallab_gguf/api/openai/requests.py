@@ -62,6 +62,7 @@ def chat_generation(data: ChatCompletionRequest, context_length: int) -> Generat
         sampling=_sampling(data, json_output),
         stop=stop_strings(data.stop),
         logprobs=top_logprobs,
+        speculative=data.speculative,
         chat=ChatOptions(
             tool_use=tool_use,
             reasoning="none" if data.reasoning_format == "none" else "split",
@@ -90,6 +91,7 @@ def completion_generation(data: CompletionRequest, context_length: int) -> Gener
         sampling=_sampling(data, None),
         stop=stop_strings(data.stop),
         logprobs=data.logprobs,
+        speculative=data.speculative,
     )
 
 

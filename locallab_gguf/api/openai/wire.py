@@ -62,6 +62,8 @@ class OpenAIRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     top_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     stop: Stop = None
     seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None  # OpenAI's int64
+    # Not OpenAI's: false turns speculative decoding off for this request.
+    speculative: bool | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     # token id -> bias; -100 bans the token, 100 all but forces it.

@@ -10,6 +10,7 @@ from locallab_gguf.engine.runtime.chat_template import ChatTemplate
 from locallab_gguf.engine.runtime.job import Job
 from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.engine.runtime.sampling import Sampler
+from locallab_gguf.engine.runtime.speculation import DraftState
 from locallab_gguf.engine.runtime.text import StopMatcher
 from locallab_gguf.engine.tools.prompt import ChatPrompter, PreparedChat
 from locallab_gguf.engine.types import MAX_TOP_LOGPROBS, EngineConfig, GenerationRequest
@@ -20,6 +21,8 @@ from locallab_gguf.errors import InvalidRequest, PromptTooLong
 class Admission:
     def __init__(self, model: LlamaModel, config: EngineConfig) -> None:
         self.model = model
+        self._speculative = config.speculative and config.draft_max > 0
+        self._draft_max = config.draft_max
         source = config.chat_template or model.chat_template()
         # Where the chat template came from, as EngineInfo reports it.
         self.template_source: Literal["gguf", "registry"] | None = (
@@ -84,6 +87,8 @@ class Admission:
             prepared.parser,
             request.cache_key,
         )
+        if self._speculative and request.speculative is not False:
+            job.drafting = DraftState(self._draft_max)
         if resume is not None:
             self._resume(job, prompt_length, resume)
         return job

@@ -31,7 +31,7 @@ from locallab_gguf.engine.types import SamplingParams
 from locallab_gguf.errors import InvalidRequest
 
 # Laid out as llama.cpp's llama_token_data, so the array can be handed to the samplers as is.
-_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 # Measured on a 2-core x86-64 machine with SmolLM2's 49,152-token vocabulary (README, "JSON
@@ -186,7 +186,7 @@ class GrammarSampler:
         self._n_vocab = n_vocab
         self.picks = 0  # the chain's picks, each of which draws from its RNG
         self._ids = np.arange(n_vocab, dtype=np.int32)
-        self._candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+        self._candidates = np.zeros(n_vocab, dtype=TOKEN_DATA)
         self._all = llama_cpp.llama_token_data_array(
             data=self._candidates.ctypes.data_as(llama_cpp.llama_token_data_p)
         )
@@ -220,6 +220,11 @@ class GrammarSampler:
         llama_cpp.llama_sampler_accept(self._sampler, token)
         llama_cpp.llama_sampler_accept(chain, token)
         return token
+
+    @property
+    def handle(self) -> Any:
+        """llama.cpp's grammar sampler (to copy, never to advance: see grammar_drafts.py)."""
+        return self._sampler
 
     def accept(self, token: int) -> None:
         """Advance the grammar over a token it allowed before (a resumed request's own)."""

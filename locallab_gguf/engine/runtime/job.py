@@ -26,7 +26,9 @@ from locallab_gguf.engine.types import (
 
 if TYPE_CHECKING:
     from locallab_gguf.engine.runtime.kv import ReusePlan
+    from locallab_gguf.engine.runtime.logprobs import StepDistribution
     from locallab_gguf.engine.runtime.sampling import Sampler
+    from locallab_gguf.engine.runtime.speculation import Draft, DraftState
 
 
 class TextPipeline:
@@ -128,6 +130,9 @@ class Job:
         "cached_tokens",
         "cancelled",
         "completion_tokens",
+        "distribution",
+        "draft",
+        "drafting",
         "id",
         "logits_index",
         "logprobs",
@@ -170,6 +175,10 @@ class Job:
         self.awaited: ReusePlan | None = None
         self.next_token = 0  # GENERATING: the sampled token the next step decodes
         self.logits_index: int | None = None  # where its logits are in the step's batch
+        # GENERATING: tokens guessed to follow next_token, decoded with it and then checked
+        self.draft: Draft | None = None
+        self.drafting: DraftState | None = None  # None: this request is not speculated
+        self.distribution: StepDistribution | None = None  # logits of the token being picked
         self.completion_tokens = 0
         self.cancelled = False
         self.logprobs = logprobs  # None, or how many alternatives each token reports

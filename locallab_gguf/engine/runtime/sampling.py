@@ -126,6 +126,11 @@ class Sampler:
         return int(llama_cpp.llama_sampler_sample(self._chain, context, batch_index))
 
     @property
+    def grammar(self) -> Any:
+        """llama.cpp's sampler of the request's grammar, None without one."""
+        return None if self._grammar is None else self._grammar.handle
+
+    @property
     def rng_draws(self) -> int:
         """How many numbers the RNG has drawn: llama.cpp's dist sampler draws one per pick,
         and a grammar picks twice when it refuses the chain's first choice."""

@@ -35,12 +35,14 @@ import llama_cpp
 
 from locallab_gguf.engine.encode.chat_encoder import ChatEncoder
 from locallab_gguf.engine.runtime.admission import Admission
+from locallab_gguf.engine.runtime.drafts import RequestDrafter, plan_drafts
 from locallab_gguf.engine.runtime.job import Job, JobPhase, Slot
 from locallab_gguf.engine.runtime.kv import KvPool
 from locallab_gguf.engine.runtime.llama import LlamaModel, create_context
-from locallab_gguf.engine.runtime.logprobs import read_distribution
 from locallab_gguf.engine.runtime.slot_reuse import SlotReuse, best_slot, open_prompt_cache
+from locallab_gguf.engine.runtime.speculation import Drafter
 from locallab_gguf.engine.runtime.step import Step, fill_batch
+from locallab_gguf.engine.runtime.verify import TokenPicker
 from locallab_gguf.engine.types import (
     Accepted,
     EngineConfig,
@@ -85,6 +87,7 @@ class BatchEngine:
         config: EngineConfig,
         deliver: Deliver,
         hooks: EngineHooks | None = None,
+        drafter: Drafter | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -125,7 +128,16 @@ class BatchEngine:
         # Embeddings from this model, in a context of their own opened on first use.
         self.encoder = ChatEncoder(model, config)
         self._step = 0
-        self._eog: dict[int, bool] = {}
+        self._drafter: Drafter = drafter or RequestDrafter(model)
+        self._picker = TokenPicker(
+            self._context,
+            model,
+            self.n_ctx,
+            self._reuse,
+            self._hooks,
+            self._finish,
+            config.draft_max,
+        )
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -195,6 +207,7 @@ class BatchEngine:
                 requests_finished=self._requests_finished,
                 tokens_per_second=window_tokens / span if span > 0.5 else 0.0,
                 prompt_reuse=self._reuse.stats(),
+                speculation=self._picker.counters.stats(),
             )
 
     def is_idle(self) -> bool:
@@ -288,6 +301,7 @@ class BatchEngine:
             return
         self._reuse.resolve_awaited(active)
         self._step += 1
+        plan_drafts(active, self._drafter, self.config.n_batch, self.n_ctx)
         # A decode that fails is retried with half of its requests at a time, down to one: a
         # request whose own decode fails ends alone, and the others advance in this same step.
         groups = [active]
@@ -318,7 +332,7 @@ class BatchEngine:
     def _step_decoded(self, step: Step, events: EventBatch) -> None:
         produced = 0
         for job in step.record_decoded():
-            sample = functools.partial(self._sample, job, events)
+            sample = functools.partial(self._picker.pick, job, events)
             produced += self._guarded(job, events, "choosing its next token", sample) or 0
         with self._lock:
             self._prompt_tokens_evaluated += step.prompt_tokens()
@@ -343,51 +357,6 @@ class BatchEngine:
                 detail = f"the engine failed while {doing} ({type(exc).__name__}: {exc})"
                 self._end(job, events, Failed(detail=detail))
             return None
-
-    def _sample(self, job: Job, events: EventBatch) -> int:
-        """Sample the job's next token; returns how many completion tokens it produced."""
-        slot = job.slot
-        assert slot is not None
-        self._hooks.calling(Doing.SAMPLING, job.id)
-        # Read before the sampler runs: the model's own logits, untouched by temperature,
-        # penalties or grammar.
-        index = job.logits_index
-        assert index is not None
-        job.logits_index = None
-        distribution = (
-            None
-            if job.logprobs is None
-            else read_distribution(self._context, index, self.model.n_vocab, job.logprobs)
-        )
-        token = job.sampler.sample(self._context, index)
-        is_eog = self._eog.get(token)
-        if is_eog is None:
-            is_eog = self._eog[token] = self.model.is_end_of_generation(token)
-        if is_eog:
-            self._finish(job, events, "stop")
-            return 0
-        job.completion_tokens += 1
-        logprobs = None if distribution is None else distribution.entry(token, self.model.piece)
-        if job.text.feed(self.model.piece(token), logprobs, events):
-            self._finish(job, events, "stop")
-            return 1
-        if job.completion_tokens >= job.max_tokens:
-            self._finish(job, events, "length")
-        elif len(slot.cached) + 1 >= self.n_ctx:
-            log.info(
-                "request %d filled its slot's context of %d tokens; it ends with "
-                "finish_reason=length (a larger --ctx gives requests more room)",
-                job.id,
-                self.n_ctx,
-            )
-            self._finish(job, events, "length")
-        else:
-            job.phase = JobPhase.GENERATING
-            job.next_token = token
-            self._hooks.produced(
-                job.id, token, job.sampler.rng_draws, tuple(job.text.pending_logprobs)
-            )
-        return 1
 
     def _undo_decode(self, jobs: list[Job]) -> None:
         """Drop whatever a failed decode left in these jobs' KV: each slot holds exactly its
@@ -442,11 +411,12 @@ def open_batch_engine(
     config: EngineConfig,
     deliver: Deliver,
     hooks: EngineHooks | None = None,
+    drafter: Drafter | None = None,
 ) -> BatchEngine:
     """Load the model and start its engine; the model is freed if the engine cannot start."""
     model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
     try:
-        return BatchEngine(model, config, deliver, hooks)
+        return BatchEngine(model, config, deliver, hooks, drafter)
     except BaseException:
         model.close()
         raise

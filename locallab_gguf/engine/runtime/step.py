@@ -35,6 +35,8 @@ class Step:
         for job in self.generating:
             assert job.slot is not None
             job.slot.cached.append(job.next_token)
+            if job.draft is not None:
+                job.slot.cached.extend(job.draft.tokens)
         for job, take in self.chunks:
             assert job.slot is not None
             job.slot.cached.extend(job.tokens[job.n_evaluated : job.n_evaluated + take])
@@ -45,17 +47,21 @@ class Step:
 
 
 def fill_batch(batch: Any, active: list[Job], n_batch: int, prompt_chunk: int) -> Step:
-    """One token of every generating job, then chunks of prompts (at most `prompt_chunk`
-    tokens of each) in the room left of the llama_batch."""
+    """One token of every generating job (and the draft after it, if it has one), then chunks
+    of prompts (at most `prompt_chunk` tokens of each) in the room left of the llama_batch."""
     step = Step()
     for job in active:
         if job.phase is JobPhase.GENERATING:
             slot = job.slot
             assert slot is not None
             job.logits_index = step.n_tokens
-            put_token(batch, step.n_tokens, job.next_token, len(slot.cached), slot.seq_id, True)
+            position = len(slot.cached)
+            tokens = [job.next_token] if job.draft is None else [job.next_token, *job.draft.tokens]
+            for token in tokens:
+                put_token(batch, step.n_tokens, token, position, slot.seq_id, True)
+                position += 1
+                step.n_tokens += 1
             step.generating.append(job)
-            step.n_tokens += 1
     budget = n_batch - step.n_tokens
     if step.generating:
         budget = min(budget, MIXED_PROMPT_BUDGET)

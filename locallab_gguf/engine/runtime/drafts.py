@@ -1,0 +1,74 @@
+"""Which slots carry a draft into the next step, and where each draft comes from."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from locallab_gguf.engine.runtime.grammar_drafts import GrammarProbe
+from locallab_gguf.engine.runtime.job import Job, JobPhase
+from locallab_gguf.engine.runtime.llama import LlamaModel
+from locallab_gguf.engine.runtime.speculation import (
+    Draft,
+    Drafter,
+    DraftSource,
+    draft_budget,
+    required_acceptance,
+)
+
+
+class RequestDrafter:
+    """The engine's own drafts: the text a request's grammar forces, else prompt lookup."""
+
+    def __init__(self, model: LlamaModel) -> None:
+        self._model = model
+        self._probe: GrammarProbe | None = None  # made when a request first has a grammar
+
+    def draft(self, job: Job, history: Sequence[int], most: int) -> Draft | None:
+        drafting = job.drafting
+        assert drafting is not None
+        grammar = job.sampler.grammar
+        allowed = drafting.allowance(most, guessed=False) if grammar is not None else 0
+        if allowed:
+            if self._probe is None:
+                self._probe = GrammarProbe(self._model)
+            previous = self._model.piece(history[-1]).decode("utf-8", errors="replace")
+            forced = self._probe.forced_tokens(grammar, previous, allowed)
+            if forced:
+                return Draft(forced, DraftSource.GRAMMAR)
+        if not drafting.may_guess():
+            return None
+        allowed = drafting.allowance(most, guessed=True)
+        if not allowed:
+            return None
+        lookup = drafting.lookup
+        lookup.sync(history)
+        tokens = lookup.draft(allowed)
+        return Draft(tokens, DraftSource.NGRAM) if tokens else None
+
+
+def plan_drafts(jobs: Sequence[Job], drafter: Drafter, batch_room: int, n_ctx: int) -> None:
+    """Give each generating job that speculates the draft it carries into the next decode."""
+    generating = [job for job in jobs if job.phase is JobPhase.GENERATING]
+    budget = draft_budget(len(generating), batch_room)
+    required = required_acceptance(len(generating))
+    for job in generating:
+        job.draft = None
+        drafting, slot = job.drafting, job.slot
+        if drafting is None or slot is None:
+            continue
+        drafting.required = required
+        # Tokens past max_tokens or the context would be thrown away: never drafted.
+        most = min(
+            drafting.length,
+            budget,
+            job.max_tokens - job.completion_tokens - 1,
+            n_ctx - len(slot.cached) - 2,
+        )
+        if most <= 0:
+            continue
+        draft = drafter.draft(job, [*slot.cached, job.next_token], most)
+        if draft is None or not draft.tokens:
+            continue
+        del draft.tokens[most:]
+        job.draft = draft
+        budget -= len(draft.tokens)
