@@ -101,10 +101,10 @@ def chat(content: str, **fields: Any) -> GenerationRequest:
 
 
 def answer(events: Sequence[Event]) -> list[Any]:
-    """The events as a client sees them, but for the time the request waited for a slot and
-    the ids of its tool calls (random)."""
+    """The events as a client sees them, but for the time the request waited for a slot, the
+    ids of its tool calls (random) and how much of its prompt an earlier request left cached."""
     return [
-        (event.finish_reason, event.usage, event.stop_sequence)
+        (event.finish_reason, replace(event.usage, cached_tokens=0), event.stop_sequence)
         if isinstance(event, Finished)
         else msgspec.to_builtins(msgspec.structs.replace(event, id=""))
         if isinstance(event, ToolCallStarted)

@@ -160,15 +160,7 @@ def _json_output(data: MessagesRequest) -> JsonOutput | None:
     output_format = data.output_config.format if data.output_config else None
     if output_format is None:
         return None
-    if (
-        not isinstance(output_format, dict)
-        or output_format.get("type") != "json_schema"
-        or not isinstance(output_format.get("schema"), dict)
-    ):
-        raise UnsupportedParameter(
-            "output_config.format", 'give {"type": "json_schema", "schema": {...}}'
-        )
-    return JsonOutput(schema=msgspec.json.encode(output_format["schema"]).decode())
+    return JsonOutput(schema=msgspec.json.encode(output_format.schema).decode())
 
 
 def _system_text(data: CountTokensRequest) -> str:

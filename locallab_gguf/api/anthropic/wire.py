@@ -95,11 +95,18 @@ class ThinkingConfig(msgspec.Struct, kw_only=True):
     display: Literal["summarized", "omitted"] | None = None
 
 
+class OutputFormat(msgspec.Struct, kw_only=True):
+    """Structured output: the answer is JSON that `schema` (a JSON Schema) accepts."""
+
+    type: Literal["json_schema"]
+    schema: dict[str, Any]
+
+
 class OutputConfig(msgspec.Struct, kw_only=True):
     """`effort` goes to the chat template as reasoning effort (templates that know it)."""
 
     effort: str | None = None
-    format: Any = None
+    format: OutputFormat | None = None
 
 
 class ToolParam(msgspec.Struct, kw_only=True):

@@ -183,6 +183,25 @@ def test_adaptive_thinking_output_config_and_betas_are_accepted(server: RunningS
     claude.close()
 
 
+def test_an_output_format_other_than_a_json_schema_is_a_400_naming_it(
+    server: RunningServer,
+) -> None:
+    for given in ({"type": "text"}, {"type": "json_schema"}, 0):
+        reply = server.client.post(
+            "/v1/messages",
+            json={
+                "model": DEFAULT_ID,
+                "max_tokens": 4,
+                "messages": HI,
+                "output_config": {"format": given},
+            },
+        )
+        assert reply.status_code == 400, given
+        error = reply.json()["error"]
+        assert error["type"] == "invalid_request_error"
+        assert "output_config.format" in error["message"], error["message"]
+
+
 def _nearly_full(server: RunningServer, room: int) -> tuple[list[dict[str, str]], int]:
     """A chat whose prompt leaves about `room` tokens of the server's context, and that
     context."""
