@@ -113,3 +113,12 @@ def test_no_reasoning_is_counted_where_thinking_is_not_split() -> None:
     pipeline = TextPipeline(1, StopMatcher([]), None)
     run(pipeline, [b"<think>", b"hmm", b"</think>", b"ok"])
     assert pipeline.reasoning_tokens == 0
+
+
+def test_a_schema_grammar_keeps_control_characters_out_of_strings() -> None:
+    # A raw newline inside a JSON string does not parse; the grammar must not allow it.
+    from locallab_gguf.engine.runtime.grammar import schema_gbnf
+
+    grammar = schema_gbnf({"type": "object", "properties": {"a": {"type": "string"}}})
+    chars = [line for line in grammar.splitlines() if line.startswith("char ::=")]
+    assert chars and all(r"\x00-\x1F" in line for line in chars)

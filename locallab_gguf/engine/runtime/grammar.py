@@ -144,13 +144,28 @@ def check_grammar_size(grammar: str) -> None:
         raise _over("the grammar is", f"{size:,} bytes", f"{MAX_GRAMMAR_BYTES:,} bytes")
 
 
+# llama-cpp-python's schema converter lets a string hold any character but `"` and `\`, raw
+# control characters included, which no JSON parser accepts (llama.cpp's own converter and the
+# JSON grammar leave them out): a model once wrote a newline inside a `json_schema` string.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
+
+def schema_gbnf(schema: Mapping[str, Any]) -> str:
+    """llama-cpp-python's grammar for JSON that `schema` accepts, its strings kept to JSON's
+    own characters; raises what the converter raises for a schema it cannot follow."""
+    return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema))).replace(
+        _LOOSE_CHAR, _STRICT_CHAR
+    )
+
+
 def json_grammar(schema: Mapping[str, Any] | None) -> str:
     """A grammar for any JSON object (`schema` None), or for JSON that `schema` accepts."""
     if schema is None:
         return str(llama_grammar.JSON_GBNF)
     check_schema_limits(schema)
     try:
-        grammar = str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+        grammar = schema_gbnf(schema)
     # The converter signals an unsupported or broken schema with whatever a lookup raised.
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError, RecursionError) as exc:
         raise InvalidRequest(

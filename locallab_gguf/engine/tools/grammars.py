@@ -8,17 +8,15 @@ grammar starts).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any
-
-from llama_cpp import llama_grammar
 
 from locallab_gguf.engine.runtime.grammar import (
     GrammarLimitExceeded,
     check_grammar_size,
     check_schema_size_and_depth,
+    schema_gbnf,
 )
 from locallab_gguf.engine.tools.formats import SPECS, ToolFormat
 from locallab_gguf.engine.tools.schema_fit import loosened
@@ -114,7 +112,7 @@ def _call_schema(name: str, parameters: dict[str, Any], arguments_key: str) -> d
 
 def _gbnf(schema: dict[str, Any]) -> str:
     try:
-        return str(llama_grammar.json_schema_to_gbnf(json.dumps(schema)))
+        return schema_gbnf(schema)
     except (ValueError, KeyError, TypeError, AttributeError, AssertionError, RecursionError) as exc:
         raise InvalidRequest(
             f"the tools' parameters cannot be turned into a grammar ({type(exc).__name__}: "
