@@ -20,9 +20,7 @@ from locallab_gguf.errors import (
     ModelUnavailable,
     ServerUnreachable,
 )
-from locallab_gguf.models.files import model_files
-from locallab_gguf.models.ids import resolve_model_id
-from locallab_gguf.models.registry import load_registry_file
+from locallab_gguf.models.catalog import find_local
 from locallab_gguf.models.splits import local_parts
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import format_bytes
@@ -40,10 +38,7 @@ def remove(
     out: TextIO,
     err: TextIO,
 ) -> None:
-    registry = load_registry_file(settings.models_file)
-    files = model_files(settings, env)
-    spec = resolve_model_id(registry, model_id, allow_custom=True, pick=files.pick_cached_hub_file)
-    path = files.local_path(spec)
+    spec, files, path = find_local(settings, env, model_id)
     if path is None:
         raise ModelUnavailable(
             f"model {spec.id!r} is not on this machine; nothing to remove "

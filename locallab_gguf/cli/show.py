@@ -9,10 +9,7 @@ from typing import Literal, TextIO
 import msgspec
 
 from locallab_gguf.errors import ModelUnavailable
-from locallab_gguf.models.catalog import Capability, model_capabilities
-from locallab_gguf.models.files import model_files
-from locallab_gguf.models.ids import resolve_model_id
-from locallab_gguf.models.registry import load_registry_file
+from locallab_gguf.models.catalog import Capability, find_local, model_capabilities
 from locallab_gguf.placement.gguf_facts import gguf_facts
 from locallab_gguf.settings import Settings
 from locallab_gguf.sizes import format_bytes
@@ -46,10 +43,7 @@ class ModelCard(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def model_card(settings: Settings, env: Mapping[str, str], model_id: str) -> ModelCard:
-    registry = load_registry_file(settings.models_file)
-    files = model_files(settings, env)
-    spec = resolve_model_id(registry, model_id, allow_custom=True, pick=files.pick_cached_hub_file)
-    path = files.local_path(spec)
+    spec, files, path = find_local(settings, env, model_id)
     if path is None:
         raise ModelUnavailable(
             f"model {spec.id!r} is not on this machine, and `show` reads the file's header; "

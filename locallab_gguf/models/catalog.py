@@ -3,16 +3,18 @@ nowhere), and what a model can do."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from locallab_gguf.errors import LocalLabError
-from locallab_gguf.models.files import ModelFiles
+from locallab_gguf.models.files import ModelFiles, model_files
 from locallab_gguf.models.ids import DEFAULT_REVISION, HubFile, resolve_model_id
-from locallab_gguf.models.registry import ModelSpec, Registry
+from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.models.splits import is_first_part, local_parts
+from locallab_gguf.settings import Settings
 
 Where = Literal["package", "cache", "no"]
 Capability = Literal["chat", "completion", "tools", "thinking", "embeddings", "rerank"]
@@ -123,3 +125,14 @@ def model_capabilities(spec: ModelSpec, chat_template: str | None) -> list[Capab
         return ["completion", "embeddings"]
     thinking: list[Capability] = ["thinking"] if "<think>" in chat_template else []
     return ["chat", "completion", "tools", *thinking, "embeddings"]
+
+
+def find_local(
+    settings: Settings, env: Mapping[str, str], model_id: str
+) -> tuple[ModelSpec, ModelFiles, Path | None]:
+    """A model id as the cache commands take it (resolved among the registry and the cached
+    hub files, never the network), and its file on this machine, if it is here."""
+    registry = load_registry_file(settings.models_file)
+    files = model_files(settings, env)
+    spec = resolve_model_id(registry, model_id, allow_custom=True, pick=files.pick_cached_hub_file)
+    return spec, files, files.local_path(spec)
