@@ -56,8 +56,9 @@ Answer = Callable[[EncodeResult | LocalLabError], None]
 MIN_SEQUENCES_PER_DECODE = 64
 # Tokens one decode takes (more when a single input is longer). A decode cannot be stopped
 # once begun, so its length is how long a client behind a large request (or behind one whose
-# client left) waits; 512-token batches already run at full prompt speed on a CPU, while a
-# context-sized batch of 2,048 tokens took 8-25 s on two cores.
+# client left) waits; 512-token batches already run at full prompt speed on a CPU, while one
+# decode of 440 tokens took 25 s on a busy two-core machine, and a whole 4,096-token context
+# would take about nine times that.
 DECODE_TOKENS = 512
 
 _POOLING_CODES: dict[Pooling, int] = {
