@@ -59,6 +59,9 @@ LLAMA_CMAKE_ARGS ?= $(CPU_CMAKE_ARGS)
 endif
 # The multimodal library is not used here; skipping it shortens the build.
 LLAMA_CMAKE_ARGS += -DLLAVA_BUILD=OFF
+# ggml's RPC backend, for every backend: `rpc-worker` serves this machine's devices with it,
+# and `serve --rpc` spreads a model's layers over such workers.
+LLAMA_CMAKE_ARGS += -DGGML_RPC=ON
 
 # Built wheels are kept per version and build flags, so a fresh clone on the same machine
 # reuses them, and a build with other flags never stands in for this one.

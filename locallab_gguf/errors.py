@@ -349,6 +349,16 @@ class ModelLoadFailed(LocalLabError):
     pass
 
 
+class RpcWorkerUnavailable(ModelLoadFailed):
+    """An RPC worker a model's layers are planned on cannot be reached (or is busy with
+    another client: ggml's RPC server serves one at a time); the message names it."""
+
+
+class RpcProtocolMismatch(RpcWorkerUnavailable):
+    """An RPC worker answered the handshake with another protocol version than this build's
+    llama.cpp speaks; the message names both."""
+
+
 class EngineFailure(LocalLabError):
     pass
 

@@ -74,6 +74,12 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ),
     ),
     (
+        "RPC workers",
+        "layers of a model on other machines' devices, served by `locallab-gguf rpc-worker` "
+        "(see docs/rpc.md)",
+        ("rpc", "rpc_use", "rpc_wait"),
+    ),
+    (
         "Limits and keys",
         "request and connection limits, rate limits, API keys, proxies and CORS",
         (

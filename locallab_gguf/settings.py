@@ -254,6 +254,30 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "crashes, or a thread of the server (no isolation)"
         ),
     ] = "process"
+    rpc: Annotated[
+        tuple[str, ...],
+        Meta(
+            description="host:port of an RPC worker (`locallab-gguf rpc-worker` on another "
+            "machine) whose devices may hold a model's layers; repeatable or comma-separated, "
+            "in the order layers are spread. The protocol has no authentication or encryption: "
+            "keep workers on a private network",
+        ),
+    ] = ()
+    rpc_use: Annotated[
+        Literal["needed", "always"],
+        Meta(
+            description="needed: a model uses the RPC workers only when it does not fit this "
+            "machine, and then only for the layers that do not; always: as many layers as the "
+            "workers hold"
+        ),
+    ] = "needed"
+    rpc_wait: Annotated[
+        Annotated[float, Meta(ge=0)],
+        Meta(
+            description="seconds a restarting engine waits for an RPC worker it lost to come "
+            "back; the requests in flight resume then, or end with an error naming the worker"
+        ),
+    ] = 30.0
     shutdown_grace: Annotated[
         Annotated[float, Meta(ge=0)],
         Meta(

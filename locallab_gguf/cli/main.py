@@ -19,6 +19,7 @@ from locallab_gguf.cli.model_commands import (
     add_model_commands,
     run_model_command,
 )
+from locallab_gguf.cli.rpc_worker import add_rpc_worker_parser, run_rpc_worker
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.log_format import configure_logging
 from locallab_gguf.openmp import tune_for_serving
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_chat_parser(commands)
     add_model_commands(commands)
+    add_rpc_worker_parser(commands)
     return parser
 
 
@@ -198,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_system_report(settings, sys.stdout, as_json=args.json)
         elif args.command == "chat":
             _chat(args, settings)
+        elif args.command == "rpc-worker":
+            tune_for_serving(os.environ)  # before llama.cpp is loaded, as for serve
+            return run_rpc_worker(args)
     except LocalLabError as exc:
         print(f"locallab-gguf: {exc}", file=sys.stderr)
         return 2

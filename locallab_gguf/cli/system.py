@@ -148,6 +148,12 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
             f"{human_bytes(plan.ram_available_bytes)} available: {verdict}",
         ),
     ]
+    if plan.rpc_reason:
+        rows.append(("RPC workers", plan.rpc_reason))
+    if plan.rpc is not None:
+        from locallab_gguf.serving.loader import rpc_plan_lines
+
+        rows += [("", line) for line in rpc_plan_lines(plan)]
     if plan.warning and plan.warning not in (plan.reason, advice):
         rows.append(("Warning", plan.warning))
     return rows

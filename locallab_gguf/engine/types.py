@@ -334,6 +334,7 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     cache_type_v: KvCacheType = KvCacheType.F16
     # The flash-attention setting the context was created with (AUTO: llama.cpp's choice).
     flash_attn: FlashAttention = FlashAttention.AUTO
+    rpc: RpcLayers | None = None  # the layers on RPC workers, as loaded
 
 
 class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
@@ -377,6 +378,32 @@ class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
     speculation: SpeculationStats = SpeculationStats()
 
 
+class RpcLayers(msgspec.Struct, frozen=True, kw_only=True):
+    """A model's layers on RPC workers (placement/rpc_split.py plans them).
+
+    llama.cpp lists the workers' devices first, in the order they are attached, then the local
+    GPUs; `device_layers` gives each of them its layer count in that order (llama.cpp's
+    tensor_split), and their sum is the model's n_gpu_layers."""
+
+    endpoints: list[str]  # host:port, attached in this order
+    device_layers: list[int]
+    # How long a starting engine waits for a worker that does not answer: a restart after the
+    # worker was lost waits this long for it to come back (a first load was probed just
+    # before, so it finds the workers there).
+    wait_s: float = 0.0
+    devices: list[RpcDeviceShare] = []  # the plan per worker device, for logs and reports
+
+
+class RpcDeviceShare(msgspec.Struct, frozen=True, kw_only=True):
+    """One worker device's part of a model: its layers and the bytes planned for them."""
+
+    endpoint: str
+    device: int  # the worker's device index
+    layers: int
+    bytes: int  # weights, KV cache and compute buffer
+    free_bytes: int  # what the worker reported free when the load was planned
+
+
 class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # Tokens per slot; None: auto, the longest context the memory plan holds
     # (placement/context.py), the floor where no plan decides.
@@ -405,6 +432,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # grammar, at most draft_max tokens per slot and step.
     speculative: bool = True
     draft_max: int = 16
+    rpc: RpcLayers | None = None  # set: some layers run on RPC workers
 
     def __post_init__(self) -> None:
         if self.deterministic and self.kv_layout is KvLayout.UNIFIED:

@@ -57,6 +57,9 @@ class ModelSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     # An embedding model trained so that its vectors cut short stay useful (Matryoshka): the
     # fewest numbers a request's `dimensions` may ask for. Unset: `dimensions` is refused.
     min_dimensions: Annotated[int, Meta(ge=1)] | None = None
+    # host:port of RPC workers this model always spreads its layers over (as many as they
+    # hold), in order; beats --rpc for this model. Empty: --rpc and --rpc-use decide.
+    rpc: list[NonEmpty] = []
 
     @property
     def keep_alive_seconds(self) -> float | None:

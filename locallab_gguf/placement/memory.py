@@ -1,9 +1,11 @@
 """How much memory a GGUF model takes in llama.cpp, and where, for a given number of GPU layers.
 
 llama.cpp counts `n_layer + 1` offloadable layers: the repeating blocks, then the output
-layer (final norm and vocabulary head). With `n_gpu_layers = N` the last `min(N, n_layer)`
-blocks go to the GPU, and the output layer too once `N > n_layer`. The input embeddings stay
-in RAM. Each block's KV cache lives where the block does.
+layer (final norm and vocabulary head), and offloads the last `N = n_gpu_layers` of them: the
+output layer from N = 1 on, then the last `N - 1` blocks (llama-model.cpp: a layer goes to a
+GPU when its index is at least `n_layer + 1 - N`; its load log says "offloading output layer
+to GPU" first). The input embeddings stay in RAM. Each block's KV cache lives where the block
+does.
 
 The sizes come from the file's own tensors. The KV cache takes, per token and per block, a
 row of K and a row of V of the block's KV heads times their width, in the cache's element
@@ -187,8 +189,8 @@ def place(model: ModelMemory, gpu_layers: int, kv: KvCache) -> Placement:
     gpu_layers = max(0, min(gpu_layers, model.offloadable_layers))
     cells = kv_cells_per_slot(kv.context_per_slot) * kv.parallel
     parallel = kv.parallel
-    first_gpu_block = model.n_layer - min(gpu_layers, model.n_layer)
-    output_on_gpu = gpu_layers > model.n_layer
+    output_on_gpu = gpu_layers > 0
+    first_gpu_block = model.n_layer - max(0, min(gpu_layers - 1, model.n_layer))
     gpu_blocks = range(first_gpu_block, model.n_layer)
     ram_blocks = range(first_gpu_block)
     kv_bytes = [per_cell * cells for per_cell in kv_bytes_per_cell(model, kv)]

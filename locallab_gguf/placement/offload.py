@@ -18,7 +18,7 @@ from typing import Literal
 
 import msgspec
 
-from locallab_gguf.engine.types import EngineConfig, KvCacheType
+from locallab_gguf.engine.types import EngineConfig, KvCacheType, RpcLayers
 from locallab_gguf.errors import ModelTooLarge
 from locallab_gguf.models.registry import GpuLayers
 from locallab_gguf.models.splits import local_parts
@@ -73,6 +73,9 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     ram_promised_bytes: int = 0
     # How the context per slot was chosen (--ctx auto: what memory held), for the load log.
     context_reason: str = ""
+    # Layers on RPC workers (rpc_split.py), and why they are or are not used.
+    rpc: RpcLayers | None = None
+    rpc_reason: str = ""
 
     @property
     def fits(self) -> bool:
@@ -181,12 +184,19 @@ def estimate_loaded(
     gpu_layers: int,
     kv: KvCache,
     decided_by: DecidedBy,
+    rpc_layers: int = 0,
 ) -> OffloadEstimate:
-    """The estimate for a model file already loaded with `gpu_layers` (-1: all)."""
+    """The estimate for a model file already loaded with `gpu_layers` (-1: all), of which
+    `rpc_layers` are on RPC workers: they take neither this machine's RAM nor its VRAM."""
     model = read_model_memory(path)
     gpus = hardware.offload_gpus
     layers = model.offloadable_layers if gpu_layers < 0 else gpu_layers
-    return _estimate(model, hardware.backend, layers, gpus, kv, decided_by)
+    if not rpc_layers:
+        return _estimate(model, hardware.backend, layers, gpus, kv, decided_by)
+    local = _estimate(model, hardware.backend, layers - rpc_layers, gpus, kv, decided_by)
+    return msgspec.structs.replace(
+        local, gpu_layers=layers, ram_bytes=place(model, layers, kv).ram_bytes
+    )
 
 
 def gpu_layers_fitting(

@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from locallab_gguf.engine.client import EngineClient
+from locallab_gguf.engine.rpc.protocol import Endpoint, parse_endpoints, probe
 from locallab_gguf.engine.types import (
     EmbeddingMode,
     EngineConfig,
@@ -31,13 +32,14 @@ from locallab_gguf.placement.hardware import (
     choose_threads,
 )
 from locallab_gguf.placement.hub_header import HubHeaders
-from locallab_gguf.placement.memory import ModelMemory, model_memory
+from locallab_gguf.placement.memory import KvCache, ModelMemory, model_memory
 from locallab_gguf.placement.offload import (
     OffloadPlan,
     gpu_layers_fitting,
     gpu_layers_request,
     read_model_memory,
 )
+from locallab_gguf.placement.rpc_split import RpcUse, plan_rpc
 from locallab_gguf.serving.model_manager import EngineOpener, ResidencyPolicy
 from locallab_gguf.serving.prompt_cache_budget import PromptCacheBudget, prompt_cache_bytes
 from locallab_gguf.settings import Settings
@@ -148,7 +150,7 @@ def _plan(
     hardware: HardwareInfo,
     cache: PromptCacheBudget | None,
 ) -> OffloadPlan:
-    return plan_load(
+    local = plan_load(
         model,
         hardware,
         engine_config(settings, spec),
@@ -157,10 +159,47 @@ def _plan(
         ram_promised_bytes=cache.room_left() if cache is not None else 0,
         ram_withheld_bytes=cache.budget_bytes if cache is not None else 0,
     )
+    endpoints, use = rpc_workers(settings, spec)
+    if not endpoints:
+        return local
+    if use == "needed" and local.fits:
+        return msgspec.structs.replace(
+            local,
+            rpc_reason=f"the model fits this machine, so the RPC workers "
+            f"({', '.join(map(str, endpoints))}) are not used (--rpc-use always would use them)",
+        )
+    if settings.engine_isolation != "process":
+        raise ConfigError(
+            f"model {spec.id!r} would use RPC workers, which needs --engine-isolation process: "
+            "llama.cpp aborts the process that loses a worker, and only a worker process is "
+            "restarted"
+        )
+    # Asked now, not remembered: what a worker has free changes with its other work.
+    workers = [probe(endpoint) for endpoint in endpoints]
+    return plan_rpc(local, model, _planned_kv(local), workers, use, settings.rpc_wait)
+
+
+def rpc_workers(settings: Settings, spec: ModelSpec) -> tuple[list[Endpoint], RpcUse]:
+    """The workers a model may spread over: its own list (always used), else --rpc."""
+    if spec.rpc:
+        return parse_endpoints(spec.rpc), "always"
+    return parse_endpoints(list(settings.rpc)), settings.rpc_use
+
+
+def _planned_kv(plan: OffloadPlan) -> KvCache:
+    estimate = plan.estimate
+    return KvCache(
+        context_per_slot=estimate.context_per_slot,
+        parallel=estimate.parallel,
+        type_k=estimate.cache_type_k,
+        type_v=estimate.cache_type_v,
+    )
 
 
 def planned_config(config: EngineConfig, plan: OffloadPlan) -> EngineConfig:
-    """`config` with the context the plan chose where it was auto."""
+    """`config` with the context the plan chose where it was auto, and its RPC layers."""
+    if plan.rpc is not None:
+        config = msgspec.structs.replace(config, rpc=plan.rpc)
     if config.n_ctx is not None or config.embedding is not None:
         return config
     return msgspec.structs.replace(config, n_ctx=plan.estimate.context_per_slot)
@@ -269,8 +308,35 @@ def log_offload_plan(model_id: str, plan: OffloadPlan, config: EngineConfig) -> 
             human_bytes(estimate.kv_cache_bytes),
             flash_attention_note(config),
         )
+    if plan.rpc_reason:
+        log.info("model %s: %s", model_id, plan.rpc_reason)
+    if plan.rpc is not None:
+        for line in rpc_plan_lines(plan):
+            log.info("model %s: %s", model_id, line)
     if plan.warning:
         log.warning("model %s: %s", model_id, plan.warning)
+
+
+def rpc_plan_lines(plan: OffloadPlan) -> list[str]:
+    """Each device's layers and bytes, this machine's first."""
+    assert plan.rpc is not None
+    estimate = plan.estimate
+    remote = sum(share.layers for share in plan.rpc.devices)
+    lines = [
+        f"this machine: {estimate.total_layers - estimate.gpu_layers} layers and the input "
+        f"embeddings, {human_bytes(estimate.ram_bytes)} of RAM"
+        + (
+            f"; {estimate.gpu_layers - remote} layers on its GPUs"
+            if estimate.gpu_layers > remote
+            else ""
+        )
+    ]
+    for share in plan.rpc.devices:
+        lines.append(
+            f"RPC worker {share.endpoint} device {share.device}: {share.layers} layers, "
+            f"{human_bytes(share.bytes)} of {human_bytes(share.free_bytes)} free"
+        )
+    return lines
 
 
 def flash_attention_note(config: EngineConfig) -> str:

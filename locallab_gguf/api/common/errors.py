@@ -49,6 +49,8 @@ from locallab_gguf.errors import (
     RateLimited,
     RateLimitStoreUnavailable,
     RequestTimedOut,
+    RpcProtocolMismatch,
+    RpcWorkerUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     ModelLoadFailed: 500,
     EngineFailure: 500,
     HubError: 502,
+    # A worker that answers in another protocol: the server in front of it got a bad answer.
+    RpcProtocolMismatch: 502,
     NoModelLoaded: 503,
     ModelNotResident: 503,
     NoRoomForModel: 503,
@@ -87,6 +91,8 @@ STATUS_OF: dict[type[LocalLabError], int] = {
     EngineRestarting: 503,
     RateLimitStoreUnavailable: 503,
     LoadCancelled: 503,
+    # Unreachable now, or serving another client: the model can load once the worker is free.
+    RpcWorkerUnavailable: 503,
     HubUnreachable: 504,
     NotEnoughDisk: 507,
     # A budget the operator set rather than the disk: still "the server cannot store it"

@@ -26,6 +26,7 @@ from locallab_gguf.api.locallab.wire import (
     ModelActivityBody,
     ModelDescription,
     OffloadBody,
+    RpcDeviceBody,
     ThreadsBody,
     body_of,
 )
@@ -165,6 +166,9 @@ def offload_body(offload: OffloadEstimate, info: EngineInfo) -> OffloadBody:
         flash_attn_reason=(
             f"on: the {info.cache_type_v.value} V cache needs it" if forced else None
         ),
+        rpc_devices=[body_of(share, RpcDeviceBody) for share in info.rpc.devices]
+        if info.rpc
+        else [],
     )
 
 

@@ -303,6 +303,18 @@ class OffloadBody(msgspec.Struct, kw_only=True):
     # quantized V cache needs it (`flash_attn_reason` then says so); "auto": llama.cpp's choice.
     flash_attn: Literal["auto", "on", "off"] = "auto"
     flash_attn_reason: str | None = None
+    # Layers on RPC workers (counted in gpu_layers; not in vram_bytes or ram_bytes).
+    rpc_devices: list[RpcDeviceBody] = []
+
+
+class RpcDeviceBody(msgspec.Struct, kw_only=True):
+    """One RPC worker device's part of the loaded model, as planned at its load."""
+
+    endpoint: str
+    device: int
+    layers: int
+    bytes: int
+    free_bytes: int  # what the worker reported free then
 
 
 class PromptReuseBody(msgspec.Struct, kw_only=True):

@@ -34,6 +34,7 @@ from locallab_gguf.api.ollama.wire import (
     ModelRequest,
     PsResponse,
     PullProgress,
+    RpcShare,
     RunningModel,
     ShowResponse,
     TagsResponse,
@@ -191,11 +192,18 @@ def _running(services: Services) -> list[RunningModel]:
             hardware = hardware or services.hardware.read()
             footprint = loaded_footprint(services.settings, model, hardware)
             ram, vram = footprint.ram_bytes, footprint.vram_bytes
+        rpc = model.engine.info.rpc
+        shares = [
+            RpcShare(
+                endpoint=share.endpoint, device=share.device, layers=share.layers, bytes=share.bytes
+            )
+            for share in (rpc.devices if rpc else [])
+        ]
         running.append(
             RunningModel(
                 name=ollama_name(model.spec.id),
                 model=ollama_name(model.spec.id),
-                size=ram + vram,
+                size=ram + vram + sum(share.bytes for share in shares),
                 digest=_digest(services, model.spec, model.path),
                 details=_details(services, model.spec, gguf_facts(model.path)),
                 expires_at=_expires_at(model),
@@ -204,6 +212,7 @@ def _running(services: Services) -> list[RunningModel]:
                 prompt_cache_bytes=model.engine.stats().prompt_reuse.cache_bytes,
                 cache_type_k=model.engine.info.cache_type_k.value,
                 cache_type_v=model.engine.info.cache_type_v.value,
+                rpc=shares,
             )
         )
     return running

@@ -196,6 +196,16 @@ class RunningModel(msgspec.Struct, kw_only=True):
     # as OLLAMA_KV_CACHE_TYPE sets them for the whole Ollama server.
     cache_type_k: str = "f16"
     cache_type_v: str = "f16"
+    # Not Ollama's: the layers on RPC workers (their bytes are counted in `size`, not in
+    # `size_vram`, which is this machine's GPUs).
+    rpc: list[RpcShare] = []
+
+
+class RpcShare(msgspec.Struct, kw_only=True):
+    endpoint: str
+    device: int
+    layers: int
+    bytes: int
 
 
 class PsResponse(msgspec.Struct):

@@ -138,6 +138,7 @@ class EmbeddingEngine:
             parallel=self.n_seq_max,
             n_vocab=model.n_vocab,
             kv_shape=(self.n_batch, 1),
+            rpc=config.rpc,
         )
         self._lock = threading.Condition()
         self._queue: collections.deque[_Input] = collections.deque()
@@ -489,7 +490,7 @@ def open_embedding_engine(
     path: Path, n_gpu_layers: int, config: EngineConfig, mode: EmbeddingMode
 ) -> EmbeddingEngine:
     started = time.monotonic()
-    model = LlamaModel(path, n_gpu_layers)
+    model = LlamaModel(path, n_gpu_layers, rpc=config.rpc)
     try:
         engine = EmbeddingEngine(model, config, mode)
     except BaseException:

@@ -14,7 +14,9 @@ from typing import Any
 
 import llama_cpp
 
-from locallab_gguf.engine.types import EngineConfig, FlashAttention, KvCacheType
+from locallab_gguf.engine.rpc.native import attach_workers
+from locallab_gguf.engine.rpc.protocol import parse_endpoint, wait_for
+from locallab_gguf.engine.types import EngineConfig, FlashAttention, KvCacheType, RpcLayers
 from locallab_gguf.errors import ModelLoadFailed
 
 log = logging.getLogger(__name__)
@@ -51,14 +53,36 @@ def llama_cpp_version() -> str:
     return str(getattr(llama_cpp, "__version__", "unknown"))
 
 
+def _attach_rpc_workers(rpc: RpcLayers) -> ctypes.Array[ctypes.c_float]:
+    """Wait for each worker (bounded), attach their devices, and return llama.cpp's split."""
+    endpoints = [parse_endpoint(text) for text in rpc.endpoints]
+    for endpoint in endpoints:
+        wait_for(endpoint, rpc.wait_s)
+    attach_workers(endpoints)
+    split: ctypes.Array[ctypes.c_float] = (ctypes.c_float * llama_cpp.LLAMA_MAX_DEVICES)()
+    for index, layers in enumerate(rpc.device_layers[: llama_cpp.LLAMA_MAX_DEVICES]):
+        split[index] = float(layers)
+    return split
+
+
 class LlamaModel:
     """Weights and vocabulary; thread-safe for tokenizing while a context decodes."""
 
-    def __init__(self, path: Path, n_gpu_layers: int = 0, use_mmap: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        n_gpu_layers: int = 0,
+        use_mmap: bool = True,
+        rpc: RpcLayers | None = None,
+    ) -> None:
         _ensure_backend()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
         params.use_mmap = use_mmap
+        if rpc is not None:
+            # Referenced by params until the load returns.
+            split = _attach_rpc_workers(rpc)
+            params.tensor_split = split
         self.path = path
         self.n_gpu_layers = n_gpu_layers
         self._model = llama_cpp.llama_model_load_from_file(str(path).encode(), params)

@@ -122,6 +122,7 @@ class BatchEngine:
             cache_type_k=config.cache_type_k,
             cache_type_v=config.cache_type_v,
             flash_attn=config.effective_flash_attn,
+            rpc=config.rpc,
         )
         self._slots = [Slot(seq_id) for seq_id in range(config.n_parallel)]
         self._reuse = SlotReuse(self._kv, self._slots, open_prompt_cache(model, config))
@@ -414,7 +415,7 @@ def open_batch_engine(
     drafter: Drafter | None = None,
 ) -> BatchEngine:
     """Load the model and start its engine; the model is freed if the engine cannot start."""
-    model = LlamaModel(path, n_gpu_layers=n_gpu_layers)
+    model = LlamaModel(path, n_gpu_layers=n_gpu_layers, rpc=config.rpc)
     try:
         return BatchEngine(model, config, deliver, hooks, drafter)
     except BaseException:

@@ -30,6 +30,7 @@ from locallab_gguf.engine.client import (
     StreamRouter,
 )
 from locallab_gguf.engine.encode.calls import EncodeCalls
+from locallab_gguf.engine.rpc.protocol import parse_endpoint, probe
 from locallab_gguf.engine.types import (
     EncodeRequest,
     EncodeResult,
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # A worker that dies this many times in a row before it is ready is not started again.
 MAX_LOAD_CRASHES = 3
+# After a crash, how long an RPC worker may take to answer before it counts as lost.
+LOST_WORKER_PROBE_S = 1.0
 STOP_TIMEOUT_S = 60.0
 
 
@@ -394,7 +397,18 @@ class WorkerEngine(EncodeCalls):
         if self._stopping:
             return
         self._process = None
-        verdict = self._inflight.judge_crash(reason, notes)
+        self._state, self._failure = "restarting", reason
+        self.restarts += 1
+        self._restarting = self._loop.create_task(self._recover(reason, notes))
+
+    async def _recover(self, reason: str, notes: list[Note]) -> None:
+        """Judge a crash of a ready worker, then restart it and resume what was in flight."""
+        lost = await asyncio.to_thread(self._lost_workers)
+        if lost:
+            # llama.cpp aborts the process that loses a worker: no request is to blame.
+            reason = f"{reason} after losing RPC worker {', '.join(lost)}"
+            self._failure = reason
+        verdict = self._inflight.judge_crash(reason, notes, blame=not lost)
         for job_id, detail in verdict.ended.items():
             self._end_job(job_id, detail)
         log.error(
@@ -403,9 +417,20 @@ class WorkerEngine(EncodeCalls):
             len(verdict.resumed),
             f" (ended as its likely cause: {sorted(verdict.ended)})" if verdict.ended else "",
         )
-        self._state, self._failure = "restarting", reason
-        self.restarts += 1
-        self._restarting = self._loop.create_task(self._restart())
+        await self._restart()
+
+    def _lost_workers(self) -> list[str]:
+        """The RPC workers of this model that do not answer now."""
+        rpc = self._spec.config.rpc
+        if rpc is None:
+            return []
+        lost = []
+        for text in rpc.endpoints:
+            try:
+                probe(parse_endpoint(text), timeout_s=LOST_WORKER_PROBE_S)
+            except LocalLabError:
+                lost.append(text)
+        return lost
 
     async def _restart(self) -> None:
         try:

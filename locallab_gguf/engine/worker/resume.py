@@ -108,10 +108,12 @@ class InFlightJobs:
         self._jobs.clear()
         return ids
 
-    def judge_crash(self, reason: str, notes: list[Note]) -> CrashVerdict:
-        """Which jobs caused the crash (they are forgotten) and which are resumed."""
+    def judge_crash(self, reason: str, notes: list[Note], blame: bool = True) -> CrashVerdict:
+        """Which jobs caused the crash (they are forgotten) and which are resumed. Without
+        `blame` (the cause is known to lie outside the requests: an RPC worker was lost),
+        every job is resumed and none is suspected."""
         ended: dict[int, str] = {}
-        for note in notes:
+        for note in notes if blame else []:
             if note.doing is Doing.DECODING:
                 for job_id in note.job_ids:
                     job = self._jobs.get(job_id)

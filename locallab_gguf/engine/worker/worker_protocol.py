@@ -35,6 +35,8 @@ from locallab_gguf.errors import (
     ModelLoadFailed,
     Overloaded,
     PromptTooLong,
+    RpcProtocolMismatch,
+    RpcWorkerUnavailable,
 )
 
 
@@ -238,5 +240,12 @@ def error_from_wire(wire: WireError) -> LocalLabError:
 
 # Errors whose whole meaning is their class and message.
 _SIMPLE: dict[str, type[LocalLabError]] = {
-    cls.__name__: cls for cls in (InvalidRequest, EngineFailure, ModelLoadFailed)
+    cls.__name__: cls
+    for cls in (
+        InvalidRequest,
+        EngineFailure,
+        ModelLoadFailed,
+        RpcWorkerUnavailable,
+        RpcProtocolMismatch,
+    )
 }
