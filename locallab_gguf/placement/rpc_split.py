@@ -28,6 +28,7 @@ from locallab_gguf.placement.offload import OffloadPlan
 from locallab_gguf.sizes import human_bytes
 
 RpcUse = Literal["needed", "always"]
+COMPUTE_ACTIVATIONS = 2
 
 # Kept free on each worker device for what the estimate cannot see (its own allocator's
 # slack, other clients' buffers it still holds).
@@ -121,7 +122,10 @@ def device_bytes(model: ModelMemory, kv: KvCache, first_layer: int, layers: int)
         return 0
     cells = cells_per_slot(kv.context_per_slot) * kv.parallel
     per_cell = kv_bytes_per_cell(model, kv)
-    total = model.activation_bytes
+    # A device's compute buffer, against llama.cpp's report for the default model on a
+    # worker: 12.26 MiB measured for blocks alone (the single activation estimate says 7.5),
+    # 101.5 MiB with the output layer (its logits dominate): twice the activations covers both.
+    total = COMPUTE_ACTIVATIONS * model.activation_bytes
     for layer in range(first_layer, first_layer + layers):
         if layer < model.n_layer:
             total += model.layer_bytes[layer] + per_cell[layer] * cells

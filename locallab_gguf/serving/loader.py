@@ -52,6 +52,7 @@ def load_settings_registry(settings: Settings) -> Registry:
     registry = load_registry_file(settings.models_file)
     if settings.aliases:
         registry = registry.with_aliases(parse_alias_flags(settings.aliases))
+    check_rpc_settings(settings, registry)
     for spec in registry.models.values():
         # A model whose own V cache type the server's flash-attention setting cannot serve
         # fails at start-up, not at its first request.
@@ -64,6 +65,27 @@ def load_settings_registry(settings: Settings) -> Registry:
                 + quantized_v_needs_flash_attention(spec.cache_type_v)
             )
     return registry
+
+
+def check_rpc_settings(settings: Settings, registry: Registry) -> None:
+    """RPC workers named in --rpc or models.toml are checked at start-up: their addresses,
+    and the process isolation a lost worker needs (llama.cpp aborts the process that loses
+    one; only a worker process is restarted)."""
+    named = {"--rpc": list(settings.rpc)} | {
+        f"model {spec.id!r} of {registry.source}": spec.rpc
+        for spec in registry.models.values()
+        if spec.rpc
+    }
+    for where, endpoints in named.items():
+        try:
+            parse_endpoints(endpoints)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        if endpoints and settings.engine_isolation != "process":
+            raise ConfigError(
+                f"{where} names RPC workers, which need --engine-isolation process: llama.cpp "
+                "aborts the process that loses a worker, and only a worker process is restarted"
+            )
 
 
 def residency_policy(settings: Settings) -> ResidencyPolicy:
@@ -167,12 +189,6 @@ def _plan(
             local,
             rpc_reason=f"the model fits this machine, so the RPC workers "
             f"({', '.join(map(str, endpoints))}) are not used (--rpc-use always would use them)",
-        )
-    if settings.engine_isolation != "process":
-        raise ConfigError(
-            f"model {spec.id!r} would use RPC workers, which needs --engine-isolation process: "
-            "llama.cpp aborts the process that loses a worker, and only a worker process is "
-            "restarted"
         )
     # Asked now, not remembered: what a worker has free changes with its other work.
     workers = [probe(endpoint) for endpoint in endpoints]

@@ -97,7 +97,7 @@ def test_the_last_device_holds_the_output_layer_as_llama_cpp_places_it(
     # gives the first devices the earliest: the last device pays for the head and logits.
     one = device_bytes(model, KV, model.n_layer - 1, 1)
     with_output = device_bytes(model, KV, model.n_layer, 1)
-    assert with_output - model.activation_bytes == (
+    assert with_output - 2 * model.activation_bytes == (
         model.output_bytes + model.tied_head_bytes + model.logits_bytes
     )
     assert one < with_output
@@ -154,3 +154,21 @@ def test_worker_memory_sizes_are_read(text: str, size: int) -> None:
 def test_a_bad_worker_memory_size_is_refused() -> None:
     with pytest.raises(ConfigError, match="--memory"):
         parse_size("lots")
+
+
+def test_rpc_workers_are_checked_when_the_server_starts(tmp_path: Path) -> None:
+    from locallab_gguf.serving.loader import load_settings_registry
+    from locallab_gguf.settings import Settings
+
+    models = tmp_path / "models.toml"
+    models.write_text(
+        'default = "spread"\n\n[models.spread]\nname = "x"\nrepo = "o/r"\n'
+        'file = "m.gguf"\nrpc = ["10.0.0.2:port"]\n'
+    )
+    with pytest.raises(ConfigError, match=r"model 'spread' of .*the port is not a number"):
+        load_settings_registry(Settings(models_file=str(models)))
+    with pytest.raises(ConfigError, match=r"--rpc: RPC worker 'a:0'"):
+        load_settings_registry(Settings(rpc=("a:0",)))
+    with pytest.raises(ConfigError, match="--engine-isolation process"):
+        load_settings_registry(Settings(rpc=("10.0.0.2:50052",), engine_isolation="thread"))
+    assert load_settings_registry(Settings(rpc=("10.0.0.2:50052",))).default
