@@ -119,6 +119,7 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
     if plan is None:
         return [*rows, ("Plan", model.problem or "no plan")]
     estimate = plan.estimate
+    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
     verdict = (
         "fits"
         if plan.fits
@@ -132,8 +133,8 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
         ),
         (
             "GPU layers",
-            f"{estimate.gpu_layers} of {estimate.total_layers} ({estimate.decided_by}: "
-            f"{plan.reason})",
+            f"{estimate.gpu_layers - on_workers} of {estimate.total_layers} "
+            f"({estimate.decided_by}: {plan.reason})",
         ),
         (
             "Weights",

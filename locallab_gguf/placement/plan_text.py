@@ -9,8 +9,11 @@ from locallab_gguf.sizes import human_bytes
 def plan_summary(plan: OffloadPlan) -> str:
     estimate = plan.estimate
     verdict = "fits" if plan.fits else "does NOT fit"
+    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
+    workers = f"{on_workers} on RPC workers, " if on_workers else ""
     return (
-        f"{estimate.gpu_layers} of {estimate.total_layers} layers on the GPU ({plan.reason}); "
+        f"{workers}{estimate.gpu_layers - on_workers} of {estimate.total_layers} layers on the "
+        f"GPU ({plan.reason}); "
         f"context {estimate.parallel} slots x {estimate.context_per_slot:,} tokens; "
         f"VRAM {human_bytes(estimate.vram_bytes)}, RAM {human_bytes(estimate.ram_bytes)} of "
         f"{human_bytes(plan.ram_available_bytes)} available: {verdict}"

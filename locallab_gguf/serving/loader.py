@@ -299,11 +299,12 @@ def local_engine_opener(
 
 def log_offload_plan(model_id: str, plan: OffloadPlan, config: EngineConfig) -> None:
     estimate = plan.estimate
+    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
     log.info(
         "model %s: %d of %d layers on the GPU (%s: %s); %d slots x %d tokens of context; "
         "estimated VRAM %s, RAM %s",
         model_id,
-        estimate.gpu_layers,
+        estimate.gpu_layers - on_workers,  # the workers' layers have lines of their own
         estimate.total_layers,
         estimate.decided_by,
         plan.reason,

@@ -350,6 +350,13 @@ class ModelManager:
         task.add_done_callback(settled)
         return task
 
+    async def plan_download(self, spec: ModelSpec) -> OffloadPlan | None:
+        """The plan of a model not on this machine yet, from its header on the hub, refused
+        (ModelTooLarge) when it could never load here: what a pull says before it downloads."""
+        return await judge_before_download(
+            spec, self.files, self._planner, self.resident, self.policy.max_models
+        )
+
     async def _load(self, progress: LoadProgress) -> ResidentModel:
         spec = progress.spec
         started = time.monotonic()

@@ -56,7 +56,7 @@ def test_the_plan_from_the_hub_is_the_plan_after_download_and_reads_under_one_pe
     files = hub_files(hub, tmp_path)
     # A GPU that takes some of the layers: the plan has every part to compare.
     hardware = simulated_probe(
-        NvmlStandIn([SimulatedGpu("Small GPU", 2 * GIB, 700 * MIB)]), available_ram=8 * GIB
+        NvmlStandIn([SimulatedGpu("Small GPU", 2 * GIB, 1000 * MIB)]), available_ram=8 * GIB
     ).read()
 
     before = hub_file_plan(DETERMINISTIC_SETTINGS, spec, hardware, files.access)
@@ -89,6 +89,10 @@ def test_a_load_that_cannot_fit_is_refused_before_its_download(
         "/v1/chat/completions", json={**FRANCE, "model": f"{BIG_REPO}:{BIG_FILE}"}
     )
     assert chat.status_code == 507, chat.text
+    # Ollama's pull plans it too, and says so before its stream starts.
+    pulled = server.client.post("/api/pull", json={"model": f"{BIG_REPO}:{BIG_FILE}"})
+    assert pulled.status_code == 507, pulled.text
+    assert "needs about" in pulled.json()["error"]
     assert hub.bytes_sent[BIG_FILE] < 0.01 * big_model.stat().st_size
     assert not list((tmp_path / "cache").rglob("*.gguf"))
 
@@ -164,6 +168,18 @@ def test_a_split_model_pulls_verifies_loads_answers_like_the_whole_and_is_remove
     removed = server.client.request("DELETE", "/api/delete", json={"model": model_id})
     assert removed.status_code == 200, removed.text
     assert not list((tmp_path / "cache").rglob("*.gguf"))
+
+    # Pulled again through Ollama's API: the plan from the header comes before the bytes.
+    lines = server.client.post("/api/pull", json={"model": f"{SPLIT_REPO}:Q4_1"})
+    assert lines.status_code == 200, lines.text
+    statuses = [msgspec.json.decode(line)["status"] for line in lines.text.splitlines()]
+    plan = next(i for i, status in enumerate(statuses) if status.startswith("plan: "))
+    assert "layers on the GPU" in statuses[plan] and "fits" in statuses[plan]
+    bytes_from = next(
+        i for i, status in enumerate(statuses) if status.startswith("pulling ") and i > 0
+    )
+    assert statuses[0] == "pulling manifest" and plan < bytes_from
+    assert statuses[-1] == "success"
 
 
 def test_a_split_model_missing_a_part_is_refused_naming_it(

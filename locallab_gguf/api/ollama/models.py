@@ -48,6 +48,8 @@ from locallab_gguf.errors import (
 from locallab_gguf.models.catalog import model_capabilities
 from locallab_gguf.models.registry import ModelSpec
 from locallab_gguf.placement.gguf_facts import GgufFacts, gguf_facts
+from locallab_gguf.placement.offload import OffloadPlan
+from locallab_gguf.placement.plan_text import plan_summary
 from locallab_gguf.serving.footprint import loaded_footprint
 from locallab_gguf.serving.resident import ResidentModel
 
@@ -223,7 +225,9 @@ async def ps(services: NamedDependency[Services]) -> PsResponse:
     return PsResponse(models=await asyncio.to_thread(_running, services))
 
 
-async def _pull_progress(services: Services, spec: ModelSpec) -> AsyncIterator[PullProgress]:
+async def _pull_progress(
+    services: Services, spec: ModelSpec, plan: OffloadPlan | None
+) -> AsyncIterator[PullProgress]:
     """Ollama's pull statuses, with byte counts while the file downloads."""
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[PullProgress] = asyncio.Queue()
@@ -238,6 +242,8 @@ async def _pull_progress(services: Services, spec: ModelSpec) -> AsyncIterator[P
         loop.call_soon_threadsafe(queue.put_nowait, progress)
 
     yield PullProgress(status="pulling manifest")
+    if plan is not None:  # one status line, which Ollama's clients print as they get it
+        yield PullProgress(status=f"plan: {plan_summary(plan)}")
     fetch = asyncio.ensure_future(asyncio.to_thread(services.manager.files.fetch, spec, on_bytes))
     try:
         while not fetch.done():
@@ -272,7 +278,10 @@ async def pull(
     data: JSONBody[ModelRequest], services: NamedDependency[Services]
 ) -> Response[Any] | EventStream:
     spec = services.manager.spec_for(model_id_of(_named(data)))
-    progress = _pull_progress(services, spec)
+    # Planned from the file's header before its weights come: a model that could never load
+    # here is a 507 before the stream starts, with the sizes.
+    plan = await services.manager.plan_download(spec)
+    progress = _pull_progress(services, spec, plan)
     if not data.stream:
         steps = [step async for step in progress]
         return Response(steps[-1])

@@ -14,7 +14,7 @@ from typing import Any
 
 import llama_cpp
 
-from locallab_gguf.engine.rpc.native import attach_workers
+from locallab_gguf.engine.rpc.native import attach_workers, local_devices
 from locallab_gguf.engine.rpc.protocol import parse_endpoint, wait_for
 from locallab_gguf.engine.types import EngineConfig, FlashAttention, KvCacheType, RpcLayers
 from locallab_gguf.errors import ModelLoadFailed
@@ -46,7 +46,14 @@ def _install_log_bridge() -> None:
 
 
 def supports_gpu_offload() -> bool:
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    """Whether this build has a backend for a GPU of this machine (CUDA, Metal...).
+    llama.cpp's own llama_supports_gpu_offload() also says yes for the RPC backend, which every
+    build here has: that offloads to other machines, not to a GPU here."""
+    _ensure_backend()
+    return any(
+        device.kind in ("GPU", "iGPU") and not device.name.startswith("RPC")
+        for device in local_devices()
+    )
 
 
 def llama_cpp_version() -> str:
