@@ -186,7 +186,7 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "rpc.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "rpc.json")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="rpc-bench-"))
@@ -278,6 +278,7 @@ def main() -> int:
                 f"(at most {1 / wire_s:,.0f} tokens/s from the link alone)"
             )
     result["link_estimates"] = estimates
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")
     return 0
