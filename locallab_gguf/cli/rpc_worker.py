@@ -9,7 +9,6 @@ otherwise, and a wider address needs --allow-network and is answered with a warn
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any, TextIO
 
 import psutil
 
+from locallab_gguf.addresses import is_loopback
 from locallab_gguf.engine.rpc.protocol import DEFAULT_PORT, PROTOCOL_VERSION, Endpoint, version_text
 from locallab_gguf.errors import ConfigError
 from locallab_gguf.placement.hardware import physical_cores
@@ -86,15 +86,6 @@ def parse_size(text: str) -> int:
         raise ConfigError(f"--memory {text!r}: write a size such as 512MiB or 6GiB")
     number, unit = match.groups()
     return int(float(number) * _UNITS[(unit or "").lower()[:1]])
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_address(host: str, allow_network: bool) -> str | None:

@@ -128,13 +128,3 @@ def _recv(conn: socket.socket, size: int) -> bytes | None:
             return None
         data += chunk
     return data
-
-
-def _recv(conn: socket.socket, size: int) -> bytes | None:
-    data = b""
-    while len(data) < size:
-        chunk = conn.recv(size - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
+from locallab_gguf.addresses import is_loopback
 from locallab_gguf.errors import ConfigError, NotAuthenticated
 
 Role = Literal["user", "admin"]
@@ -132,12 +132,3 @@ def load_api_keys(keys: Iterable[str], key_file: str | None) -> ApiKeys:
 def exposed_without_key(host: str, keys: ApiKeys) -> bool:
     """True when the server listens beyond this machine and anyone may use it."""
     return not keys.required and not is_loopback(host)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a host name other than localhost may resolve anywhere
