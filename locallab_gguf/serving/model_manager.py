@@ -350,6 +350,16 @@ class ModelManager:
         task.add_done_callback(settled)
         return task
 
+    def planned_context(self, spec: ModelSpec, path: Path) -> int | None:
+        """The context per slot a load of `spec` would get now (--ctx auto: what memory
+        holds); None when it cannot be planned (no planner, a worker away). Blocking."""
+        if self._planner is None:
+            return None
+        try:
+            return self._planner.plan(spec, path).estimate.context_per_slot
+        except LocalLabError:
+            return None
+
     async def plan_download(self, spec: ModelSpec) -> OffloadPlan | None:
         """The plan of a model not on this machine yet, from its header on the hub, refused
         (ModelTooLarge) when it could never load here: what a pull says before it downloads."""

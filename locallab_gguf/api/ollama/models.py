@@ -154,7 +154,13 @@ def _show(services: Services, name: str) -> ShowResponse:
         f"{arch}.embedding_length": facts.embedding_length,
         f"{arch}.block_count": facts.block_count,
     }
-    parameters = f"num_ctx {context_length_of(services, spec) or facts.context_length}"
+    # A model not loaded under --ctx auto: the context a load would get now, as planned.
+    num_ctx = (
+        context_length_of(services, spec)
+        or services.manager.planned_context(spec, path)
+        or facts.context_length
+    )
+    parameters = f"num_ctx {num_ctx}"
     modelfile = f"FROM {path.name}\nTEMPLATE {msgspec.json.encode(template).decode()}\n"
     return ShowResponse(
         modelfile=modelfile,

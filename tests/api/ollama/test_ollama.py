@@ -319,3 +319,25 @@ def test_think_is_accepted_and_thinking_stays_apart_from_the_answer(server: Runn
     )
     assert answer.done
     assert "<think>" not in answer.message.content
+
+
+def test_show_gives_a_model_not_loaded_the_context_a_load_would_get(
+    make_server: ServerFactory,
+) -> None:
+    # Under --ctx auto the context is what memory holds at load: less than the trained 8,192
+    # for 8 slots in 1.5 GiB, more than the 4,096 floor.
+    from locallab_gguf.settings import Settings
+    from tests.support.nvml_standin import MIB, NvmlStandIn, simulated_probe
+
+    cramped = simulated_probe(NvmlStandIn([]), offload_supported=False, available_ram=1536 * MIB)
+    settings = Settings(threads=2, threads_batch=2, parallel=8, rate_limit=False, cache_ram=0)
+    server = make_server(settings, hardware=cramped, initial_model=None, wait_for=None)
+    shown = server.client.post("/api/show", json={"model": NAME})
+    assert shown.status_code == 200, shown.text
+    num_ctx = int(shown.json()["parameters"].removeprefix("num_ctx "))
+    assert 4096 < num_ctx < 8192
+    loaded = server.client.post(
+        "/api/generate", json={"model": NAME, "prompt": "Hi", "options": {"num_predict": 1}}
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert client(server).ps().models[0].context_length == num_ctx
