@@ -308,3 +308,47 @@ def test_a_worker_refuses_a_network_address_without_allow_network(tmp_path: Path
     finally:
         allowed.send_signal(signal.SIGINT)
         allowed.wait(30)
+
+
+def test_system_shows_the_plan_over_a_worker_and_names_one_that_is_away(tmp_path: Path) -> None:
+    worker = WorkerProcess(free_port(), "256MiB", tmp_path / "worker.log")
+    worker.start()
+    try:
+        shown = subprocess.run(
+            [
+                *(str(CLI), "system", "--rpc", str(worker.endpoint), "--rpc-use", "always"),
+                *("--ctx", str(CTX), "--parallel", str(PARALLEL)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        worker.kill()
+    assert shown.returncode == 0, shown.stderr
+    line = next(row for row in shown.stdout.splitlines() if row.startswith("RPC workers"))
+    assert re.search(
+        rf"\d+ of 31 layers on RPC workers \({re.escape(str(worker.endpoint))} #0", line
+    )
+    assert re.search(
+        rf"RPC worker {re.escape(str(worker.endpoint))} device 0: \d+ layers, ", shown.stdout
+    )
+    assert "this machine: " in shown.stdout
+    away = subprocess.run(
+        [str(CLI), "system", "--rpc", str(worker.endpoint), "--rpc-use", "always"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"RPC worker {worker.endpoint} cannot be reached" in away.stdout
+
+
+def test_a_worker_names_the_devices_it_has_when_asked_for_another() -> None:
+    refused = subprocess.run(
+        [str(CLI), "rpc-worker", "--port", str(free_port()), "--device", "NoSuchGPU"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert "no device named NoSuchGPU" in refused.stderr and "CPU" in refused.stderr
