@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -129,6 +130,15 @@ def run_rpc_worker(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             file=out,
             flush=True,
         )
+
+    def stop(signum: int, _frame: object) -> None:
+        print(f"rpc-worker stopped ({signal.Signals(signum).name})", file=out, flush=True)
+        # ggml's server thread never returns: the process ends without waiting for it.
+        os._exit(0)
+
+    # From here on Ctrl-C or a service manager's SIGTERM ends it at once, whatever it is doing.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     print(
         f"rpc-worker listening on {endpoint} (RPC protocol {version_text(PROTOCOL_VERSION)}, "
         f"{threads} threads, tensor cache {cache_dir or 'off'})",
@@ -152,14 +162,9 @@ def run_rpc_worker(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     server = threading.Thread(target=serve, name="ggml-rpc-server", daemon=True)
     server.start()
     watcher = _ClientLog(endpoint.port, out)
-    try:
-        while server.is_alive():
-            server.join(CLIENT_POLL_S)
-            watcher.poll()
-    except KeyboardInterrupt:
-        print("rpc-worker stopped", file=out, flush=True)
-        # ggml's server thread never returns; the process ends without waiting for it.
-        os._exit(0)
+    while server.is_alive():
+        server.join(CLIENT_POLL_S)
+        watcher.poll()
     if failure:
         raise failure[0]
     raise ConfigError(f"ggml's RPC server could not listen on {endpoint}")

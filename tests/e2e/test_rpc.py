@@ -280,34 +280,27 @@ def test_a_worker_refuses_a_network_address_without_allow_network(tmp_path: Path
     )
     assert refused.returncode == 2
     assert "--allow-network" in refused.stderr and "no authentication" in refused.stderr
-    allowed = subprocess.Popen(
-        [
-            str(CLI),
-            "rpc-worker",
-            "--host",
-            "0.0.0.0",
-            "--port",
-            str(port),
-            "--allow-network",
-            "--cache-dir",
-            "none",
-        ],
+    command = [str(CLI), "rpc-worker", "--host", "0.0.0.0", "--port", str(port)]
+    with subprocess.Popen(
+        [*command, "--allow-network", "--cache-dir", "none"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    try:
+    ) as allowed:
         assert allowed.stdout is not None and allowed.stderr is not None
-        warning = allowed.stderr.readline()
-        assert warning.startswith("WARNING:") and "no encryption" in warning
-        listening = ""
-        while "listening" not in listening:
-            listening = allowed.stdout.readline()
-            assert listening, "the worker exited"
-        assert f"0.0.0.0:{port}" in listening
-    finally:
-        allowed.send_signal(signal.SIGINT)
-        allowed.wait(30)
+        try:
+            warning = allowed.stderr.readline()
+            assert warning.startswith("WARNING:") and "no encryption" in warning
+            listening = ""
+            while "listening" not in listening:
+                listening = allowed.stdout.readline()
+                assert listening, "the worker exited"
+            assert f"0.0.0.0:{port}" in listening
+        finally:
+            # Ctrl-C stops it at once, however soon after it started listening.
+            allowed.send_signal(signal.SIGINT)
+            assert allowed.wait(30) == 0
+        assert "rpc-worker stopped (SIGINT)" in allowed.stdout.read()
 
 
 def test_system_shows_the_plan_over_a_worker_and_names_one_that_is_away(tmp_path: Path) -> None:
