@@ -172,3 +172,24 @@ def test_rpc_workers_are_checked_when_the_server_starts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--engine-isolation process"):
         load_settings_registry(Settings(rpc=("10.0.0.2:50052",), engine_isolation="thread"))
     assert load_settings_registry(Settings(rpc=("10.0.0.2:50052",))).default
+
+
+def test_a_model_that_fits_here_does_not_ask_the_workers_unless_told_to(
+    model_path: Path,
+) -> None:
+    from locallab_gguf.errors import RpcWorkerUnavailable
+    from locallab_gguf.models.registry import default_models_file, load_registry
+    from locallab_gguf.serving.loader import offload_plan
+    from locallab_gguf.settings import Settings
+    from tests.support.servers import free_port
+
+    spec = load_registry(default_models_file()).get("smollm2-135m-instruct")
+    hardware = simulated_probe(NvmlStandIn([]), offload_supported=False).read()
+    away = f"127.0.0.1:{free_port()}"  # nobody listens: asking it would fail
+    needed = offload_plan(Settings(rpc=(away,), ctx=1024), spec, model_path, hardware)
+    assert needed.rpc is None and needed.fits
+    assert f"the model fits this machine, so the RPC workers ({away}) are not used" in (
+        needed.rpc_reason
+    )
+    with pytest.raises(RpcWorkerUnavailable, match=away):
+        offload_plan(Settings(rpc=(away,), rpc_use="always", ctx=1024), spec, model_path, hardware)
