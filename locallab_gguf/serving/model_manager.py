@@ -90,6 +90,10 @@ class ModelManager:
     # -- what is resident --------------------------------------------------------------
 
     @property
+    def planner(self) -> Planner | None:
+        return self._planner
+
+    @property
     def resident(self) -> list[ResidentModel]:
         return list(self._resident.values())
 
@@ -349,23 +353,6 @@ class ModelManager:
 
         task.add_done_callback(settled)
         return task
-
-    def planned_context(self, spec: ModelSpec, path: Path) -> int | None:
-        """The context per slot a load of `spec` would get now (--ctx auto: what memory
-        holds); None when it cannot be planned (no planner, a worker away). Blocking."""
-        if self._planner is None:
-            return None
-        try:
-            return self._planner.plan(spec, path).estimate.context_per_slot
-        except LocalLabError:
-            return None
-
-    async def plan_download(self, spec: ModelSpec) -> OffloadPlan | None:
-        """The plan of a model not on this machine yet, from its header on the hub, refused
-        (ModelTooLarge) when it could never load here: what a pull says before it downloads."""
-        return await judge_before_download(
-            spec, self.files, self._planner, self.resident, self.policy.max_models
-        )
 
     async def _load(self, progress: LoadProgress) -> ResidentModel:
         spec = progress.spec

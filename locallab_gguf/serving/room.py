@@ -31,6 +31,7 @@ from locallab_gguf.errors import (
     HubAccessDenied,
     HubError,
     HubNotFound,
+    LocalLabError,
     ModelUnavailable,
     NoRoomForModel,
 )
@@ -186,6 +187,17 @@ async def judge_before_download(
     if find_room(resident, plan, max_models).outcome is RoomOutcome.NEVER:
         _refuse(spec, plan, resident)
     return plan
+
+
+def planned_context(planner: Planner | None, spec: ModelSpec, path: Path) -> int | None:
+    """The context per slot a load of `spec` would get now (--ctx auto: what memory
+    holds); None when it cannot be planned (no planner, a worker away). Blocking."""
+    if planner is None:
+        return None
+    try:
+        return planner.plan(spec, path).estimate.context_per_slot
+    except LocalLabError:
+        return None
 
 
 class _GpuGoal:

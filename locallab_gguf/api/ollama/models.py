@@ -52,6 +52,7 @@ from locallab_gguf.placement.offload import OffloadPlan
 from locallab_gguf.placement.plan_text import plan_summary
 from locallab_gguf.serving.footprint import loaded_footprint
 from locallab_gguf.serving.resident import ResidentModel
+from locallab_gguf.serving.room import judge_before_download, planned_context
 
 NEVER_EXPIRES = "2318-01-01T00:00:00Z"
 
@@ -157,7 +158,7 @@ def _show(services: Services, name: str) -> ShowResponse:
     # A model not loaded under --ctx auto: the context a load would get now, as planned.
     num_ctx = (
         context_length_of(services, spec)
-        or services.manager.planned_context(spec, path)
+        or planned_context(services.manager.planner, spec, path)
         or facts.context_length
     )
     parameters = f"num_ctx {num_ctx}"
@@ -286,7 +287,10 @@ async def pull(
     spec = services.manager.spec_for(model_id_of(_named(data)))
     # Planned from the file's header before its weights come: a model that could never load
     # here is a 507 before the stream starts, with the sizes.
-    plan = await services.manager.plan_download(spec)
+    manager = services.manager
+    plan = await judge_before_download(
+        spec, manager.files, manager.planner, manager.resident, manager.policy.max_models
+    )
     progress = _pull_progress(services, spec, plan)
     if not data.stream:
         steps = [step async for step in progress]
