@@ -119,7 +119,7 @@ def _model_rows(model: ModelPlan, advice: str | None) -> list[tuple[str, str]]:
     if plan is None:
         return [*rows, ("Plan", model.problem or "no plan")]
     estimate = plan.estimate
-    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
+    on_workers = plan.rpc_layers
     verdict = (
         "fits"
         if plan.fits

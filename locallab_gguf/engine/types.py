@@ -385,13 +385,26 @@ class RpcLayers(msgspec.Struct, frozen=True, kw_only=True):
     GPUs; `device_layers` gives each of them its layer count in that order (llama.cpp's
     tensor_split), and their sum is the model's n_gpu_layers."""
 
-    endpoints: list[str]  # host:port, attached in this order
-    device_layers: list[int]
+    devices: list[RpcDeviceShare]  # each worker device's part, in llama.cpp's order
+    local_gpu_layers: list[int] = []  # the local GPUs' layers, which follow the workers'
     # How long a starting engine waits for a worker that does not answer: a restart after the
     # worker was lost waits this long for it to come back (a first load was probed just
     # before, so it finds the workers there).
     wait_s: float = 0.0
-    devices: list[RpcDeviceShare] = []  # the plan per worker device, for logs and reports
+
+    @property
+    def endpoints(self) -> list[str]:
+        """host:port of each worker, in the order they are attached."""
+        return list(dict.fromkeys(share.endpoint for share in self.devices))
+
+    @property
+    def device_layers(self) -> list[int]:
+        return [share.layers for share in self.devices] + self.local_gpu_layers
+
+    @property
+    def worker_layers(self) -> int:
+        """The layers on the workers (the rest of n_gpu_layers is on local GPUs)."""
+        return sum(share.layers for share in self.devices)
 
 
 class RpcDeviceShare(msgspec.Struct, frozen=True, kw_only=True):

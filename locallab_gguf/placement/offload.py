@@ -56,6 +56,16 @@ class OffloadEstimate(msgspec.Struct, frozen=True, kw_only=True):
     cache_type_k: KvCacheType = KvCacheType.F16
     cache_type_v: KvCacheType = KvCacheType.F16
 
+    @property
+    def kv(self) -> KvCache:
+        """The KV cache this estimate counts."""
+        return KvCache(
+            context_per_slot=self.context_per_slot,
+            parallel=self.parallel,
+            type_k=self.cache_type_k,
+            type_v=self.cache_type_v,
+        )
+
 
 class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     """The estimate for the chosen layers, the memory it was judged against, and why."""
@@ -76,6 +86,11 @@ class OffloadPlan(msgspec.Struct, frozen=True, kw_only=True):
     # Layers on RPC workers (rpc_split.py), and why they are or are not used.
     rpc: RpcLayers | None = None
     rpc_reason: str = ""
+
+    @property
+    def rpc_layers(self) -> int:
+        """The layers on RPC workers, counted in the estimate's gpu_layers."""
+        return self.rpc.worker_layers if self.rpc is not None else 0
 
     @property
     def fits(self) -> bool:

@@ -9,7 +9,7 @@ from locallab_gguf.sizes import human_bytes
 def plan_summary(plan: OffloadPlan) -> str:
     estimate = plan.estimate
     verdict = "fits" if plan.fits else "does NOT fit"
-    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
+    on_workers = plan.rpc_layers
     workers = f"{on_workers} on RPC workers, " if on_workers else ""
     return (
         f"{workers}{estimate.gpu_layers - on_workers} of {estimate.total_layers} layers on the "

@@ -189,11 +189,7 @@ def _with_remote(
         local_gpu_layers * (index + 1) // gpus - local_gpu_layers * index // gpus
         for index in range(gpus)
     ]
-    rpc = RpcLayers(
-        endpoints=list(dict.fromkeys(device.endpoint for device in devices)),
-        device_layers=[share.layers for share in shares] + local_gpu_split,
-        devices=shares,
-    )
+    rpc = RpcLayers(devices=shares, local_gpu_layers=local_gpu_split)
     estimate = msgspec.structs.replace(
         plan.estimate,
         gpu_layers=remote + local_gpu_layers,

@@ -27,5 +27,5 @@ def loaded_footprint(
             type_v=info.cache_type_v,
         ),
         decided_by=decided_by,
-        rpc_layers=sum(share.layers for share in info.rpc.devices) if info.rpc else 0,
+        rpc_layers=info.rpc.worker_layers if info.rpc else 0,
     )

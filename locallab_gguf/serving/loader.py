@@ -32,7 +32,7 @@ from locallab_gguf.placement.hardware import (
     choose_threads,
 )
 from locallab_gguf.placement.hub_header import HubHeaders
-from locallab_gguf.placement.memory import KvCache, ModelMemory, model_memory
+from locallab_gguf.placement.memory import ModelMemory, model_memory
 from locallab_gguf.placement.offload import (
     OffloadPlan,
     gpu_layers_fitting,
@@ -192,7 +192,7 @@ def _plan(
         )
     # Asked now, not remembered: what a worker has free changes with its other work.
     workers = [probe(endpoint) for endpoint in endpoints]
-    return plan_rpc(local, model, _planned_kv(local), workers, use, settings.rpc_wait)
+    return plan_rpc(local, model, local.estimate.kv, workers, use, settings.rpc_wait)
 
 
 def rpc_workers(settings: Settings, spec: ModelSpec) -> tuple[list[Endpoint], RpcUse]:
@@ -200,16 +200,6 @@ def rpc_workers(settings: Settings, spec: ModelSpec) -> tuple[list[Endpoint], Rp
     if spec.rpc:
         return parse_endpoints(spec.rpc), "always"
     return parse_endpoints(list(settings.rpc)), settings.rpc_use
-
-
-def _planned_kv(plan: OffloadPlan) -> KvCache:
-    estimate = plan.estimate
-    return KvCache(
-        context_per_slot=estimate.context_per_slot,
-        parallel=estimate.parallel,
-        type_k=estimate.cache_type_k,
-        type_v=estimate.cache_type_v,
-    )
 
 
 def planned_config(config: EngineConfig, plan: OffloadPlan) -> EngineConfig:
@@ -299,12 +289,11 @@ def local_engine_opener(
 
 def log_offload_plan(model_id: str, plan: OffloadPlan, config: EngineConfig) -> None:
     estimate = plan.estimate
-    on_workers = sum(share.layers for share in plan.rpc.devices) if plan.rpc else 0
     log.info(
         "model %s: %d of %d layers on the GPU (%s: %s); %d slots x %d tokens of context; "
         "estimated VRAM %s, RAM %s",
         model_id,
-        estimate.gpu_layers - on_workers,  # the workers' layers have lines of their own
+        estimate.gpu_layers - plan.rpc_layers,  # the workers' layers have lines of their own
         estimate.total_layers,
         estimate.decided_by,
         plan.reason,
@@ -338,7 +327,7 @@ def rpc_plan_lines(plan: OffloadPlan) -> list[str]:
     """Each device's layers and bytes, this machine's first."""
     assert plan.rpc is not None
     estimate = plan.estimate
-    remote = sum(share.layers for share in plan.rpc.devices)
+    remote = plan.rpc_layers
     lines = [
         f"this machine: {estimate.total_layers - estimate.gpu_layers} layers and the input "
         f"embeddings, {human_bytes(estimate.ram_bytes)} of RAM"
