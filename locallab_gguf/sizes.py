@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 _UNITS = (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+# A size as people write it: 512MiB, 6GiB, 6G, 1000 (bytes); binary units, however spelled.
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])i?b?|b)?\s*$", re.IGNORECASE)
+_SCALE = {unit[0].lower(): scale for unit, scale in _UNITS}
+
+
+def parse_bytes(text: str) -> int | None:
+    """The bytes `text` names (binary units), or None when it is not a size."""
+    match = _SIZE.match(text)
+    if not match:
+        return None
+    number, unit = match.groups()
+    return int(float(number) * (_SCALE[unit.lower()] if unit else 1))
 
 
 def human_bytes(n_bytes: float) -> str:

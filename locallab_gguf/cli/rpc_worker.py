@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import socket
 import sys
@@ -26,7 +25,7 @@ from locallab_gguf.addresses import is_loopback
 from locallab_gguf.engine.rpc.protocol import DEFAULT_PORT, PROTOCOL_VERSION, Endpoint, version_text
 from locallab_gguf.errors import ConfigError
 from locallab_gguf.placement.hardware import physical_cores
-from locallab_gguf.sizes import human_bytes
+from locallab_gguf.sizes import human_bytes, parse_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ NETWORK_WARNING = (
 # How often the list of connected clients is looked at (ggml's server does not report them
 # with their addresses).
 CLIENT_POLL_S = 0.2
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
 def add_rpc_worker_parser(commands: Any) -> None:
@@ -82,11 +79,10 @@ def add_rpc_worker_parser(commands: Any) -> None:
 
 
 def parse_size(text: str) -> int:
-    match = _SIZE.match(text)
-    if not match:
+    size = parse_bytes(text)
+    if size is None:
         raise ConfigError(f"--memory {text!r}: write a size such as 512MiB or 6GiB")
-    number, unit = match.groups()
-    return int(float(number) * _UNITS[(unit or "").lower()[:1]])
+    return size
 
 
 def check_address(host: str, allow_network: bool) -> str | None:
