@@ -33,13 +33,13 @@ from tests.support.two_models import (
     GEMMA_FILE,
     GEMMA_ID,
     GEMMA_REPO,
+    SMOLLM2_SHA,
     assembled_gemma,
     hub_cache_with,
     truncated_copy,
     two_model_registry,
 )
 
-SMOLLM2_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MIB = 1024 * 1024
 # A prompt both models continue for longer than any test reads: counting goes on and on.
 COUNTING = "1, 2, 3, 4, 5, 6, 7, 8,"

