@@ -127,7 +127,8 @@ def probe(endpoint: Endpoint, timeout_s: float = PROBE_TIMEOUT_S) -> WorkerFacts
     except OSError as exc:
         raise RpcWorkerUnavailable(
             f"RPC worker {name} cannot be reached ({_reason(exc)}); start it there with "
-            f"`locallab-gguf rpc-worker --port {endpoint.port}` or remove it from --rpc"
+            f"`locallab-gguf rpc-worker --port {endpoint.port}`, or take it out of --rpc or the "
+            "model's rpc list"
         ) from None
     with contextlib.closing(sock):
         try:
