@@ -64,6 +64,7 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "deterministic",
             "speculative",
             "draft_max",
+            "draft_model",
             "kv_layout",
             "cache_type_k",
             "cache_type_v",

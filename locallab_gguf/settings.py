@@ -165,6 +165,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "each request's recent acceptance up to this)"
         ),
     ] = 16
+    draft_model: Annotated[
+        str | None,
+        Meta(
+            description="a smaller model with the same vocabulary that drafts tokens for the "
+            "served chat models when neither the grammar nor prompt lookup has any (a registry "
+            "id, a hub file or a .gguf path; loaded beside each chat model, with a KV sequence "
+            "per slot of its own)"
+        ),
+    ] = None
     kv_layout: Annotated[
         Literal["per-slot", "unified"],
         Meta(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -19,9 +20,11 @@ from locallab_gguf.cli.http_guard import ConnectionLimits, ensure_descriptors, g
 from locallab_gguf.engine.runtime.llama import llama_cpp_version, supports_gpu_offload
 from locallab_gguf.errors import LocalLabError
 from locallab_gguf.models.files import model_files
+from locallab_gguf.models.ids import resolve_model_id
 from locallab_gguf.placement.hardware import HardwareProbe
 from locallab_gguf.serving.loader import (
     LocalPlanner,
+    draft_model_file,
     load_settings_registry,
     local_engine_opener,
     residency_policy,
@@ -40,10 +43,14 @@ def build_app(settings: Settings) -> Litestar:
     files = model_files(settings, os.environ, serving=True)
     hardware = HardwareProbe(supports_gpu_offload())
     cache = PromptCacheBudget.of_settings(settings.cache_ram)
+    spec_for = functools.partial(
+        resolve_model_id, registry, allow_custom=settings.custom_models, pick=files.pick_hub_file
+    )
+    draft_model = draft_model_file(settings, spec_for, files)
     manager = ModelManager(
         registry,
         files,
-        local_engine_opener(settings, hardware, cache),
+        local_engine_opener(settings, hardware, cache, draft_model),
         allow_custom_models=settings.custom_models,
         planner=LocalPlanner(settings, hardware, cache),
         policy=residency_policy(settings),

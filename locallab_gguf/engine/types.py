@@ -335,6 +335,7 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     # The flash-attention setting the context was created with (AUTO: llama.cpp's choice).
     flash_attn: FlashAttention = FlashAttention.AUTO
     rpc: RpcLayers | None = None  # the layers on RPC workers, as loaded
+    draft_model: str | None = None  # the file of the model that drafts for it
 
 
 class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):
@@ -360,6 +361,8 @@ class SpeculationStats(msgspec.Struct, frozen=True, kw_only=True):
     ngram_accepted: int = 0
     grammar_drafted: int = 0  # the text the request's grammar forces
     grammar_accepted: int = 0
+    model_drafted: int = 0  # the draft model's guesses (--draft-model)
+    model_accepted: int = 0
 
 
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -445,6 +448,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # grammar, at most draft_max tokens per slot and step.
     speculative: bool = True
     draft_max: int = 16
+    draft_model: str | None = None  # path of a smaller model of the same vocabulary that drafts
     rpc: RpcLayers | None = None  # set: some layers run on RPC workers
 
     def __post_init__(self) -> None:

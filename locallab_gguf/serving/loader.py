@@ -21,8 +21,9 @@ from locallab_gguf.engine.types import (
     quantized_v_needs_flash_attention,
 )
 from locallab_gguf.engine.worker.launch import open_engine
-from locallab_gguf.errors import ConfigError
+from locallab_gguf.errors import ConfigError, LocalLabError
 from locallab_gguf.models.aliases import parse_alias_flags
+from locallab_gguf.models.files import ModelFiles
 from locallab_gguf.models.hub_access import HubAccess
 from locallab_gguf.models.registry import ModelSpec, Registry, load_registry_file
 from locallab_gguf.placement.context import plan_load
@@ -256,15 +257,44 @@ class LocalPlanner:
         return functools.partial(gpu_layers_fitting, path, hardware, config, wanted)
 
 
+def draft_model_file(
+    settings: Settings, spec_for: Callable[[str], ModelSpec], files: ModelFiles
+) -> Path | None:
+    """The file of --draft-model: a .gguf path as given, else the registry or hub model it
+    names, downloaded (and checked) now, at start-up, like any model before its first load."""
+    name = settings.draft_model
+    if name is None:
+        return None
+    if settings.speculative == "off":
+        raise ConfigError(
+            "--draft-model drafts for speculative decoding: it needs --speculative auto"
+        )
+    given = Path(name).expanduser()
+    if given.suffix.lower() == ".gguf" and given.is_file():
+        return given
+    try:
+        spec = spec_for(name)
+    except LocalLabError as exc:  # an unknown id, a hub name refused or not listed
+        raise ConfigError(f"--draft-model: {exc}") from None
+    if spec.kind != "chat":
+        raise ConfigError(
+            f"--draft-model {name!r} is an {spec.kind} model; a draft model generates"
+        )
+    log.info("draft model %s: %s/%s", spec.id, spec.repo, spec.file)
+    return files.fetch(spec)
+
+
 def local_engine_opener(
     settings: Settings,
     probe: HardwareProbe | None = None,
     cache: PromptCacheBudget | None = None,
+    draft_model: Path | None = None,
 ) -> EngineOpener:
     """Plan the offload on the hardware as it is now (models unloaded to make room have freed
     theirs), then load. Whether the model fits at all is the manager's to judge first.
 
     `probe` reads GPUs and memory (default: this machine's); tests simulate readings.
+    `draft_model` (draft_model_file) drafts for every chat model it opens.
     """
     hardware_probe = probe or machine_probe()
 
@@ -274,6 +304,8 @@ def local_engine_opener(
 
         planned = await asyncio.to_thread(plan)
         config = planned_config(engine_config(settings, spec, cache), planned)
+        if draft_model is not None and config.embedding is None:
+            config = msgspec.structs.replace(config, draft_model=str(draft_model))
         log_offload_plan(spec.id, planned, config)
         return await open_engine(
             path,

@@ -329,8 +329,8 @@ def _speculation_metrics(models: Iterable[ResidentModel]) -> Iterable[Metric]:
     """Each resident model's speculative decoding: drafted tokens and those kept, by source."""
     drafted = CounterMetricFamily(
         "locallab_speculative_tokens_drafted",
-        "Tokens drafted ahead for speculative decoding, by source: prompt lookup (ngram) and "
-        "the text a request's grammar forces (grammar)",
+        "Tokens drafted ahead for speculative decoding, by source: prompt lookup (ngram), "
+        "the text a request's grammar forces (grammar) and the draft model (model)",
         labels=["model", "source"],
     )
     accepted = CounterMetricFamily(
@@ -340,7 +340,7 @@ def _speculation_metrics(models: Iterable[ResidentModel]) -> Iterable[Metric]:
     )
     for model in models:
         stats, name = model.engine.stats().speculation, model.spec.id
-        for source in ("ngram", "grammar"):
+        for source in ("ngram", "grammar", "model"):
             drafted.add_metric([name, source], float(getattr(stats, f"{source}_drafted")))
             accepted.add_metric([name, source], float(getattr(stats, f"{source}_accepted")))
     yield from (drafted, accepted)

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
+from locallab_gguf.engine.runtime.draft_model import VocabularyMismatch
 from locallab_gguf.engine.runtime.job import Job
 from locallab_gguf.engine.runtime.speculation import Draft, DraftSource
 from locallab_gguf.engine.types import (
@@ -36,6 +37,7 @@ from locallab_gguf.engine.types import (
 from locallab_gguf.models.registry import Registry
 from tests.conftest import DEFAULT_ID, DETERMINISTIC_SETTINGS
 from tests.support.engine_harness import EngineHarness, running_engine
+from tests.support.two_models import assembled_gemma
 
 SETTINGS = msgspec.structs.replace(DETERMINISTIC_SETTINGS, parallel=2)
 PASSAGE = (
@@ -256,3 +258,56 @@ def test_a_request_that_turns_speculation_off_is_never_drafted(engine: EngineHar
     engine.run(chat(COPY, speculative=False, max_tokens=40))
     after = engine.engine.stats().speculation
     assert after == before
+
+
+STORY = "Write a short story about a lighthouse keeper and a storm."
+
+
+def test_the_model_as_its_own_draft_model_gives_the_same_answer_and_is_always_kept(
+    registry: Registry, model_path: Path
+) -> None:
+    # A story repeats nothing, so prompt lookup has little to draft: most drafts come from
+    # the draft model, here the served model itself, whose greedy guess is what the target
+    # picks (the deterministic mode gives both the same arithmetic).
+    request = chat(STORY, max_tokens=80)
+    with running_engine(
+        model_path, registry.get(DEFAULT_ID), SETTINGS, draft_model=model_path
+    ) as engine:
+        assert engine.engine.info.draft_model == model_path.name
+        plain, speculated = with_and_without(engine, request)
+        again = answer(engine.run(request))  # the draft's KV now holds the prompt: reused
+        stats = engine.engine.stats().speculation
+    assert speculated == plain
+    assert again == plain
+    assert stats.model_drafted > 0
+    assert stats.model_accepted == stats.model_drafted
+
+
+def test_the_draft_model_drafts_for_each_slot_from_its_own_tokens(
+    registry: Registry, model_path: Path
+) -> None:
+    requests = [chat(STORY, max_tokens=48), chat("Write a short poem about rain.", max_tokens=48)]
+    with running_engine(
+        model_path, registry.get(DEFAULT_ID), SETTINGS, draft_model=model_path
+    ) as engine:
+        references = [answer(engine.run(replace(r, speculative=False))) for r in requests]
+        ids = [engine.submit(request) for request in requests]
+        together = [answer(engine.sink.wait_ended(job_id)) for job_id in ids]
+        stats = engine.engine.stats().speculation
+    assert together == references
+    assert stats.model_accepted == stats.model_drafted > 0
+
+
+def test_a_draft_model_with_another_vocabulary_is_refused_when_the_engine_opens(
+    registry: Registry, model_path: Path
+) -> None:
+    gemma = assembled_gemma()
+    spec = registry.get(DEFAULT_ID)
+    with (
+        pytest.raises(VocabularyMismatch) as refused,
+        running_engine(model_path, spec, SETTINGS, draft_model=gemma),
+    ):
+        pass
+    message = str(refused.value)
+    assert gemma.name in message and model_path.name in message
+    assert "vocabulary" in message

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
+
 from locallab_gguf.engine.runtime.scheduler import BatchEngine, open_batch_engine
 from locallab_gguf.engine.runtime.speculation import Drafter
 from locallab_gguf.engine.types import Event, EventBatch, Failed, Finished, GenerationRequest
@@ -75,12 +77,19 @@ class EngineHarness:
 
 @contextlib.contextmanager
 def running_engine(
-    path: Path, spec: ModelSpec, settings: Settings, drafter: Drafter | None = None
+    path: Path,
+    spec: ModelSpec,
+    settings: Settings,
+    drafter: Drafter | None = None,
+    draft_model: Path | None = None,
 ) -> Iterator[EngineHarness]:
     """The model at `path` in a BatchEngine configured as the server would configure it;
-    `drafter` replaces the engine's own speculative drafts."""
+    `drafter` replaces the engine's own speculative drafts; `draft_model` drafts beside them."""
     sink = CollectingSink()
-    engine = open_batch_engine(path, 0, engine_config(settings, spec), sink, drafter=drafter)
+    config = engine_config(settings, spec)
+    if draft_model is not None:
+        config = msgspec.structs.replace(config, draft_model=str(draft_model))
+    engine = open_batch_engine(path, 0, config, sink, drafter=drafter)
     try:
         yield EngineHarness(engine, sink)
     finally:

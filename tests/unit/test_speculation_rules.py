@@ -16,6 +16,7 @@ from locallab_gguf.engine.runtime.speculation import (
     MAX_PAUSE,
     PROBE_EVERY,
     PROBE_LENGTH,
+    DraftSource,
     DraftState,
     draft_budget,
     required_acceptance,
@@ -119,14 +120,14 @@ def test_prompt_lookup_follows_a_history_that_grows_and_one_that_was_cut() -> No
 def test_a_draft_grows_while_kept_and_shrinks_to_what_was_kept() -> None:
     state = DraftState(draft_max=16)
     first = state.length
-    state.record(first, first, 16)
+    state.record(first, first, 16, DraftSource.NGRAM)
     assert state.length == 2 * first
-    state.record(2 * first, 2, 16)
+    state.record(2 * first, 2, 16, DraftSource.NGRAM)
     assert state.length == 3
-    state.record(3, 3, 16)
-    state.record(6, 6, 16)
+    state.record(3, 3, 16, DraftSource.NGRAM)
+    state.record(6, 6, 16, DraftSource.NGRAM)
     assert state.length == 12
-    state.record(12, 12, 16)
+    state.record(12, 12, 16, DraftSource.NGRAM)
     assert state.length == 16  # --draft-max
 
 
@@ -135,22 +136,23 @@ def test_a_request_whose_drafts_fail_pauses_longer_each_time() -> None:
     pauses = []
     for _ in range(8):
         assert state.may_guess()
-        state.record(state.length, 0, 16)
+        state.record(state.length, 0, 16, DraftSource.NGRAM)
         skipped = 0
         while not state.may_guess():
             skipped += 1
         pauses.append(skipped)
     assert pauses == [1, 2, 4, 8, 16, 32, 32, 32]
     assert max(pauses) == MAX_PAUSE
-    state.record(state.length, 1, 16)  # a kept token: the next failure pauses 1 step again
-    state.record(state.length, 0, 16)
+    # A kept token: the next failure pauses 1 step again.
+    state.record(state.length, 1, 16, DraftSource.NGRAM)
+    state.record(state.length, 0, 16, DraftSource.NGRAM)
     assert not state.may_guess()
     assert state.may_guess()
 
 
 def test_failed_grammar_drafts_do_not_pause_prompt_lookup() -> None:
     state = DraftState(draft_max=16)
-    state.record(4, 0, 16, guessed=False)
+    state.record(4, 0, 16, DraftSource.GRAMMAR)
     assert state.may_guess()
 
 
@@ -186,8 +188,8 @@ def test_drafts_must_be_kept_more_often_to_pay_in_a_larger_batch() -> None:
 def test_a_request_below_the_bar_drafts_only_a_short_probe_now_and_then() -> None:
     state = DraftState(draft_max=16)
     state.required = 0.99
-    allowed = [state.allowance(8, guessed=True) for _ in range(2 * PROBE_EVERY)]
+    allowed = [state.allowance(8, DraftSource.NGRAM) for _ in range(2 * PROBE_EVERY)]
     assert allowed.count(0) == 2 * PROBE_EVERY - 2
     assert set(allowed) == {0, PROBE_LENGTH}
     state.required = 0.1
-    assert state.allowance(8, guessed=True) == 8
+    assert state.allowance(8, DraftSource.NGRAM) == 8

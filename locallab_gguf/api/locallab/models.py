@@ -49,6 +49,7 @@ def describe(model: ResidentModel) -> ModelDescription:
         n_gpu_layers=info.n_gpu_layers,
         chat_template_source=info.chat_template_source,
         parallel=info.parallel,
+        draft_model=info.draft_model,
     )
 
 

@@ -160,6 +160,7 @@ class ModelDescription(msgspec.Struct):
     chat_template_source: Literal["gguf", "registry"] | None
     parallel: int
     is_loaded: bool = True
+    draft_model: str | None = None  # the file of the model drafting for it (--draft-model)
 
 
 class LoadResponse(msgspec.Struct):
@@ -334,12 +335,14 @@ class PromptReuseBody(msgspec.Struct, kw_only=True):
 
 class SpeculationBody(msgspec.Struct, kw_only=True):
     """Tokens drafted ahead and, of them, those the model confirmed, by source: prompt lookup
-    (ngram) and the text a grammar forces (grammar)."""
+    (ngram), the text a grammar forces (grammar) and the draft model (model)."""
 
     ngram_drafted: int
     ngram_accepted: int
     grammar_drafted: int
     grammar_accepted: int
+    model_drafted: int
+    model_accepted: int
 
 
 class EngineStatsBody(msgspec.Struct, kw_only=True):

@@ -35,13 +35,14 @@ import llama_cpp
 
 from locallab_gguf.engine.encode.chat_encoder import ChatEncoder
 from locallab_gguf.engine.runtime.admission import Admission
+from locallab_gguf.engine.runtime.draft_model import DraftModel, open_draft_model
 from locallab_gguf.engine.runtime.drafts import RequestDrafter, plan_drafts
 from locallab_gguf.engine.runtime.job import Job, JobPhase, Slot
 from locallab_gguf.engine.runtime.kv import KvPool
 from locallab_gguf.engine.runtime.llama import LlamaModel, create_context
 from locallab_gguf.engine.runtime.slot_reuse import SlotReuse, best_slot, open_prompt_cache
 from locallab_gguf.engine.runtime.speculation import Drafter
-from locallab_gguf.engine.runtime.step import Step, fill_batch
+from locallab_gguf.engine.runtime.step import Step, fill_batch, prompt_chunk
 from locallab_gguf.engine.runtime.verify import TokenPicker
 from locallab_gguf.engine.types import (
     Accepted,
@@ -69,14 +70,6 @@ log = logging.getLogger(__name__)
 Deliver = Callable[[EventBatch], None]
 T = TypeVar("T")
 
-# In the deterministic mode a slot's prompt advances at most this many tokens per step.
-# llama.cpp's CPU flash attention switches to a tiled kernel at 64 queries per sequence, and the
-# two kernels round differently: staying below it gives every token the same arithmetic whether
-# it is evaluated in a long prompt, in a short remainder after a cache hit, or one at a time, so
-# reusing a cached prefix or sharing a batch never changes a greedy answer. It costs a factor
-# of about five on long prompts on CPUs (the narrow kernel is slow on long contexts), which is
-# why the default mode takes chunks as large as the batch.
-DETERMINISTIC_PROMPT_CHUNK = 63
 THROUGHPUT_WINDOW_S = 10.0
 
 
@@ -88,6 +81,7 @@ class BatchEngine:
         deliver: Deliver,
         hooks: EngineHooks | None = None,
         drafter: Drafter | None = None,
+        draft_model: DraftModel | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -107,7 +101,7 @@ class BatchEngine:
             else llama_cpp.llama_n_ctx_seq(self._context)
         )
         self._kv = KvPool(self._context, unified)
-        self._prompt_chunk = DETERMINISTIC_PROMPT_CHUNK if config.deterministic else config.n_batch
+        self._prompt_chunk = prompt_chunk(config)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
         self.info = EngineInfo(
             context_length=self.n_ctx,
@@ -123,13 +117,15 @@ class BatchEngine:
             cache_type_v=config.cache_type_v,
             flash_attn=config.effective_flash_attn,
             rpc=config.rpc,
+            draft_model=draft_model.info.file if draft_model is not None else None,
         )
         self._slots = [Slot(seq_id) for seq_id in range(config.n_parallel)]
         self._reuse = SlotReuse(self._kv, self._slots, open_prompt_cache(model, config))
         # Embeddings from this model, in a context of their own opened on first use.
         self.encoder = ChatEncoder(model, config)
         self._step = 0
-        self._drafter: Drafter = drafter or RequestDrafter(model)
+        self._draft_model = draft_model  # closed with the engine
+        self._drafter: Drafter = drafter or RequestDrafter(model, draft_model)
         self._picker = TokenPicker(
             self._context,
             model,
@@ -229,6 +225,8 @@ class BatchEngine:
         self.encoder.close(drain)
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._context)
+        if self._draft_model is not None:
+            self._draft_model.close()
         self.model.close()
 
     def _refusal_locked(self) -> Exception | None:
@@ -414,10 +412,15 @@ def open_batch_engine(
     hooks: EngineHooks | None = None,
     drafter: Drafter | None = None,
 ) -> BatchEngine:
-    """Load the model and start its engine; the model is freed if the engine cannot start."""
+    """Load the model (and its draft model) and start its engine; what was loaded is freed if
+    the engine cannot start."""
     model = LlamaModel(path, n_gpu_layers=n_gpu_layers, rpc=config.rpc)
+    draft_model = None
     try:
-        return BatchEngine(model, config, deliver, hooks, drafter)
+        draft_model = open_draft_model(model, config)
+        return BatchEngine(model, config, deliver, hooks, drafter, draft_model)
     except BaseException:
+        if draft_model is not None:
+            draft_model.close()
         model.close()
         raise

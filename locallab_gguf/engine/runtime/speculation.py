@@ -51,7 +51,12 @@ class DraftSource(enum.Enum):
 
     NGRAM = "ngram"  # prompt lookup: the request's own prompt and output
     GRAMMAR = "grammar"  # the text its grammar forces
+    MODEL = "model"  # the greedy guesses of a smaller model (--draft-model)
     TEST = "test"  # a drafter a test injects
+
+
+# The sources whose failed drafts pause prompt lookup (DraftState.may_guess).
+PAUSING = frozenset({DraftSource.NGRAM, DraftSource.TEST})
 
 
 class Draft:
@@ -72,16 +77,16 @@ class DraftState:
     """One request's drafting state: how long its next draft may be, the pause of its prompt
     lookup, and the index of its text for prompt lookup.
 
-    Only guesses pause: a grammar's forced text costs one look at the grammar to find and is
-    nearly always kept, so failed lookups inside a JSON value never hold back its next key."""
+    Only prompt lookup pauses: a grammar's forced text costs one look at the grammar to find and
+    is nearly always kept, so failed lookups inside a JSON value never hold back its next key;
+    a draft model is held back by its own acceptance estimate alone."""
 
     __slots__ = (
-        "grammar_rate",
-        "guess_rate",
         "length",
         "lookup",
         "pause_next",
         "paused",
+        "rates",
         "required",
         "since_probe",
     )
@@ -91,18 +96,21 @@ class DraftState:
         self.length = min(FIRST_DRAFT, draft_max)
         self.paused = 0  # steps left without prompt lookup
         self.pause_next = 1
-        # Estimates of the share of drafted tokens kept, by kind of source; a grammar's
-        # forced text is nearly always kept.
-        self.grammar_rate = 0.9
-        self.guess_rate = 0.6
+        # Estimates of the share of drafted tokens kept, by source; a grammar's forced text is
+        # nearly always kept.
+        self.rates = {
+            DraftSource.GRAMMAR: 0.9,
+            DraftSource.NGRAM: 0.6,
+            DraftSource.MODEL: 0.6,
+            DraftSource.TEST: 0.6,
+        }
         self.required = 0.0  # the acceptance drafts need this step (required_acceptance)
         self.since_probe = 0
 
-    def allowance(self, most: int, guessed: bool) -> int:
-        """Tokens a draft from this kind of source may have this step: `most` while its
-        acceptance pays for the step's size, a short probe now and then, else none."""
-        rate = self.guess_rate if guessed else self.grammar_rate
-        if rate >= self.required:
+    def allowance(self, most: int, source: DraftSource) -> int:
+        """Tokens a draft from this source may have this step: `most` while its acceptance
+        pays for the step's size, a short probe now and then, else none."""
+        if self.rates[source] >= self.required:
             return most
         self.since_probe += 1
         if self.since_probe < PROBE_EVERY:
@@ -117,17 +125,17 @@ class DraftState:
             return False
         return True
 
-    def record(self, drafted: int, kept: int, draft_max: int, guessed: bool = True) -> None:
-        """A draft's outcome; `guessed`: it came from a source that pauses when it fails."""
+    def record(self, drafted: int, kept: int, draft_max: int, source: DraftSource) -> None:
+        """A draft's outcome: the next draft's length, the source's acceptance estimate, and
+        for prompt lookup (and a test's drafter) a pause after a draft nothing of was kept."""
         if kept == drafted:
             self.length = min(draft_max, 2 * self.length)
         else:
             self.length = max(1, kept + 1)
         share = kept / drafted if drafted else 0.0
-        if not guessed:
-            self.grammar_rate += RATE_WEIGHT * (share - self.grammar_rate)
+        self.rates[source] += RATE_WEIGHT * (share - self.rates[source])
+        if source not in PAUSING:
             return
-        self.guess_rate += RATE_WEIGHT * (share - self.guess_rate)
         if kept == 0:
             self.paused = self.pause_next
             self.pause_next = min(MAX_PAUSE, 2 * self.pause_next)
@@ -182,4 +190,6 @@ class SpeculationCounters:
                 ngram_accepted=self._kept[DraftSource.NGRAM],
                 grammar_drafted=self._drafted[DraftSource.GRAMMAR],
                 grammar_accepted=self._kept[DraftSource.GRAMMAR],
+                model_drafted=self._drafted[DraftSource.MODEL],
+                model_accepted=self._kept[DraftSource.MODEL],
             )

@@ -7,10 +7,25 @@ from typing import Any
 
 from locallab_gguf.engine.runtime.job import Job, JobPhase
 from locallab_gguf.engine.runtime.llama import put_token
+from locallab_gguf.engine.types import EngineConfig
 
 # While other slots are generating, prompts get at most this many tokens of a step, so those
 # streams pause for one short chunk at a time rather than for a whole long prompt.
 MIXED_PROMPT_BUDGET = 128
+
+# In the deterministic mode a slot's prompt advances at most this many tokens per step.
+# llama.cpp's CPU flash attention switches to a tiled kernel at 64 queries per sequence, and the
+# two kernels round differently: staying below it gives every token the same arithmetic whether
+# it is evaluated in a long prompt, in a short remainder after a cache hit, or one at a time, so
+# reusing a cached prefix or sharing a batch never changes a greedy answer. It costs a factor
+# of about five on long prompts on CPUs (the narrow kernel is slow on long contexts), which is
+# why the default mode takes chunks as large as the batch.
+DETERMINISTIC_PROMPT_CHUNK = 63
+
+
+def prompt_chunk(config: EngineConfig) -> int:
+    """The most tokens of one prompt a decode reads."""
+    return DETERMINISTIC_PROMPT_CHUNK if config.deterministic else config.n_batch
 
 
 class Step:

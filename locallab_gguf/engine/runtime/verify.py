@@ -20,7 +20,7 @@ from locallab_gguf.engine.runtime.job import Job, JobPhase
 from locallab_gguf.engine.runtime.llama import LlamaModel
 from locallab_gguf.engine.runtime.logprobs import read_distribution
 from locallab_gguf.engine.runtime.slot_reuse import SlotReuse
-from locallab_gguf.engine.runtime.speculation import DraftSource, SpeculationCounters
+from locallab_gguf.engine.runtime.speculation import SpeculationCounters
 from locallab_gguf.engine.types import EventBatch, FinishReason
 from locallab_gguf.engine.worker.activity import Doing
 from locallab_gguf.engine.worker.hooks import EngineHooks
@@ -84,8 +84,7 @@ class TokenPicker:
             if drafted:
                 self._reuse.truncate(slot, before + 1 + kept)
                 assert draft is not None and job.drafting is not None
-                guessed = draft.source is not DraftSource.GRAMMAR
-                job.drafting.record(len(drafted), kept, self._draft_max, guessed)
+                job.drafting.record(len(drafted), kept, self._draft_max, draft.source)
                 self.counters.count(draft.source, len(drafted), kept)
         return job.completion_tokens - completed
 
