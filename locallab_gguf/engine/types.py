@@ -336,6 +336,7 @@ class EngineInfo(msgspec.Struct, frozen=True, kw_only=True):
     flash_attn: FlashAttention = FlashAttention.AUTO
     rpc: RpcLayers | None = None  # the layers on RPC workers, as loaded
     draft_model: str | None = None  # the file of the model that drafts for it
+    draft_model_refused: str | None = None  # why --draft-model does not draft for it
 
 
 class PromptReuse(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,5 +1,6 @@
 """--draft-model through the real server: a smaller model of the same vocabulary drafts for
-the served one, and a model of another vocabulary is refused with the reason."""
+the served one; a model of another vocabulary is refused for it, with the reason, and the
+model is served without a draft model."""
 
 from __future__ import annotations
 
@@ -37,20 +38,22 @@ def test_a_draft_model_named_by_its_registry_id_drafts_for_the_served_model(
         assert 'source="model"' in metrics
 
 
-def test_a_draft_model_with_another_vocabulary_fails_the_load_naming_both_models(
+def test_a_draft_model_with_another_vocabulary_is_refused_for_that_model_which_still_serves(
     registry: Registry, model_path: Path
 ) -> None:
     gemma = assembled_gemma()
     opener = local_engine_opener(TEST_SETTINGS, draft_model=gemma)
     manager = ModelManager(registry, ModelFiles(), opener)
     app = app_of(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)
-    with serving(app, wait_for="failed") as running:
+    with serving(app) as running:
         body = {"model": DEFAULT_ID, "messages": STORY, "max_tokens": 8}
         reply = running.client.post("/v1/chat/completions", json=body)
-        assert reply.status_code >= 500, reply.text
-        message = reply.json()["error"]["message"]
-        assert "vocabulary" in message
-        assert gemma.name in message and model_path.name in message
+        assert reply.status_code == 200, reply.text
+        current = running.client.get("/models/current").json()
+        assert current["draft_model"] is None
+        refused = current["draft_model_refused"]
+        assert "vocabulary" in refused
+        assert gemma.name in refused and model_path.name in refused
 
 
 def test_a_draft_model_the_server_cannot_use_stops_it_at_start_up() -> None:

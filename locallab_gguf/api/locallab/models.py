@@ -50,6 +50,7 @@ def describe(model: ResidentModel) -> ModelDescription:
         chat_template_source=info.chat_template_source,
         parallel=info.parallel,
         draft_model=info.draft_model,
+        draft_model_refused=info.draft_model_refused,
     )
 
 

@@ -161,6 +161,7 @@ class ModelDescription(msgspec.Struct):
     parallel: int
     is_loaded: bool = True
     draft_model: str | None = None  # the file of the model drafting for it (--draft-model)
+    draft_model_refused: str | None = None  # why --draft-model does not draft for this one
 
 
 class LoadResponse(msgspec.Struct):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import llama_cpp
 import msgspec
@@ -64,20 +64,36 @@ def check_vocabularies(target: LlamaModel, draft: LlamaModel) -> None:
             raise refuse(f"token {token} is {texts[1]!r} there and {texts[0]!r} here")
 
 
-def open_draft_model(target: LlamaModel, config: EngineConfig) -> DraftModel | None:
-    """The configured draft model for `target`, or None (none set, speculation off, or a
-    model that does not generate). It goes where the target's layers go: all on the GPU when
-    the target is wholly there, else on the CPU."""
+class DraftChoice(NamedTuple):
+    """What drafts for a model: the draft model, or none and, when one was configured but
+    cannot draft for this model, why."""
+
+    model: DraftModel | None
+    refused: str | None = None
+
+
+def open_draft_model(target: LlamaModel, config: EngineConfig) -> DraftChoice:
+    """The configured draft model for `target` (none when none is set, speculation is off or
+    the model does not generate). It goes where the target's layers go: all on the GPU when the
+    target is wholly there, else on the CPU.
+
+    A draft model of another vocabulary is refused for this model alone, which is served
+    without it: a server holds models of several families, and one --draft-model suits only
+    its own family. The reason is logged and shown with the model (/models/current)."""
     if config.draft_model is None or not config.speculative or config.embedding is not None:
-        return None
+        return DraftChoice(None)
     on_gpu = target.n_gpu_layers >= target.n_layer > 0
-    draft = DraftModel(
-        target,
-        Path(config.draft_model),
-        config,
-        config.context_per_slot(target.n_ctx_train),
-        n_gpu_layers=-1 if on_gpu else 0,
-    )
+    try:
+        draft = DraftModel(
+            target,
+            Path(config.draft_model),
+            config,
+            config.context_per_slot(target.n_ctx_train),
+            n_gpu_layers=-1 if on_gpu else 0,
+        )
+    except VocabularyMismatch as exc:
+        log.warning("%s; %s is served without a draft model", exc, target.path.name)
+        return DraftChoice(None, str(exc))
     log.info(
         "draft model %s: %d layers, %s, %s; drafts for %s",
         draft.info.file,
@@ -86,7 +102,7 @@ def open_draft_model(target: LlamaModel, config: EngineConfig) -> DraftModel | N
         "on the GPU" if on_gpu else "on the CPU",
         target.path.name,
     )
-    return draft
+    return DraftChoice(draft)
 
 
 class DraftModelInfo(msgspec.Struct, frozen=True):

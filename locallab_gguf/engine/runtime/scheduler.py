@@ -35,7 +35,7 @@ import llama_cpp
 
 from locallab_gguf.engine.encode.chat_encoder import ChatEncoder
 from locallab_gguf.engine.runtime.admission import Admission
-from locallab_gguf.engine.runtime.draft_model import DraftModel, open_draft_model
+from locallab_gguf.engine.runtime.draft_model import DraftChoice, open_draft_model
 from locallab_gguf.engine.runtime.drafts import RequestDrafter, plan_drafts
 from locallab_gguf.engine.runtime.job import Job, JobPhase, Slot
 from locallab_gguf.engine.runtime.kv import KvPool
@@ -81,8 +81,9 @@ class BatchEngine:
         deliver: Deliver,
         hooks: EngineHooks | None = None,
         drafter: Drafter | None = None,
-        draft_model: DraftModel | None = None,
+        draft: DraftChoice | None = None,
     ) -> None:
+        draft = draft or DraftChoice(None)
         self.model = model
         self.config = config
         self._deliver = deliver
@@ -117,15 +118,16 @@ class BatchEngine:
             cache_type_v=config.cache_type_v,
             flash_attn=config.effective_flash_attn,
             rpc=config.rpc,
-            draft_model=draft_model.info.file if draft_model is not None else None,
+            draft_model=draft.model.info.file if draft.model is not None else None,
+            draft_model_refused=draft.refused,
         )
         self._slots = [Slot(seq_id) for seq_id in range(config.n_parallel)]
         self._reuse = SlotReuse(self._kv, self._slots, open_prompt_cache(model, config))
         # Embeddings from this model, in a context of their own opened on first use.
         self.encoder = ChatEncoder(model, config)
         self._step = 0
-        self._draft_model = draft_model  # closed with the engine
-        self._drafter: Drafter = drafter or RequestDrafter(model, draft_model)
+        self._draft_model = draft.model  # closed with the engine
+        self._drafter: Drafter = drafter or RequestDrafter(model, draft.model)
         self._picker = TokenPicker(
             self._context,
             model,
@@ -415,12 +417,12 @@ def open_batch_engine(
     """Load the model (and its draft model) and start its engine; what was loaded is freed if
     the engine cannot start."""
     model = LlamaModel(path, n_gpu_layers=n_gpu_layers, rpc=config.rpc)
-    draft_model = None
+    draft = DraftChoice(None)
     try:
-        draft_model = open_draft_model(model, config)
-        return BatchEngine(model, config, deliver, hooks, drafter, draft_model)
+        draft = open_draft_model(model, config)
+        return BatchEngine(model, config, deliver, hooks, drafter, draft)
     except BaseException:
-        if draft_model is not None:
-            draft_model.close()
+        if draft.model is not None:
+            draft.model.close()
         model.close()
         raise
