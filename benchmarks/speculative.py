@@ -274,6 +274,12 @@ def median(rows: list[dict[str, Any]], key: str) -> float:
     return float(statistics.median(row[key] for row in rows)) if rows else float("nan")
 
 
+def spread(rows: list[dict[str, Any]], key: str, digits: int = 1) -> str:
+    """The lowest and highest of the runs, beside their median: these machines are noisy."""
+    values = [row[key] for row in rows]
+    return f"{min(values):.{digits}f}-{max(values):.{digits}f}" if values else ""
+
+
 # (workload, metric, server, over server, at least): the issue's targets.
 TARGETS = [
     ("edit", "decode_tokens_per_s", SPEC, PEER_SPEC, 1.3),
@@ -296,25 +302,29 @@ def table(measured: dict[str, Any]) -> list[dict[str, Any]]:
                 # Greedy answers with and without speculation may differ where the batch
                 # shape changes the kernels' rounding (not in --deterministic): the counts
                 # show when they did.
-                rows.append(
-                    {"what": f"{workload} {server} tokens", "value": median(records, "tokens")}
-                )
-                for metric in ("end_to_end_tokens_per_s", "decode_tokens_per_s"):
+                for metric in ("tokens", "end_to_end_tokens_per_s", "decode_tokens_per_s"):
                     if metric in records[0]:
                         rows.append(
                             {
                                 "what": f"{workload} {server} {metric}",
                                 "value": median(records, metric),
+                                "spread": spread(records, metric),
                             }
                         )
     for workload, metric, server, other, bound in TARGETS:
         if workload not in runs or not runs[workload].get(server) or not runs[workload].get(other):
             continue
         ratio = median(runs[workload][server], metric) / median(runs[workload][other], metric)
+        # Each run's own ratio (the two servers ran it one after the other): their range.
+        pairs = [
+            {"ratio": mine[metric] / theirs[metric]}
+            for mine, theirs in zip(runs[workload][server], runs[workload][other], strict=False)
+        ]
         rows.append(
             {
                 "what": f"{workload} {metric}: {server} / {other}",
                 "value": ratio,
+                "spread": spread(pairs, "ratio", digits=2),
                 "target": f">= {bound}",
                 "verdict": verdict(ratio, ">=", bound),
             }
@@ -362,7 +372,8 @@ def main() -> int:
     rows = table(measured)
     for row in rows:
         target = f"  {row['target']:>8}  {row['verdict']}" if "target" in row else ""
-        print(f"{row['what']:<72} {row['value']:8.2f}{target}")
+        runs = f"  ({row['spread']})" if row.get("spread") else ""
+        print(f"{row['what']:<72} {row['value']:8.2f}{target}{runs}")
     print("acceptance (ours):", json.dumps(measured["acceptance"]))
     record = {"machine": machine_record(args.threads), "rows": rows, **measured}
     args.json.write_text(json.dumps(record, indent=2))
