@@ -1,9 +1,10 @@
 """Speculative decoding as the API surfaces offer it: a `speculative` flag per request on
-LocalLab's, OpenAI's and Ollama's routes, and drafted and accepted tokens in /system/info and
-/metrics."""
+LocalLab's, OpenAI's (chat completions and Responses) and Ollama's routes, and drafted and
+accepted tokens in /system/info and /metrics."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,22 +20,62 @@ PASSAGE = (
 COPY = f"{PASSAGE}\n\nRepeat the text above exactly."
 MESSAGES = [{"role": "user", "content": COPY}]
 
+Reader = Callable[[Any], Any]
+
+
+def at(path: str) -> Reader:
+    """Reads the value at a dotted path ("choices.0.message.content") of an answer."""
+
+    def read(answer: Any) -> Any:
+        for key in path.split("."):
+            answer = answer[int(key)] if key.isdigit() else answer[key]
+        return answer
+
+    return read
+
+
+def output_text(response: Any) -> str:
+    """A Responses API answer's text: its message items' output_text parts, as the SDKs'
+    `output_text` joins them (a thinking model puts a reasoning item before the message)."""
+    return "".join(
+        part["text"]
+        for item in response["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+        if part["type"] == "output_text"
+    )
+
+
 # (route, body without the flag, where the flag goes, how the answer's text is read)
-SURFACES: list[tuple[str, dict[str, Any], str, str]] = [
-    ("/generate", {"prompt": COPY, "max_length": 24, "temperature": 0}, "", "response"),
+SURFACES: list[tuple[str, dict[str, Any], str, Reader]] = [
+    ("/generate", {"prompt": COPY, "max_length": 24, "temperature": 0}, "", at("response")),
     (
         "/v1/chat/completions",
         {"model": DEFAULT_ID, "messages": MESSAGES, "max_tokens": 24, "temperature": 0},
         "",
-        "choices.0.message.content",
+        at("choices.0.message.content"),
+    ),
+    (
+        "/v1/responses",
+        {"model": DEFAULT_ID, "input": COPY, "max_output_tokens": 24, "temperature": 0},
+        "",
+        output_text,
     ),
     (
         "/api/chat",
         {"model": DEFAULT_ID, "messages": MESSAGES, "stream": False},
         "options",
-        "message.content",
+        at("message.content"),
     ),
 ]
+ROUTES = [route for route, *_ in SURFACES]
+# Where each surface's error shape carries its message.
+ERROR_MESSAGE: dict[str, Reader] = {
+    "/generate": at("detail"),
+    "/v1/chat/completions": at("error.message"),
+    "/v1/responses": at("error.message"),
+    "/api/chat": at("error"),
+}
 
 
 def with_flag(body: dict[str, Any], where: str, value: Any) -> dict[str, Any]:
@@ -44,33 +85,31 @@ def with_flag(body: dict[str, Any], where: str, value: Any) -> dict[str, Any]:
     return {**body, where: options}
 
 
-def read(answer: Any, path: str) -> Any:
-    for key in path.split("."):
-        answer = answer[int(key)] if key.isdigit() else answer[key]
-    return answer
-
-
-@pytest.mark.parametrize(("route", "body", "where", "text"), SURFACES)
+@pytest.mark.parametrize(("route", "body", "where", "text"), SURFACES, ids=ROUTES)
 def test_a_request_may_turn_speculation_off_and_gets_the_same_answer(
-    deterministic_server: RunningServer, route: str, body: dict[str, Any], where: str, text: str
+    deterministic_server: RunningServer,
+    route: str,
+    body: dict[str, Any],
+    where: str,
+    text: Reader,
 ) -> None:
     client = deterministic_server.client
     answers = []
     for value in (False, True):
         reply = client.post(route, json=with_flag(body, where, value))
         assert reply.status_code == 200, reply.text
-        answers.append(read(reply.json(), text))
+        answers.append(text(reply.json()))
     assert answers[0] == answers[1]
     assert answers[0]
 
 
-@pytest.mark.parametrize(("route", "body", "where", "text"), SURFACES)
+@pytest.mark.parametrize(("route", "body", "where", "text"), SURFACES, ids=ROUTES)
 def test_a_speculative_flag_that_is_not_a_boolean_is_a_400_naming_it(
-    server: RunningServer, route: str, body: dict[str, Any], where: str, text: str
+    server: RunningServer, route: str, body: dict[str, Any], where: str, text: Reader
 ) -> None:
     reply = server.client.post(route, json=with_flag(body, where, "sometimes"))
     assert reply.status_code == 400, reply.text
-    assert "speculative" in reply.text
+    assert "speculative" in ERROR_MESSAGE[route](reply.json())
 
 
 def test_system_info_and_metrics_count_drafted_and_accepted_tokens_by_source(

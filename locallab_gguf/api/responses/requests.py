@@ -324,4 +324,5 @@ def generation(
             reasoning_effort=None if data.reasoning is None else data.reasoning.effort,
         ),
         cache_key=data.prompt_cache_key,
+        speculative=data.speculative,
     )

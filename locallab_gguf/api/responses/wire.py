@@ -252,6 +252,8 @@ class ResponseRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream_options: dict[str, Any] | None = None
     # Not OpenAI's: how long the model stays loaded once idle, as in Ollama ("5m", 0, -1).
     keep_alive: KeepAlive = None
+    # Not OpenAI's: false turns speculative decoding off for this request.
+    speculative: bool | None = None
 
 
 # -- The response object -------------------------------------------------------------------
