@@ -1,6 +1,6 @@
 """Speculative decoding as the API surfaces offer it: a `speculative` flag per request on
-LocalLab's, OpenAI's (chat completions and Responses) and Ollama's routes, and drafted and
-accepted tokens in /system/info and /metrics."""
+LocalLab's, OpenAI's (chat completions and Responses), Ollama's and Anthropic's routes, and
+drafted and accepted tokens in /system/info and /metrics."""
 
 from __future__ import annotations
 
@@ -67,6 +67,12 @@ SURFACES: list[tuple[str, dict[str, Any], str, Reader]] = [
         "options",
         at("message.content"),
     ),
+    (
+        "/v1/messages",
+        {"model": DEFAULT_ID, "messages": MESSAGES, "max_tokens": 24, "temperature": 0},
+        "",
+        at("content.0.text"),
+    ),
 ]
 ROUTES = [route for route, *_ in SURFACES]
 # Where each surface's error shape carries its message.
@@ -75,6 +81,7 @@ ERROR_MESSAGE: dict[str, Reader] = {
     "/v1/chat/completions": at("error.message"),
     "/v1/responses": at("error.message"),
     "/api/chat": at("error"),
+    "/v1/messages": at("error.message"),
 }
 
 

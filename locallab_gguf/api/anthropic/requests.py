@@ -142,6 +142,7 @@ def generation_of(data: MessagesRequest) -> GenerationRequest:
         ),
         stop=tuple(stop for stop in data.stop_sequences or () if stop),
         chat=_chat_options(data),
+        speculative=data.speculative,
     )
 
 

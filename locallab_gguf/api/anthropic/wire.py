@@ -158,6 +158,8 @@ class MessagesRequest(CountTokensRequest, kw_only=True):
     top_k: Annotated[int, Meta(ge=0, le=INT32_MAX)] | None = None
     stream: bool = False
     metadata: Metadata | None = None
+    # Not Anthropic's: false turns speculative decoding off for this request.
+    speculative: bool | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True):
