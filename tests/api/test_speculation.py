@@ -1,16 +1,18 @@
 """Speculative decoding as the API surfaces offer it: a `speculative` flag per request on
-LocalLab's, OpenAI's (chat completions and Responses), Ollama's and Anthropic's routes, and
-drafted and accepted tokens in /system/info and /metrics."""
+LocalLab's, OpenAI's (chat completions and Responses), Ollama's and Anthropic's routes, drafted
+and accepted tokens in /system/info and /metrics, and a client that leaves mid-draft."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import DEFAULT_ID
+from tests.conftest import DEFAULT_ID, sse_events
 from tests.support.servers import RunningServer
 
 PASSAGE = (
@@ -141,3 +143,56 @@ def test_system_info_and_metrics_count_drafted_and_accepted_tokens_by_source(
     sources = {sample.labels["source"] for sample in drafted.samples}
     assert sources == {"ngram", "grammar"}
     assert "locallab_speculative_tokens_accepted" in families
+
+
+def ngram_drafted(server: RunningServer) -> int:
+    # Read in-process, not over HTTP: cheap enough to look at after every streamed chunk.
+    drafted: int = server.engine_stats().speculation.ngram_drafted
+    return drafted
+
+
+def streamed_chat(http: httpx.Client, body: dict[str, Any]) -> tuple[str, str | None]:
+    """A whole streamed chat answer: its text and its finish_reason."""
+    with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+        assert reply.status_code == 200, reply.read()
+        chunks = [json.loads(event) for event in sse_events(reply.iter_lines())[:-1]]
+    text = "".join(chunk["choices"][0]["delta"].get("content") or "" for chunk in chunks)
+    return text, chunks[-1]["choices"][0]["finish_reason"]
+
+
+def test_a_client_that_leaves_mid_draft_frees_its_slot_and_changes_no_later_answer(
+    deterministic_server: RunningServer,
+) -> None:
+    server = deterministic_server
+    # The answer copies its prompt, so prompt lookup drafts; SmolLM2's end-of-text and turn
+    # tokens (0-2) are banned so that it runs to max_tokens, long after the client has left.
+    body = {
+        "model": DEFAULT_ID,
+        "messages": MESSAGES,
+        "max_tokens": 200,
+        "temperature": 0,
+        "logit_bias": {"0": -100, "1": -100, "2": -100},
+    }
+    before = server.client.get("/system/info").json()["model"]["engine"]["speculation"]
+    heard = ""
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as reply:
+            assert reply.status_code == 200, reply.read()
+            for line in reply.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                choice = json.loads(line.removeprefix("data: "))["choices"][0]
+                assert choice["finish_reason"] is None, "the answer ended before any draft"
+                heard += choice["delta"].get("content") or ""
+                if heard and ngram_drafted(server) > before["ngram_drafted"]:
+                    break  # drafts are being taken: hang up mid-answer
+        server.wait_until_idle(timeout=5)
+
+        after = server.client.get("/system/info").json()["model"]["engine"]["speculation"]
+        assert after["ngram_drafted"] > before["ngram_drafted"]
+        # The same request again, likely in the slot the client left, and without speculation.
+        again, finish = streamed_chat(http, body)
+        without, _ = streamed_chat(http, {**body, "speculative": False})
+    assert finish == "length"
+    assert again == without
+    assert again.startswith(heard)
