@@ -133,6 +133,8 @@ def test_system_info_and_metrics_count_drafted_and_accepted_tokens_by_source(
         "ngram_accepted",
         "grammar_drafted",
         "grammar_accepted",
+        "model_drafted",
+        "model_accepted",
     }
     assert speculation["ngram_drafted"] >= speculation["ngram_accepted"] >= 0
     families = {
@@ -141,7 +143,7 @@ def test_system_info_and_metrics_count_drafted_and_accepted_tokens_by_source(
     }
     drafted = families["locallab_speculative_tokens_drafted"]
     sources = {sample.labels["source"] for sample in drafted.samples}
-    assert sources == {"ngram", "grammar"}
+    assert sources == {"ngram", "grammar", "model"}
     assert "locallab_speculative_tokens_accepted" in families
 
 
