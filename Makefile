@@ -154,6 +154,9 @@ chromium:
 			echo "The chat page tests need chromium on PATH." >&2; exit 1; \
 		fi; }
 
+# The slowest tests are listed at the end of each run: where `make test`'s time goes.
+PYTEST_ARGS ?= --durations=25
+
 pytest: $(TEST_STAMP) redis-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
