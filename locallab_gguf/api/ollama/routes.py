@@ -52,7 +52,7 @@ async def _answer(
         if is_load_only(data):
             # What the model will do: a user key's keep_alive leaves a pinned model as it is.
             unloading = model.keep_alive == 0
-            done = Lines(model.spec.id, clock, chat=chat)
+            done = Lines(data.model, clock, chat=chat)
             return Response(done.body("", done_reason="unload" if unloading else "load"))
         info = model.engine.info
         generation = generation_of(
@@ -61,7 +61,8 @@ async def _answer(
             context_length=info.context_length,
         )
         stream = await services.generate(request, model, generation)
-        lines = Lines(model.spec.id, clock, chat=chat)
+        # Each line names the model as the request did (`name:latest`, an alias), as Ollama does.
+        lines = Lines(data.model, clock, chat=chat)
         if data.stream:
             body = chunked_stream(stream, lines, failure_line, done=b"")
             return EventStream(body, media_type=NDJSON)

@@ -115,6 +115,16 @@ def test_chat_answers_in_the_message_and_streams_the_same_reply(server: RunningS
     assert parts[-1].done and parts[-1].eval_count == whole.eval_count
 
 
+@pytest.mark.parametrize("name", [NAME, DEFAULT_ID])
+def test_answers_name_the_model_as_the_request_did(server: RunningServer, name: str) -> None:
+    options = {"num_predict": 2}
+    assert client(server).generate(model=name, prompt="Hi", options=options).model == name
+    parts = client(server).chat(
+        model=name, messages=[{"role": "user", "content": "Hi"}], options=options, stream=True
+    )
+    assert {part.model for part in parts} == {name}
+
+
 def test_chat_format_json_schema_gives_an_object_that_validates(server: RunningServer) -> None:
     schema = {
         "type": "object",
