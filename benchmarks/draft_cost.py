@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/draft_cost.py [--runs 9] [--threads 2] [--json PATH]
 
 Speculative decoding (engine/runtime/speculation.py) decides whether drafts pay from one
-number, EXTRA_TOKEN_COST: what one more token in a decode costs, as a share of a one-token
-decode. This measures it on llama.cpp's API with the default model, as the engine decodes:
+number: what one more token in a decode costs, as a share of a one-token decode. Each engine
+measures it when it opens (engine/runtime/draft_cost.py: one sequence, 1 against 9 tokens);
+EXTRA_TOKEN_COST is the figure assumed where it cannot. This measures it across batch shapes
+on llama.cpp's API with the default model, as the engine decodes:
 8 sequences holding a 60-token prompt each, then one decode in which 1, 2, 4 or 8 of them
 each carry 1 + d tokens (their next token and d drafted ones, d = 0, 1, 2, 4, 8, 16), the
 median of --runs decodes. Prints each decode's time, its cost over the same sequences with

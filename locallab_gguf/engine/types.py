@@ -364,6 +364,9 @@ class SpeculationStats(msgspec.Struct, frozen=True, kw_only=True):
     grammar_accepted: int = 0
     model_drafted: int = 0  # the draft model's guesses (--draft-model)
     model_accepted: int = 0
+    # What one more token in a decode costs here, as a share of a one-token decode (measured
+    # when the engine opened): drafts pay when more of them are kept than this implies.
+    extra_token_cost: float = 0.0
 
 
 class EngineStats(msgspec.Struct, frozen=True, kw_only=True):

@@ -135,7 +135,9 @@ def test_system_info_and_metrics_count_drafted_and_accepted_tokens_by_source(
         "grammar_accepted",
         "model_drafted",
         "model_accepted",
+        "extra_token_cost",
     }
+    assert 0 < speculation["extra_token_cost"] <= 1  # measured when the engine opened
     assert speculation["ngram_drafted"] >= speculation["ngram_accepted"] >= 0
     families = {
         family.name: family

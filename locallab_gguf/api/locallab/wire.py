@@ -344,6 +344,7 @@ class SpeculationBody(msgspec.Struct, kw_only=True):
     grammar_accepted: int
     model_drafted: int
     model_accepted: int
+    extra_token_cost: float  # one more token in a decode, as a share of a step (measured)
 
 
 class EngineStatsBody(msgspec.Struct, kw_only=True):

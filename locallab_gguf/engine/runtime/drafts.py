@@ -70,11 +70,14 @@ class RequestDrafter:
         return Draft(tokens, DraftSource.MODEL) if tokens else None
 
 
-def plan_drafts(jobs: Sequence[Job], drafter: Drafter, batch_room: int, n_ctx: int) -> None:
-    """Give each generating job that speculates the draft it carries into the next decode."""
+def plan_drafts(
+    jobs: Sequence[Job], drafter: Drafter, batch_room: int, n_ctx: int, extra_cost: float
+) -> None:
+    """Give each generating job that speculates the draft it carries into the next decode;
+    `extra_cost`: what one more token in a decode costs here (draft_cost.py)."""
     generating = [job for job in jobs if job.phase is JobPhase.GENERATING]
     budget = draft_budget(len(generating), batch_room)
-    required = required_acceptance(len(generating))
+    required = required_acceptance(len(generating), extra_cost)
     for job in generating:
         job.draft = None
         drafting, slot = job.drafting, job.slot

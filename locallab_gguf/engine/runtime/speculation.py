@@ -34,10 +34,12 @@ FIRST_DRAFT = 4
 MAX_PAUSE = 32
 # Tokens of a step (the slots' own and their drafts) beyond which no slot drafts (draft_budget).
 STEP_TOKENS = 40
-# What one more token in a decode costs, as a share of a decode of one token. llama.cpp with
-# the default model on a 2-core x86-64 CPU decodes about 87 tokens/s one at a time and 250
-# tokens/s in large batches: past the first, a token costs about 87 / 250 of a step.
-EXTRA_TOKEN_COST = 0.35
+# What one more token in a decode costs, as a share of a decode of one token, until the
+# engine has measured it on its own model and device (engine/runtime/draft_cost.py): it differs
+# by far between machines. benchmarks/draft_cost.py measured 0.44-0.67 (median about 0.5) with
+# the default model on a 2-core AMD EPYC, where a small model's weights stay in the CPU's
+# caches and a batch saves little; a GPU does a few more tokens nearly for free.
+EXTRA_TOKEN_COST = 0.5
 # A request whose drafts are kept too rarely to pay still drafts PROBE_LENGTH tokens every
 # PROBE_EVERY steps, to notice when its text turns predictable.
 PROBE_EVERY = 16
@@ -143,19 +145,20 @@ class DraftState:
             self.pause_next = 1
 
 
-def required_acceptance(generating: int) -> float:
+def required_acceptance(generating: int, extra_cost: float = EXTRA_TOKEN_COST) -> float:
     """The share of drafted tokens that must be kept for drafts to pay, with `generating`
     slots in the step.
 
-    A step of N slots' tokens costs about 1 + (N - 1) k one-token decodes (k:
-    EXTRA_TOKEN_COST) and yields N tokens, so a kept drafted token saves (1 + (N - 1) k) / N of
-    a decode while every drafted token costs k: drafts pay above N k / (1 + (N - 1) k), 0.35
-    for one slot, 0.68 for four, 0.81 for eight. benchmarks/speculative.py measured eight
-    clients copying their prompts, 76 % of their drafts kept, at 0.65 x the speed without
-    drafts before this bar, and 8 stories (62 % kept) at 0.31 x.
+    A step of N slots' tokens costs about 1 + (N - 1) k one-token decodes (k: `extra_cost`,
+    what one more token in a decode costs) and yields N tokens, so a kept drafted token saves
+    (1 + (N - 1) k) / N of a decode while every drafted token costs k: drafts pay above
+    N k / (1 + (N - 1) k); with k = 0.5, 0.5 for one slot, 0.8 for four, 0.89 for eight.
+    benchmarks/speculative.py measured eight clients copying their prompts, 76 % of their
+    drafts kept, at 0.65 x the speed without drafts before any bar, and 8 stories (62 % kept)
+    at 0.31 x.
     """
     n = max(1, generating)
-    return n * EXTRA_TOKEN_COST / (1 + (n - 1) * EXTRA_TOKEN_COST)
+    return n * extra_cost / (1 + (n - 1) * extra_cost)
 
 
 def draft_budget(generating: int, batch_room: int) -> int:
@@ -183,9 +186,10 @@ class SpeculationCounters:
             self._drafted[source] += drafted
             self._kept[source] += kept
 
-    def stats(self) -> SpeculationStats:
+    def stats(self, extra_token_cost: float) -> SpeculationStats:
         with self._lock:
             return SpeculationStats(
+                extra_token_cost=extra_token_cost,
                 ngram_drafted=self._drafted[DraftSource.NGRAM],
                 ngram_accepted=self._kept[DraftSource.NGRAM],
                 grammar_drafted=self._drafted[DraftSource.GRAMMAR],
