@@ -65,6 +65,7 @@ SETTING_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
             "speculative",
             "draft_max",
             "draft_model",
+            "draft_cost",
             "kv_layout",
             "cache_type_k",
             "cache_type_v",

@@ -165,6 +165,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             "each request's recent acceptance up to this)"
         ),
     ] = 16
+    draft_cost: Annotated[
+        Annotated[float, Meta(gt=0, le=1)] | None,
+        Meta(
+            description="what one more token in a decode costs, as a share of a one-token "
+            "decode: drafts are taken only while kept often enough to pay for it (default: "
+            "measured on each model when it opens, about 0.5 on a 2-core CPU)"
+        ),
+    ] = None
     draft_model: Annotated[
         str | None,
         Meta(

@@ -28,8 +28,12 @@ from tests.support.servers import RunningServer, app_of, serving
 
 DEFAULT_ID = "smollm2-135m-instruct"
 # Small contexts keep every test server's KV cache small; the tests never need more. Rate
-# limits are off: the tests send more than a client may; test_rate_limits turns them on.
-TEST_SETTINGS = Settings(threads=2, threads_batch=2, ctx=1024, parallel=4, rate_limit=False)
+# limits are off: the tests send more than a client may; test_rate_limits turns them on. What
+# a drafted token costs is given, not timed: which drafts are taken must not follow the speed
+# of the machine a test runs on (tests/engine/test_speculation.py times it once).
+TEST_SETTINGS = Settings(
+    threads=2, threads_batch=2, ctx=1024, parallel=4, rate_limit=False, draft_cost=0.35
+)
 # For the tests that compare one generation with another (alone, batched, cached, against
 # llama-cpp-python's own loop): only the deterministic mode promises those are equal.
 DETERMINISTIC_SETTINGS = msgspec.structs.replace(TEST_SETTINGS, deterministic=True)

@@ -452,6 +452,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     # grammar, at most draft_max tokens per slot and step.
     speculative: bool = True
     draft_max: int = 16
+    draft_cost: float | None = None  # one more token's share of a decode; None: measured
     draft_model: str | None = None  # path of a smaller model of the same vocabulary that drafts
     rpc: RpcLayers | None = None  # set: some layers run on RPC workers
 

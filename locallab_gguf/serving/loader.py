@@ -128,6 +128,7 @@ def engine_config(
         embedding=embedding_mode(spec),
         speculative=settings.speculative == "auto",
         draft_max=settings.draft_max,
+        draft_cost=settings.draft_cost,
     )
 
 

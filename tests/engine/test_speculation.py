@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from msgspec.structs import replace
 
+from locallab_gguf.engine.runtime.draft_cost import HIGHEST, LOWEST
 from locallab_gguf.engine.runtime.job import Job
 from locallab_gguf.engine.runtime.speculation import Draft, DraftSource
 from locallab_gguf.engine.types import (
@@ -250,6 +251,21 @@ def test_a_draft_that_is_always_wrong_changes_nothing(
     with running_engine(model_path, registry.get(DEFAULT_ID), SETTINGS, drafter) as wrong:
         assert [answer(wrong.run(request)) for request in requests] == references
     assert drafter.drafted > 0
+
+
+def test_an_engine_that_times_what_a_drafted_token_costs_answers_as_one_told_it(
+    engine: EngineHarness, registry: Registry, model_path: Path
+) -> None:
+    # The tests' engines are given the figure (conftest.TEST_SETTINGS); a server's times it in
+    # its first slot's sequence when it opens, which must leave that sequence as it found it.
+    request = chat(COPY, max_tokens=24)
+    expected = answer(engine.run(request))
+    timing = msgspec.structs.replace(SETTINGS, draft_cost=None)
+    with running_engine(model_path, registry.get(DEFAULT_ID), timing) as timed:
+        cost = timed.engine.stats().speculation.extra_token_cost
+        got = answer(timed.run(request))
+    assert LOWEST <= cost <= HIGHEST
+    assert got == expected
 
 
 def test_a_request_that_turns_speculation_off_is_never_drafted(engine: EngineHarness) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import TEST_SETTINGS
 from tests.support.servers import free_port
 
 CLI = Path(sys.executable).parent / "locallab-gguf"
@@ -66,6 +67,8 @@ def serve(tmp_path: Path, *flags: str, open_files: int | None = None) -> Iterato
                 "--parallel",
                 "2",
                 "--no-rate-limit",
+                "--draft-cost",  # given, not timed: as conftest.TEST_SETTINGS says
+                str(TEST_SETTINGS.draft_cost),
                 *flags,
             ],
             stdout=sink,

@@ -33,8 +33,10 @@ PROMPT = "A short text for the engine to measure its own decode on. " * 4
 def engine_extra_token_cost(
     context: Any, model: LlamaModel, batch: Any, config: EngineConfig, n_ctx: int
 ) -> float:
-    """The figure a new engine drafts by: measured in its first slot's sequence and logged,
-    or the assumed one when it does not speculate."""
+    """The figure a new engine drafts by: the one configured (--draft-cost), else measured in
+    its first slot's sequence and logged, or the assumed one when it does not speculate."""
+    if config.draft_cost is not None:
+        return config.draft_cost
     if not config.speculative:
         return EXTRA_TOKEN_COST
     try:
