@@ -160,7 +160,7 @@ PYTEST_ARGS ?= --durations=25
 pytest: $(TEST_STAMP) redis-server chromium
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# docs/configuration.md is generated from the Settings fields (tests/test_docs.py checks it).
+# docs/configuration.md is generated from the Settings fields (tests/e2e/test_docs.py checks it).
 docs: $(INSTALL_STAMP)
 	$(BIN)/python -m locallab_gguf.cli.gen_docs
 
