@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from locallab_gguf.cli.gen_docs import COMMAND, PAGE, render
 from locallab_gguf.cli.main import build_parser
 from locallab_gguf.models.files import ModelFiles
-from locallab_gguf.models.registry import default_models_file, parse_registry
+from locallab_gguf.models.registry import default_models_file, load_registry, parse_registry
 from locallab_gguf.serving.loader import local_engine_opener
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.setting_flags import OTHER_GROUP, SETTING_GROUPS, flag_groups
@@ -40,6 +41,9 @@ SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\s*\((?P<reason>.+?)\)\s*-->")
 # The examples' embedding model: the default model's file in mean pooling, so no download.
 EMBED_ID = "smollm2-135m-embed"
 SNIPPET_TIMEOUT_S = 240
+# The examples of key roles (docs/security.md) name the user key by this variable.
+USER_KEY_VARIABLE = "LOCALLAB_USER_KEY"
+ADMIN_KEY, USER_KEY = "docs-admin-key", "docs-user-key"
 
 
 # -- the generated configuration page --------------------------------------------------------
@@ -230,6 +234,18 @@ pooling = "mean"
         yield running
 
 
+@pytest.fixture(scope="module")
+def keyed_docs_server() -> Iterator[RunningServer]:
+    """A server with an admin and a user key, for the examples of what each key may do: they
+    read the user key from LOCALLAB_USER_KEY."""
+    settings = msgspec.structs.replace(TEST_SETTINGS, api_keys=(f"admin:{ADMIN_KEY}", USER_KEY))
+    manager = ModelManager(
+        load_registry(default_models_file()), ModelFiles(), local_engine_opener(settings)
+    )
+    with serving(app_of(settings, manager, initial_model=DEFAULT_ID)) as running:
+        yield running
+
+
 def test_the_docs_have_python_examples() -> None:
     pages = {snippet.page.relative_to(ROOT).as_posix() for snippet in SNIPPETS}
     assert {"docs/api/openai.md", "docs/integrations/langchain.md"} <= pages
@@ -244,7 +260,10 @@ def test_python_example_runs(snippet: Snippet, request: pytest.FixtureRequest) -
     if missing:
         pytest.skip(f"needs {', '.join(missing)} (pip install it to run this example)")
     # Only now: a run where every example is skipped starts no server.
-    docs_server: RunningServer = request.getfixturevalue("docs_server")
+    keyed = USER_KEY_VARIABLE in snippet.code
+    docs_server: RunningServer = request.getfixturevalue(
+        "keyed_docs_server" if keyed else "docs_server"
+    )
     env = {
         key: value
         for key, value in os.environ.items()
@@ -257,6 +276,8 @@ def test_python_example_runs(snippet: Snippet, request: pytest.FixtureRequest) -
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",
         "HF_HUB_OFFLINE": "1",
     }
+    if keyed:
+        env[USER_KEY_VARIABLE] = USER_KEY
     run = subprocess.run(
         [sys.executable, "-c", snippet.code],
         env=env,
