@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from locallab_gguf.engine.runtime.acceptance import one_hot, speculative_choice
-from locallab_gguf.engine.runtime.draft_cost import DecodeCost
 from locallab_gguf.engine.runtime.grammar_drafts import _forced
 from locallab_gguf.engine.runtime.prompt_lookup import PromptLookup
 from locallab_gguf.engine.runtime.speculation import (
@@ -196,28 +195,3 @@ def test_a_request_below_the_bar_drafts_only_a_short_probe_now_and_then() -> Non
     assert set(allowed) == {0, PROBE_LENGTH}
     state.required = 0.1
     assert state.allowance(8, DraftSource.NGRAM) == 8
-
-
-def served(cost: DecodeCost, sizes: list[int], one: float, extra: float) -> None:
-    """Decodes of these sizes, each taking `one` seconds plus `extra` per token past the first,
-    with a timing jitter of a few percent."""
-    jitter = np.random.default_rng(7)
-    for tokens in sizes:
-        cost.observe(tokens, (one + extra * (tokens - 1)) * jitter.uniform(0.97, 1.03))
-
-
-def test_the_cost_of_a_drafted_token_follows_the_decodes_served() -> None:
-    cost = DecodeCost(0.3, fixed=False)
-    served(cost, [1, 1, 1, 3, 1, 1, 5, 1, 2] * 30, one=0.014, extra=0.0105)
-    assert cost.value == pytest.approx(0.75, abs=0.05)
-    served(cost, [1, 1, 9, 1, 4, 1] * 100, one=0.014, extra=0.0035)  # the machine got faster
-    assert cost.value == pytest.approx(0.25, abs=0.05)
-
-
-def test_decodes_of_one_size_or_a_given_cost_leave_the_figure_as_it_was() -> None:
-    alone = DecodeCost(0.5, fixed=False)
-    served(alone, [1] * 300, one=0.014, extra=0.01)  # no spread: no slope to read
-    assert alone.value == 0.5
-    given = DecodeCost(0.35, fixed=True)  # --draft-cost
-    served(given, [1, 3, 1, 5] * 100, one=0.014, extra=0.0105)
-    assert given.value == 0.35

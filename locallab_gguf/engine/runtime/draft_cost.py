@@ -22,11 +22,7 @@ from locallab_gguf.engine.types import EngineConfig
 
 log = logging.getLogger(__name__)
 
-# The extra tokens of the measured decode: a typical draft, which is short (after a miss a
-# draft shrinks to what was kept plus one). Per token a short draft costs more than a long one:
-# through the server on the 2-core EPYC of docs/performance.md, 0.66-0.70 of a step for 1-2
-# more tokens, 0.56 for 8, 0.50 for 16; timing 8 made drafts that lose time look worth taking.
-MEASURED_EXTRA = 3
+MEASURED_EXTRA = 8  # the extra tokens of the measured decode: a typical draft
 RUNS = 5  # decodes of each size; their medians are compared
 # The measurement is clamped to this range: timing noise must neither make drafts look free
 # nor rule them out.
@@ -101,48 +97,3 @@ def measure_extra_token_cost(
         llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
     cost = (more - one) / MEASURED_EXTRA / one if one > 0 else HIGHEST
     return min(HIGHEST, max(LOWEST, cost))
-
-
-# How much of its weight each served step's timing keeps per later step: the estimate follows
-# about the last 100 steps, so it tracks the context growing and the machine's load.
-DECAY = 0.99
-# Steps, weighted, before the served steps' fit replaces the figure measured at load, and the
-# least spread of their token counts (variance) that tells a slope from noise.
-MIN_WEIGHT = 16.0
-MIN_SPREAD = 0.05
-
-
-class DecodeCost:
-    """What one more token in a decode costs, from the decodes the engine serves.
-
-    The figure measured at load (engine_extra_token_cost) is taken in an empty context with
-    a fixed shape; served decodes carry longer contexts, drafts of every length and the
-    machine's other work, and on a small CPU they cost more per extra token than the load
-    measured (the 2-core EPYC of docs/performance.md: 0.63 measured at load, 0.6-0.9 for
-    1-2 drafted tokens in served steps). So each decode without prompt tokens adds (tokens,
-    seconds) to a least-squares line t = a + b n, weighted towards recent steps, and once
-    its steps vary in size the cost is b / (a + b): one more token against a one-token step.
-    A figure given by --draft-cost is kept as given."""
-
-    __slots__ = ("_fixed", "_initial", "_sums", "value")
-
-    def __init__(self, initial: float, fixed: bool) -> None:
-        self._initial = initial
-        self._fixed = fixed
-        self._sums = [0.0] * 5  # weights, n, t, n², n·t
-        self.value = initial
-
-    def observe(self, tokens: int, seconds: float) -> None:
-        if self._fixed:
-            return
-        sums = self._sums
-        for index, term in enumerate((1.0, tokens, seconds, tokens * tokens, tokens * seconds)):
-            sums[index] = sums[index] * DECAY + term
-        weight, n, t, nn, nt = sums
-        spread = nn / weight - (n / weight) ** 2
-        if weight < MIN_WEIGHT or spread < MIN_SPREAD:
-            return  # too few steps, or all of one size: the last estimate stands
-        slope = (weight * nt - n * t) / (weight * nn - n * n)
-        one = (t - slope * n) / weight + slope  # a one-token decode
-        if one > 0:
-            self.value = min(HIGHEST, max(LOWEST, slope / one))

@@ -35,7 +35,7 @@ import llama_cpp
 
 from locallab_gguf.engine.encode.chat_encoder import ChatEncoder
 from locallab_gguf.engine.runtime.admission import Admission
-from locallab_gguf.engine.runtime.draft_cost import DecodeCost, engine_extra_token_cost
+from locallab_gguf.engine.runtime.draft_cost import engine_extra_token_cost
 from locallab_gguf.engine.runtime.draft_model import DraftChoice, open_draft_model
 from locallab_gguf.engine.runtime.drafts import RequestDrafter, plan_drafts
 from locallab_gguf.engine.runtime.job import Job, JobPhase, Slot
@@ -105,11 +105,9 @@ class BatchEngine:
         self._kv = KvPool(self._context, unified)
         self._prompt_chunk = prompt_chunk(config)
         self._batch = llama_cpp.llama_batch_init(config.n_batch, 0, 1)
-        # Measured before any request, then from the steps served: whether drafts pay
-        # depends on it (draft_cost.py).
-        self._decode_cost = DecodeCost(
-            engine_extra_token_cost(self._context, model, self._batch, config, self.n_ctx),
-            fixed=config.draft_cost is not None,
+        # Measured before any request: whether drafts pay depends on it (draft_cost.py).
+        self._extra_token_cost = engine_extra_token_cost(
+            self._context, model, self._batch, config, self.n_ctx
         )
         self.info = EngineInfo(
             context_length=self.n_ctx,
@@ -213,7 +211,7 @@ class BatchEngine:
                 requests_finished=self._requests_finished,
                 tokens_per_second=window_tokens / span if span > 0.5 else 0.0,
                 prompt_reuse=self._reuse.stats(),
-                speculation=self._picker.counters.stats(self._decode_cost.value),
+                speculation=self._picker.counters.stats(self._extra_token_cost),
             )
 
     def is_idle(self) -> bool:
@@ -309,7 +307,7 @@ class BatchEngine:
             return
         self._reuse.resolve_awaited(active)
         self._step += 1
-        plan_drafts(active, self._drafter, self.config.n_batch, self.n_ctx, self._decode_cost.value)
+        plan_drafts(active, self._drafter, self.config.n_batch, self.n_ctx, self._extra_token_cost)
         # A decode that fails is retried with half of its requests at a time, down to one: a
         # request whose own decode fails ends alone, and the others advance in this same step.
         groups = [active]
@@ -319,11 +317,8 @@ class BatchEngine:
             if step.n_tokens == 0:
                 continue  # every prompt here waits for a prefix another slot is evaluating
             self._hooks.decoding([job.id for job in step.jobs()])
-            started = time.perf_counter()
             status = llama_cpp.llama_decode(self._context, self._batch)
             if status == 0:
-                if not step.prompt_tokens():
-                    self._decode_cost.observe(step.n_tokens, time.perf_counter() - started)
                 self._step_decoded(step, events)
                 continue
             jobs = step.jobs()
