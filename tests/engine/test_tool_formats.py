@@ -216,6 +216,20 @@ def test_json_naming_a_tool_the_request_does_not_offer_is_no_call(tool_format: T
     assert "functionName" in content
 
 
+@pytest.mark.parametrize("tool_format", [ToolFormat.LLAMA3, ToolFormat.GENERIC])
+def test_json_opened_otherwise_than_the_grammar_writes_it_is_no_call(
+    tool_format: ToolFormat,
+) -> None:
+    # A newline after the brace: the lazy grammar's trigger does not match it, so nothing held
+    # the arguments to the tool's schema (here a key the tool does not have).
+    written = OUTPUTS[tool_format].replace('"city"', '"location"')
+    assert read(tool_format, list(written))[2]  # as the grammar writes it: a call
+    text = written.replace("{", "{\n  ", 1)
+    content, _, calls = read(tool_format, list(text))
+    assert calls == []
+    assert content == text
+
+
 def test_arguments_written_before_the_name_still_make_a_call() -> None:
     text = '<tool_call>{"arguments": {"city": "Oslo"}, "name": "get_weather"}</tool_call>'
     assert read(ToolFormat.HERMES, list(text))[2] == [("get_weather", '{"city": "Oslo"}')]

@@ -316,12 +316,16 @@ def _partial_suffix(text: str, marker: str) -> int:
 
 
 def _match_tokens(text: str, at: int, tokens: tuple[str, ...]) -> _Match:
-    """Whether `tokens`, with optional spaces between them, are written at `at`."""
+    """Whether `tokens`, with at most one space between them, are written at `at`.
+
+    One space, as the tools' grammars write JSON (`space ::= " "?`) and as their lazy
+    triggers (grammars.py) match it: JSON opened otherwise (`{` and a newline) never starts
+    the grammar in `auto` mode, so a call read from it would have arguments nothing held to
+    the tool's schema; it stays text."""
     i = at
     for n, token in enumerate(tokens):
-        if n:
-            while i < len(text) and text[i] in SPACES:
-                i += 1
+        if n and text[i : i + 1] == " ":
+            i += 1
         rest = text[i : i + len(token)]
         if rest != token:
             return (

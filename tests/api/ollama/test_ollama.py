@@ -273,8 +273,9 @@ def test_a_tool_round_trip_answers_after_the_tools_result(server: RunningServer)
     first = client(server).chat(
         model=NAME, messages=[ask], tools=[WEATHER], options={"num_predict": 60}
     )
-    # The model decides whether to call; a call it makes is held to the tool's schema.
-    for call in first.message.tool_calls or []:
+    # The model decides whether to call; a call it makes is held to the tool's schema (one
+    # cut off by num_predict has the arguments written so far).
+    for call in (first.message.tool_calls or []) if first.done_reason == "stop" else []:
         assert call.function.name == "get_weather"
         assert call.function.arguments["city"] in ("Paris", "Lyon")
     history = [
