@@ -27,7 +27,7 @@ import pytest
 from locallab_gguf.cli.gen_docs import COMMAND, PAGE, render
 from locallab_gguf.cli.main import build_parser
 from locallab_gguf.models.files import ModelFiles
-from locallab_gguf.models.registry import default_models_file, load_registry, parse_registry
+from locallab_gguf.models.registry import default_models_file, parse_registry
 from locallab_gguf.serving.loader import local_engine_opener
 from locallab_gguf.serving.model_manager import ModelManager
 from locallab_gguf.setting_flags import OTHER_GROUP, SETTING_GROUPS, flag_groups
@@ -215,9 +215,10 @@ def _missing_packages(code: str) -> list[str]:
     return [top for top in tops if importlib.util.find_spec(top) is None]
 
 
-@pytest.fixture(scope="module")
-def docs_server() -> Iterator[RunningServer]:
-    """The bundled registry plus an embedding model that needs no download."""
+@contextlib.contextmanager
+def _examples_server(settings: Settings) -> Iterator[RunningServer]:
+    """The bundled registry plus an embedding model that needs no download, served with
+    `settings`."""
     text = default_models_file().read_text(encoding="utf-8")
     text += f"""
 [models.{EMBED_ID}]
@@ -229,20 +230,23 @@ kind = "embedding"
 pooling = "mean"
 """
     registry = parse_registry(text, source="models.toml and the examples' embedding model")
-    manager = ModelManager(registry, ModelFiles(), local_engine_opener(TEST_SETTINGS))
-    with serving(app_of(TEST_SETTINGS, manager, initial_model=DEFAULT_ID)) as running:
+    manager = ModelManager(registry, ModelFiles(), local_engine_opener(settings))
+    with serving(app_of(settings, manager, initial_model=DEFAULT_ID)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def docs_server() -> Iterator[RunningServer]:
+    with _examples_server(TEST_SETTINGS) as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def keyed_docs_server() -> Iterator[RunningServer]:
-    """A server with an admin and a user key, for the examples of what each key may do: they
-    read the user key from LOCALLAB_USER_KEY."""
-    settings = msgspec.structs.replace(TEST_SETTINGS, api_keys=(f"admin:{ADMIN_KEY}", USER_KEY))
-    manager = ModelManager(
-        load_registry(default_models_file()), ModelFiles(), local_engine_opener(settings)
-    )
-    with serving(app_of(settings, manager, initial_model=DEFAULT_ID)) as running:
+    """With an admin and a user key, for the examples of what each key may do: they read the
+    user key from LOCALLAB_USER_KEY."""
+    keyed = msgspec.structs.replace(TEST_SETTINGS, api_keys=(f"admin:{ADMIN_KEY}", USER_KEY))
+    with _examples_server(keyed) as running:
         yield running
 
 
