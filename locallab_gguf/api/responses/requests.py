@@ -230,11 +230,15 @@ def tool_use(data: ResponseRequest) -> tuple[ToolUse | None, ToolNames]:
         where = f"tools[{index}]"
         if tool.type == "function":
             specs.append(_function(where, tool, None, names))
-        elif tool.type == "namespace":
-            namespace = _checked_name(f"{where}.name", tool.name)
-            for inner, function in enumerate(tool.tools or ()):
-                if function.type == "function":
-                    specs.append(_function(f"{where}.tools[{inner}]", function, namespace, names))
+        namespace = _checked_name(f"{where}.name", tool.name) if tool.type == "namespace" else None
+        for inner, function in enumerate(tool.tools or ()):
+            if function.type != "function":
+                continue
+            inner_where = f"{where}.tools[{inner}]"
+            if namespace is not None:
+                specs.append(_function(inner_where, function, namespace, names))
+            else:  # functions nested in another tool are not offered, but named as the schema says
+                _checked_name(f"{inner_where}.name", function.name)
     seen: set[str] = set()
     for spec in specs:
         if spec.name in seen:

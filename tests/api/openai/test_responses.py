@@ -683,3 +683,20 @@ def test_a_repeated_request_reports_its_prompt_as_cached(client: openai.OpenAI) 
     assert again.usage.input_tokens == first.usage.input_tokens
     # All but the last token, whose logits the answer starts from, came from the slot.
     assert again.usage.input_tokens_details.cached_tokens == again.usage.input_tokens - 1
+
+
+def test_a_function_named_against_the_schema_is_refused_wherever_it_is_nested(
+    server: RunningServer,
+) -> None:
+    # The schema holds the name of a function in any tool's `tools`; only a namespace's are
+    # offered to the model, but a name the schema refuses is refused in each place.
+    bad = {"type": "function", "name": "no spaces allowed"}
+    for tool in (
+        {"type": "namespace", "name": "ns", "tools": [bad]},
+        {"type": "web_search", "tools": [bad]},
+    ):
+        body = {"model": DEFAULT_ID, "input": "Hi", "max_output_tokens": 1, "tools": [tool]}
+        reply = server.client.post("/v1/responses", json=body)
+        assert reply.status_code == 400, reply.text
+        assert "tools[0].tools[0].name" in reply.json()["error"]["param"] + reply.text
+    assert server.client.get("/health").json()["status"] == "healthy"
